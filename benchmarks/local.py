@@ -1,0 +1,124 @@
+"""Single-node benchmarks: send throughput, ping-pong, spawn rate, memory per process.
+
+Run with ``python -m benchmarks.local`` (or through ``python -m benchmarks``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import tracemalloc
+from typing import Any
+
+import pybeam
+from pybeam import receive, send, spawn
+
+ONE_WAY_MESSAGES = 1_000_000
+PING_PONG_ROUND_TRIPS = 200_000
+SPAWNS = 100_000
+IDLE_PROCESSES = 20_000
+
+
+async def _sink(n: int, reply_to: pybeam.Pid) -> None:
+    for _ in range(n):
+        await receive()
+    send(reply_to, "done")
+
+
+async def one_way(n: int = ONE_WAY_MESSAGES) -> float:
+    """Messages per second from one process to another (1M by default)."""
+    me = pybeam.self()
+    sink = spawn(_sink, n, me)
+    t0 = time.perf_counter()
+    # Yield now and then so the receiver drains as the sender fills, as two
+    # BEAM schedulers would; one million queued tuples would measure the allocator.
+    for i in range(n):
+        send(sink, i)
+        if i & 1023 == 1023:
+            await asyncio.sleep(0)
+    await receive()
+    return n / (time.perf_counter() - t0)
+
+
+async def _ponger() -> None:
+    while True:
+        msg = await receive()
+        if msg is None:
+            return
+        send(msg, msg)
+
+
+async def ping_pong(n: int = PING_PONG_ROUND_TRIPS) -> float:
+    """Round trips per second between two processes."""
+    me = pybeam.self()
+    ponger = spawn(_ponger)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        send(ponger, me)
+        await receive()
+    dt = time.perf_counter() - t0
+    send(ponger, None)
+    return n / dt
+
+
+async def _noop() -> None:
+    return None
+
+
+async def spawn_rate(n: int = SPAWNS) -> float:
+    """Processes spawned, run to completion and reaped, per second."""
+    t0 = time.perf_counter()
+    for i in range(n - 1):
+        spawn(_noop)
+        # As in one_way: let them run while spawning goes on, as BEAM's
+        # other schedulers would, instead of piling up 100k pending tasks.
+        if i & 1023 == 1023:
+            await asyncio.sleep(0)
+    # Tasks run in the order they were spawned: when the last is down, all are.
+    _, ref = pybeam.spawn_monitor(_noop)
+    await receive(("DOWN", ref, pybeam.ANY, pybeam.ANY, pybeam.ANY))
+    return n / (time.perf_counter() - t0)
+
+
+async def _idle() -> None:
+    await receive()
+
+
+async def memory_per_process(n: int = IDLE_PROCESSES) -> float:
+    """Bytes of Python heap per idle process (waiting in receive)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    pids = [spawn(_idle) for _ in range(n)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # The list of pids is the caller's, not the processes'.
+    per = (after - before - _list_size(pids)) / n
+    for p in pids:
+        pybeam.exit(p, "kill")
+    await asyncio.sleep(0)
+    return per
+
+
+def _list_size(xs: list[Any]) -> int:
+    import sys
+
+    return sys.getsizeof(xs)
+
+
+async def main() -> list[tuple[str, float, str, float]]:
+    rows = []
+    rows.append(("local one-way send (1M msgs)", await one_way(), "msgs/s", 1_500_000.0))
+    rows.append(("local ping-pong", await ping_pong(), "round trips/s", 200_000.0))
+    rows.append(("spawn (run to exit)", await spawn_rate(), "processes/s", 150_000.0))
+    rows.append(("memory per idle process", await memory_per_process(), "bytes", 1_500.0))
+    return rows
+
+
+if __name__ == "__main__":
+    for name, value, unit, target in pybeam.run(main):
+        print(f"{name:35} {value:14,.0f} {unit:15} target {target:,.0f}")

@@ -1,0 +1,89 @@
+"""pybeam: BEAM (Erlang VM) semantics for Python's asyncio.
+
+Processes are async functions with mailboxes; they link, monitor, trap exits
+and register names, on nodes that (with :mod:`pybeam.dist`) connect over TCP.
+The functions below are the ones a BEAM user knows; see ``docs/``.
+"""
+
+from .errors import BadArg, Exit, NoProc, PybeamError
+from .kernel import (
+    cancel_timer,
+    demonitor,
+    exit,
+    is_alive,
+    link,
+    make_ref,
+    monitor,
+    node_name,
+    process_flag,
+    process_info,
+    processes,
+    read_timer,
+    receive,
+    register,
+    registered,
+    self,
+    send,
+    send_after,
+    spawn,
+    spawn_link,
+    spawn_monitor,
+    trap_exit,
+    unlink,
+    unregister,
+    whereis,
+)
+from .mailbox import NO_DEFAULT
+from .node import Node, current_node
+from .pattern import ANY
+from .runtime import new_event_loop, run
+from .terms import KILL, KILLED, NOCONNECTION, NOPROC, NORMAL, Crash, Pid, Ref, Term
+
+__all__ = [
+    "ANY",
+    "KILL",
+    "KILLED",
+    "NOCONNECTION",
+    "NOPROC",
+    "NORMAL",
+    "NO_DEFAULT",
+    "BadArg",
+    "Crash",
+    "Exit",
+    "NoProc",
+    "Node",
+    "Pid",
+    "PybeamError",
+    "Ref",
+    "Term",
+    "cancel_timer",
+    "current_node",
+    "demonitor",
+    "exit",
+    "is_alive",
+    "link",
+    "make_ref",
+    "monitor",
+    "new_event_loop",
+    "node_name",
+    "process_flag",
+    "process_info",
+    "processes",
+    "read_timer",
+    "receive",
+    "register",
+    "registered",
+    "run",
+    "self",
+    "send",
+    "send_after",
+    "spawn",
+    "spawn_link",
+    "spawn_monitor",
+    "trap_exit",
+    "unlink",
+    "unregister",
+    "whereis",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,268 @@
+"""The functions processes use, named as BEAM names them: ``spawn``, ``send``,
+``receive``, ``link``, ``monitor``, ``exit``, ``register`` and the rest.
+
+Each acts for the calling process. Code that is not a process (a script's
+main, a test) becomes one the first time it calls any of them, as ExUnit's
+test process is one: it can send, receive, link and monitor like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, overload
+
+from .errors import BadArg, Exit
+from .mailbox import NO_DEFAULT
+from .node import current_node
+from .pattern import compile_pattern
+from .process import Process, _current
+from .terms import Pid, Ref
+
+__all__ = [
+    "cancel_timer",
+    "demonitor",
+    "exit",
+    "is_alive",
+    "link",
+    "make_ref",
+    "monitor",
+    "node_name",
+    "process_flag",
+    "process_info",
+    "processes",
+    "read_timer",
+    "receive",
+    "register",
+    "registered",
+    "self",
+    "send",
+    "send_after",
+    "spawn",
+    "spawn_link",
+    "spawn_monitor",
+    "trap_exit",
+    "unlink",
+    "unregister",
+    "whereis",
+]
+
+
+def _me() -> Process:
+    proc = _current.get()
+    if proc is None:
+        proc = current_node().adopt()
+    return proc
+
+
+def self() -> Pid:
+    """The pid of the calling process."""
+    return _me().pid
+
+
+def spawn(fn: Callable[..., Any], *args: Any) -> Pid:
+    """Start ``fn(*args)`` as a new process and return its pid at once.
+
+    ``fn`` is usually an async function; a plain function runs in the process
+    too (and blocks the event loop while it runs).
+    """
+    pid, _ = current_node().spawn(fn, args)
+    return pid
+
+
+def spawn_link(fn: Callable[..., Any], *args: Any) -> Pid:
+    """Like :func:`spawn`, and link the new process to the caller atomically."""
+    me = _me()
+    pid, _ = me.node.spawn(fn, args, link=me)
+    return pid
+
+
+def spawn_monitor(fn: Callable[..., Any], *args: Any) -> tuple[Pid, Ref]:
+    """Like :func:`spawn`, and monitor the new process; returns ``(pid, ref)``."""
+    me = _me()
+    pid, ref = me.node.spawn(fn, args, monitor=me)
+    assert ref is not None
+    return pid, ref
+
+
+def send(dest: Any, msg: Any) -> Any:
+    """Send ``msg`` to a pid, a registered name or ``(name, node)``; returns ``msg``.
+
+    Sending to a dead pid is not an error (the message is dropped, as in
+    BEAM); sending to a name nobody registered raises :class:`BadArg`.
+    """
+    proc = _current.get()
+    node = proc.node if proc is not None else current_node()
+    if type(dest) is Pid:
+        # The hot path: a live local pid needs one dict lookup and an append.
+        target = node._procs.get(dest)
+        if target is not None:
+            target.put(msg)
+            return msg
+    node.send(dest, msg)
+    return msg
+
+
+def receive(
+    pattern: Any = None, *, timeout: float | None = None, default: Any = NO_DEFAULT
+) -> Awaitable[Any]:
+    """Take a message from the caller's mailbox: ``msg = await receive()``.
+
+    With ``pattern`` (a predicate or a pattern, see :mod:`pybeam.pattern`) it
+    takes the first message that matches and leaves the others in order.
+    ``timeout`` is in seconds (0 polls); when it passes, ``default`` is
+    returned, or ``TimeoutError`` raised if no default was given.
+    """
+    proc = _current.get()
+    if proc is None:
+        proc = current_node().adopt()
+    if pattern is None and timeout is None:
+        return proc.receive_any()
+    return proc.receive(None if pattern is None else compile_pattern(pattern), timeout, default)
+
+
+def link(pid: Pid) -> None:
+    """Link the caller and ``pid``: when either ends abnormally, so does the
+    other (or, trapping exits, it gets an ``("EXIT", pid, reason)`` message).
+
+    Raises :class:`NoProc` for a local pid that is not alive; for a pid on a
+    node that cannot be reached the caller gets exit ``noconnection``.
+    """
+    me = _me()
+    me.node.link(me, pid)
+
+
+def unlink(pid: Pid) -> None:
+    """Remove the link between the caller and ``pid``, if there is one."""
+    me = _me()
+    me.node.unlink(me, pid)
+
+
+def monitor(target: Any) -> Ref:
+    """Monitor a pid, a registered name or ``(name, node)``.
+
+    When it ends the caller gets ``("DOWN", ref, "process", pid_or_name,
+    reason)``: at once with reason ``noproc`` if it is not alive.
+    """
+    me = _me()
+    return me.node.monitor(me, target)
+
+
+def demonitor(ref: Ref, *, flush: bool = False) -> bool:
+    """Stop monitoring; with ``flush``, also drop a DOWN for ``ref`` already
+    received. Returns False if the monitor was not active any more."""
+    me = _me()
+    return me.node.demonitor(me, ref, flush)
+
+
+@overload
+def exit(reason: Any, /) -> NoReturn: ...
+
+
+@overload
+def exit(pid: Pid, reason: Any, /) -> None: ...
+
+
+def exit(*args: Any) -> None:
+    """``exit(reason)`` ends the caller with ``reason`` (it raises :class:`Exit`).
+
+    ``exit(pid, reason)`` sends an exit signal: ``"kill"`` ends any process
+    with reason ``killed``; other reasons end a process that does not trap
+    exits (``"normal"`` is ignored) and reach one that does as a message.
+    """
+    if len(args) == 1:
+        raise Exit(args[0])
+    if len(args) != 2:
+        raise TypeError(f"exit takes (reason) or (pid, reason), got {len(args)} arguments")
+    pid, reason = args
+    me = _me()
+    me.node.exit(me.pid, pid, reason)
+
+
+def trap_exit(flag: bool) -> bool:
+    """Turn exit trapping on or off for the caller; returns the old value."""
+    me = _me()
+    old, me.trap_exit = me.trap_exit, bool(flag)
+    return old
+
+
+def process_flag(flag: str, value: Any) -> Any:
+    """Set a process flag and return its old value. Only ``"trap_exit"`` exists."""
+    if flag != "trap_exit":
+        raise BadArg(f"unknown process flag {flag!r}")
+    return trap_exit(value)
+
+
+def register(name: str, pid: Pid | None = None) -> None:
+    """Register ``pid`` (the caller if omitted) under ``name`` on this node.
+
+    A name taken, a pid already named or a dead pid raise :class:`BadArg`.
+    The name is freed when the process ends.
+    """
+    node = current_node()
+    node.register(name, pid if pid is not None else _me().pid)
+
+
+def unregister(name: str) -> None:
+    """Remove a registered name; raises :class:`BadArg` if it is not registered."""
+    current_node().unregister(name)
+
+
+def whereis(name: str) -> Pid | None:
+    """The pid registered as ``name`` on this node, or None."""
+    return current_node().whereis(name)
+
+
+def registered() -> list[str]:
+    """Every name registered on this node."""
+    return current_node().registered()
+
+
+def send_after(delay: float, dest: Any, msg: Any) -> Ref:
+    """Send ``msg`` to ``dest`` after ``delay`` seconds; returns a timer ref."""
+    return current_node().send_after(delay, dest, msg)
+
+
+def cancel_timer(ref: Ref) -> float | bool:
+    """Cancel a timer: the seconds it had left, or False if it already fired."""
+    return current_node().cancel_timer(ref)
+
+
+def read_timer(ref: Ref) -> float | bool:
+    """The seconds left on a timer, or False if it is not running."""
+    return current_node().read_timer(ref)
+
+
+def make_ref() -> Ref:
+    """A new reference, unique in the cluster."""
+    return current_node().make_ref()
+
+
+def is_alive(pid: Pid) -> bool:
+    """True if ``pid`` is a live process of this node."""
+    return current_node().process(pid) is not None
+
+
+def processes() -> list[Pid]:
+    """The pids of every live process on this node."""
+    return current_node().processes()
+
+
+def node_name() -> str:
+    """The name of the node the caller runs on (``erlang:node()``)."""
+    return current_node().name
+
+
+def process_info(pid: Pid) -> dict[str, Any] | None:
+    """A snapshot of a live local process, or None if it is not alive."""
+    proc = current_node().process(pid)
+    if proc is None:
+        return None
+    return {
+        "registered_name": proc.name,
+        "message_queue_len": len(proc),
+        "messages": proc.messages(),
+        "links": sorted(proc.links or ()),
+        "monitors": list((proc.monitors or {}).items()),
+        "monitored_by": [watcher for watcher, _ in (proc.monitored_by or {}).values()],
+        "trap_exit": proc.trap_exit,
+    }

@@ -1,0 +1,504 @@
+"""The node: the process table, registered names, timers, and signal routing.
+
+Every signal (a message, a link, an exit, a monitor, a DOWN) takes one path: the
+node decides whether its target is local or remote; local goes straight to the
+target process, remote goes to the node's :class:`RemoteRouter` (the
+distribution layer, when the node has one). Without a router, a remote target
+behaves as one on a node that cannot be reached: messages are dropped, links
+and monitors fire at once with ``noconnection``.
+
+A node is an async context manager. Code outside any process talks to the node
+it entered most recently (or to a default node, ``nonode@nohost``, made on
+first use for each event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import logging
+import secrets
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .errors import BadArg, NoProc
+from .pattern import ANY, compile_pattern
+from .process import Process, _current, start
+from .terms import NOCONNECTION, NOPROC, Pid, Ref
+
+__all__ = ["Node", "RemoteRouter", "current_node"]
+
+logger = logging.getLogger("pybeam")
+
+DEFAULT_NAME = "nonode@nohost"
+
+_node_ctx: contextvars.ContextVar[Node | None] = contextvars.ContextVar("pybeam_node", default=None)
+_default_nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Node] = weakref.WeakKeyDictionary()
+
+
+def current_node() -> Node:
+    """The node that code running here acts on.
+
+    Inside a process, its own node; elsewhere the node most recently entered
+    with ``async with``; failing that, this event loop's default node.
+    """
+    proc = _current.get()
+    if proc is not None:
+        return proc.node
+    node = _node_ctx.get()
+    if node is not None and node.running:
+        return node
+    loop = asyncio.get_running_loop()
+    node = _default_nodes.get(loop)
+    if node is None:
+        node = Node()
+        node._bind(loop)
+        _default_nodes[loop] = node
+    return node
+
+
+class RemoteRouter(Protocol):
+    """What a node needs from its distribution layer to reach other nodes.
+
+    Each method hands one signal to the connection of the target's node,
+    connecting first if needed. None of them blocks; a signal for a node that
+    cannot be reached is dropped and, for links and monitors, answered with
+    ``noconnection`` through :meth:`Node.link_exit` / :meth:`Node.deliver_down`.
+    """
+
+    def send(self, to: Pid, msg: Any) -> None:
+        """Send ``msg`` to a pid on another node."""
+
+    def send_name(self, name: str, node: str, msg: Any) -> None:
+        """Send ``msg`` to the process registered as ``name`` on ``node``."""
+
+    def link(self, sender: Pid, to: Pid) -> None:
+        """Ask ``to``'s node to add the link sender <-> to."""
+
+    def unlink(self, sender: Pid, to: Pid) -> None:
+        """Ask ``to``'s node to remove the link sender <-> to."""
+
+    def exit(self, sender: Pid, to: Pid, reason: Any, from_link: bool) -> None:
+        """Deliver an exit signal to ``to``."""
+
+    def monitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
+        """Ask the target's node to monitor ``target`` for ``watcher``."""
+
+    def demonitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
+        """Ask the target's node to drop the monitor ``ref``."""
+
+    def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
+        """Deliver a DOWN for monitor ``ref`` to a watcher on another node."""
+
+
+class Node:
+    """A BEAM-like node: it owns processes, names and timers.
+
+    ``name`` is ``name@host`` (``nonode@nohost`` if not given). ``creation``
+    tells this incarnation of the node from earlier ones; a pid carries it, so
+    a pid from an earlier life of a node never reaches a process of this one.
+    """
+
+    def __init__(self, name: str | None = None, *, creation: int | None = None) -> None:
+        if name is not None and name.count("@") != 1:
+            raise BadArg(f"node name must look like 'name@host', got {name!r}")
+        self.name = name or DEFAULT_NAME
+        self.creation = creation if creation is not None else (secrets.randbits(32) or 1)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.running = False
+        self.remote: RemoteRouter | None = None
+        self._procs: dict[Pid, Process] = {}
+        self._names: dict[str, Process] = {}
+        self._next_id = itertools.count(1).__next__
+        self._next_ref = itertools.count(1).__next__
+        self._timers: dict[Ref, tuple[asyncio.TimerHandle, Any, Any]] = {}
+        self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} creation={self.creation} processes={len(self._procs)}>"
+
+    # -- life cycle -------------------------------------------------------
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.running = True
+
+    async def start(self) -> Node:
+        """Start the node on the running event loop."""
+        if self.running:
+            raise BadArg(f"node {self.name} is already running")
+        self._bind(asyncio.get_running_loop())
+        return self
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Kill every process of the node (reason ``shutdown``) and wait for them."""
+        if not self.running:
+            return
+        self.running = False
+        for handle, _, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        tasks = []
+        current = asyncio.current_task()
+        for proc in list(self._procs.values()):
+            task = proc.task
+            self.terminate(proc, "shutdown", cancel=not proc.adopted)
+            if task is not None and task is not current and not proc.adopted:
+                tasks.append(task)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                logger.warning("process task %r did not stop within %ss of node shutdown", t, timeout)
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        self._ctx_tokens.append((_node_ctx.set(self), _current.set(None)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        node_token, proc_token = self._ctx_tokens.pop()
+        try:
+            await self.stop()
+        finally:
+            _current.reset(proc_token)
+            _node_ctx.reset(node_token)
+
+    # -- identity ---------------------------------------------------------
+
+    def is_local(self, pid: Pid) -> bool:
+        """True if ``pid`` belongs to this node (this incarnation or an earlier one)."""
+        return pid.node == self.name
+
+    def make_ref(self) -> Ref:
+        """A new unique reference."""
+        return Ref(self.name, self._next_ref(), self.creation)
+
+    def process(self, pid: Pid) -> Process | None:
+        """The live local process ``pid``, if any."""
+        return self._procs.get(pid)
+
+    def processes(self) -> list[Pid]:
+        """The pids of every live process."""
+        return list(self._procs)
+
+    # -- processes ----------------------------------------------------------
+
+    def spawn(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        *,
+        link: Process | None = None,
+        monitor: Process | None = None,
+        trap_exit: bool = False,
+    ) -> tuple[Pid, Ref | None]:
+        """Start ``fn(*args)`` as a process; optionally link it to, or have it
+        monitored by, ``link`` / ``monitor`` (atomically, as spawn_link does)."""
+        if not self.running or self.loop is None:
+            raise BadArg(f"node {self.name} is not running")
+        pid = Pid(self.name, self._next_id(), self.creation)
+        proc = Process(self, pid)
+        proc.trap_exit = trap_exit
+        self._procs[pid] = proc
+        if link is not None:
+            proc.links = {link.pid}
+            if link.links is None:
+                link.links = set()
+            link.links.add(pid)
+        ref = None
+        if monitor is not None:
+            ref = self.make_ref()
+            proc.monitored_by = {ref: (monitor.pid, pid)}
+            if monitor.monitors is None:
+                monitor.monitors = {}
+            monitor.monitors[ref] = pid
+        start(proc, self.loop, fn, args)
+        return pid, ref
+
+    def adopt(self) -> Process:
+        """Make the running task a process of this node (for a script or a test)."""
+        task = asyncio.current_task()
+        if task is None:
+            raise BadArg("pybeam needs to run inside an asyncio task")
+        pid = Pid(self.name, self._next_id(), self.creation)
+        proc = Process(self, pid, adopted=True)
+        proc.task = task
+        self._procs[pid] = proc
+        _current.set(proc)
+        task.add_done_callback(proc.task_done)
+        return proc
+
+    def terminate(self, proc: Process, reason: Any, *, cancel: bool = True) -> None:
+        """End ``proc`` with ``reason``: free its name, fire its links and
+        monitors, and (``cancel``) stop its task at its next await."""
+        if not proc.alive:
+            return
+        proc.alive = False
+        proc.reason = reason
+        pid = proc.pid
+        del self._procs[pid]
+        if proc.name is not None:
+            self._names.pop(proc.name, None)
+            proc.name = None
+        proc.clear()
+        if proc.monitors:
+            for ref, target in proc.monitors.items():
+                self._drop_monitor(pid, target, ref)
+            proc.monitors = None
+        if proc.links:
+            links, proc.links = proc.links, None
+            for other in links:
+                self.link_exit(pid, other, reason)
+        if proc.monitored_by:
+            watchers, proc.monitored_by = proc.monitored_by, None
+            for ref, (watcher, item) in watchers.items():
+                self.deliver_down(watcher, ref, item, reason)
+        if cancel:
+            proc.cancel_task()
+
+    # -- messages -----------------------------------------------------------
+
+    def send(self, dest: Any, msg: Any) -> None:
+        """Send ``msg`` to a pid, a registered name, or ``(name, node)``.
+
+        A message to a dead or unknown pid is dropped, as in BEAM; a bare name
+        nobody registered raises :class:`BadArg`.
+        """
+        if type(dest) is Pid:
+            proc = self._procs.get(dest)
+            if proc is not None:
+                proc.put(msg)
+            elif dest.node != self.name and self.remote is not None:
+                self.remote.send(dest, msg)
+        elif type(dest) is str:
+            proc = self._names.get(dest)
+            if proc is None:
+                raise BadArg(f"no process is registered as {dest!r}")
+            proc.put(msg)
+        elif type(dest) is tuple and len(dest) == 2:
+            name, node = dest
+            if node == self.name:
+                proc = self._names.get(name)
+                if proc is not None:
+                    proc.put(msg)
+            elif self.remote is not None:
+                self.remote.send_name(name, node, msg)
+        else:
+            raise BadArg(f"cannot send to {dest!r}: not a pid, a name or a (name, node) pair")
+
+    # -- exit signals and links ---------------------------------------------
+
+    def exit(self, sender: Pid, target: Pid, reason: Any) -> None:
+        """Send the exit signal ``reason`` from ``sender`` to ``target`` (``exit/2``)."""
+        if type(target) is not Pid:
+            raise BadArg(f"exit/2 needs a pid, got {target!r}")
+        proc = self._procs.get(target)
+        if proc is not None:
+            proc.exit_signal(sender, reason, from_link=False)
+        elif target.node != self.name and self.remote is not None:
+            self.remote.exit(sender, target, reason, False)
+
+    def link_exit(self, sender: Pid, target: Pid, reason: Any) -> None:
+        """Deliver the exit signal of linked process ``sender`` to ``target``."""
+        proc = self._procs.get(target)
+        if proc is not None:
+            proc.exit_signal(sender, reason, from_link=True)
+        elif target.node != self.name and self.remote is not None:
+            self.remote.exit(sender, target, reason, True)
+
+    def link(self, proc: Process, target: Pid) -> None:
+        """Link ``proc`` and ``target`` (both ways)."""
+        if type(target) is not Pid:
+            raise BadArg(f"link needs a pid, got {target!r}")
+        if target == proc.pid or (proc.links is not None and target in proc.links):
+            return
+        if target.node == self.name:
+            other = self._procs.get(target)
+            if other is None:
+                raise NoProc(target, f"cannot link to {target!r}: no such process")
+            self.add_link(other, proc.pid)
+            self.add_link(proc, target)
+        elif self.remote is not None:
+            self.add_link(proc, target)
+            self.remote.link(proc.pid, target)
+        else:
+            proc.exit_signal(target, NOCONNECTION, from_link=True)
+
+    def add_link(self, proc: Process, other: Pid) -> None:
+        """Record half of a link: ``proc`` is linked to ``other``."""
+        if proc.links is None:
+            proc.links = set()
+        proc.links.add(other)
+
+    def unlink(self, proc: Process, target: Pid) -> None:
+        """Remove the link between ``proc`` and ``target``, if any."""
+        if proc.links is None or target not in proc.links:
+            return
+        proc.links.discard(target)
+        other = self._procs.get(target)
+        if other is not None:
+            if other.links is not None:
+                other.links.discard(proc.pid)
+        elif target.node != self.name and self.remote is not None:
+            self.remote.unlink(proc.pid, target)
+
+    # -- monitors -------------------------------------------------------------
+
+    def monitor(self, proc: Process, target: Any) -> Ref:
+        """Monitor a pid, a registered name or ``(name, node)`` for ``proc``."""
+        ref = self.make_ref()
+        if type(target) is str:
+            target = (target, self.name)
+        if type(target) is tuple and len(target) == 2 and type(target[0]) is str:
+            name, node = target
+            item: Any = (name, node)
+            local = self._names.get(name) if node == self.name else None
+            remote = node != self.name
+        elif type(target) is Pid:
+            item = target
+            local = self._procs.get(target)
+            remote = target.node != self.name
+        else:
+            raise BadArg(f"cannot monitor {target!r}: not a pid, a name or a (name, node) pair")
+        if proc.monitors is None:
+            proc.monitors = {}
+        # A monitor by name watches the process that held the name when it was
+        # made, so the local side keeps its pid.
+        proc.monitors[ref] = local.pid if local is not None else item
+        if local is not None:
+            if local.monitored_by is None:
+                local.monitored_by = {}
+            local.monitored_by[ref] = (proc.pid, item)
+        elif remote and self.remote is not None:
+            self.remote.monitor(proc.pid, item, ref)
+        else:
+            self.deliver_down(proc.pid, ref, item, NOCONNECTION if remote else NOPROC)
+        return ref
+
+    def add_monitor(self, target: Pid | str, watcher: Pid, ref: Ref, item: Any) -> bool:
+        """Record a monitor a remote ``watcher`` holds on a local target; False if
+        there is no such process (the caller then sends DOWN ``noproc``)."""
+        proc = self._procs.get(target) if type(target) is Pid else self._names.get(target)
+        if proc is None:
+            return False
+        if proc.monitored_by is None:
+            proc.monitored_by = {}
+        proc.monitored_by[ref] = (watcher, item)
+        return True
+
+    def demonitor(self, proc: Process, ref: Ref, flush: bool = False) -> bool:
+        """Drop monitor ``ref``; with ``flush`` also drop its DOWN if it came.
+
+        Returns False if ``proc`` held no such monitor (it fired or never was).
+        """
+        target = proc.monitors.pop(ref, None) if proc.monitors is not None else None
+        if target is not None:
+            self._drop_monitor(proc.pid, target, ref)
+        if flush:
+            proc.remove_matching(compile_pattern(("DOWN", ref, ANY, ANY, ANY)))
+        return target is not None
+
+    def _drop_monitor(self, watcher: Pid, target: Any, ref: Ref) -> None:
+        if type(target) is Pid:
+            local = self._procs.get(target)
+            remote = target.node != self.name
+        else:
+            name, node = target
+            local = self._names.get(name) if node == self.name else None
+            remote = node != self.name
+        if local is not None:
+            if local.monitored_by is not None:
+                local.monitored_by.pop(ref, None)
+        elif remote and self.remote is not None:
+            self.remote.demonitor(watcher, target, ref)
+
+    def remove_monitor(self, target: Pid | tuple[str, str], ref: Ref) -> None:
+        """Forget a monitor a remote watcher held on a local target."""
+        proc = self._procs.get(target) if type(target) is Pid else self._names.get(target[0])
+        if proc is not None and proc.monitored_by is not None:
+            proc.monitored_by.pop(ref, None)
+
+    def deliver_down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
+        """Give ``watcher`` its ``("DOWN", ref, "process", item, reason)``."""
+        proc = self._procs.get(watcher)
+        if proc is not None:
+            if proc.monitors is not None and proc.monitors.pop(ref, None) is not None:
+                proc.put(("DOWN", ref, "process", item, reason))
+        elif watcher.node != self.name and self.remote is not None:
+            self.remote.down(watcher, ref, item, reason)
+
+    # -- registered names -------------------------------------------------------
+
+    def register(self, name: str, pid: Pid) -> None:
+        """Register ``pid`` (a live local process) as ``name``."""
+        if type(name) is not str or not name:
+            raise BadArg(f"a registered name must be a non-empty str, got {name!r}")
+        if name in self._names:
+            raise BadArg(f"name {name!r} is already registered to {self._names[name].pid!r}")
+        proc = self._procs.get(pid) if type(pid) is Pid else None
+        if proc is None:
+            raise BadArg(f"cannot register {name!r}: {pid!r} is not a live local process")
+        if proc.name is not None:
+            raise BadArg(f"{pid!r} is already registered as {proc.name!r}")
+        proc.name = name
+        self._names[name] = proc
+
+    def unregister(self, name: str) -> None:
+        """Remove the registered name ``name``."""
+        proc = self._names.pop(name, None)
+        if proc is None:
+            raise BadArg(f"no process is registered as {name!r}")
+        proc.name = None
+
+    def whereis(self, name: str) -> Pid | None:
+        """The pid registered as ``name``, or None."""
+        proc = self._names.get(name)
+        return None if proc is None else proc.pid
+
+    def registered(self) -> list[str]:
+        """Every registered name."""
+        return list(self._names)
+
+    # -- timers -------------------------------------------------------------------
+
+    def send_after(self, delay: float, dest: Any, msg: Any) -> Ref:
+        """Send ``msg`` to ``dest`` after ``delay`` seconds; returns the timer's ref.
+
+        A name is looked up when the timer fires; if nobody holds it then, the
+        message is dropped (as ``erlang:send_after/3`` does).
+        """
+        if self.loop is None:
+            raise BadArg(f"node {self.name} is not running")
+        ref = self.make_ref()
+        handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref)
+        self._timers[ref] = (handle, dest, msg)
+        return ref
+
+    def _fire_timer(self, ref: Ref) -> None:
+        entry = self._timers.pop(ref, None)
+        if entry is None:
+            return
+        _, dest, msg = entry
+        with contextlib.suppress(BadArg):
+            self.send(dest, msg)
+
+    def cancel_timer(self, ref: Ref) -> float | bool:
+        """Cancel a timer; returns the seconds it had left, or False if it had
+        already fired or been cancelled."""
+        entry = self._timers.pop(ref, None)
+        if entry is None:
+            return False
+        handle = entry[0]
+        handle.cancel()
+        assert self.loop is not None
+        return max(handle.when() - self.loop.time(), 0.0)
+
+    def read_timer(self, ref: Ref) -> float | bool:
+        """Seconds left on a timer, or False if it is not running."""
+        entry = self._timers.get(ref)
+        if entry is None or self.loop is None:
+            return False
+        return max(entry[0].when() - self.loop.time(), 0.0)

@@ -1,0 +1,166 @@
+"""The process: an asyncio task with a pid, a mailbox, links and monitors.
+
+A process is created by its :class:`~pybeam.node.Node`, which owns the process
+table and routes signals; this module holds what belongs to one process: its
+state, how it reacts to an exit signal (BEAM's rules, below), and the wrapper
+that runs its function and turns the way it ended into an exit reason.
+
+Exit signals, as BEAM handles them:
+
+- ``kill`` sent with ``exit(pid, "kill")`` cannot be trapped: the process ends
+  with reason ``killed``.
+- A process that traps exits gets every other signal as a message
+  ``("EXIT", from_pid, reason)``.
+- Otherwise ``normal`` is ignored (unless a process sent it to itself) and any
+  other reason ends the process with that same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import Exit
+from .mailbox import Mailbox
+from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Process", "current_process", "start"]
+
+logger = logging.getLogger("pybeam")
+
+#: The process the running code belongs to. Tasks a process creates inherit it,
+#: so ``asyncio.wait_for(receive(), 1)`` still receives for the right process.
+_current: contextvars.ContextVar[Process | None] = contextvars.ContextVar("pybeam_process", default=None)
+
+
+def current_process() -> Process | None:
+    """The process running this code, or None outside any process."""
+    return _current.get()
+
+
+class Process(Mailbox):
+    """One process: a mailbox with a pid, links and monitors.
+
+    Users hold its :class:`Pid`; only the runtime holds this. It *is* its
+    mailbox (rather than having one) to save an object per process.
+    """
+
+    __slots__ = (
+        "adopted",
+        "alive",
+        "links",
+        "monitored_by",
+        "monitors",
+        "name",
+        "node",
+        "pid",
+        "reason",
+        "task",
+        "trap_exit",
+    )
+
+    def __init__(self, node: Node, pid: Pid, adopted: bool = False) -> None:
+        self._queue = None
+        self._waiter = None
+        self.node = node
+        self.pid = pid
+        self.task: asyncio.Task[Any] | None = None
+        #: Pids this process is linked to (created on first link).
+        self.links: set[Pid] | None = None
+        #: Monitors others hold on this process: ref -> (watcher pid, the item
+        #: its DOWN names: this pid, or (name, node) for a monitor by name).
+        self.monitored_by: dict[Ref, tuple[Pid, Any]] | None = None
+        #: Monitors this process holds: ref -> what it monitors (pid or (name, node)).
+        self.monitors: dict[Ref, Any] | None = None
+        self.trap_exit = False
+        self.name: str | None = None
+        self.alive = True
+        self.reason: Any = None
+        #: True for a task that became a process by calling self() (a script's
+        #: main, a test): its task is not ours to run or to end.
+        self.adopted = adopted
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else f"exited {self.reason!r}"
+        return f"<Process {self.pid!r} {state}>"
+
+    def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
+        """React to an exit signal, by BEAM's rules (see the module docstring)."""
+        if not self.alive:
+            return
+        if from_link and self.links is not None:
+            self.links.discard(sender)
+        if not from_link and reason == KILL:
+            self.node.terminate(self, KILLED)
+        elif self.trap_exit:
+            self.put(("EXIT", sender, reason))
+        elif reason == NORMAL:
+            if sender == self.pid and not from_link:
+                self.node.terminate(self, NORMAL)
+        else:
+            self.node.terminate(self, reason)
+
+    def task_done(self, task: asyncio.Task[Any]) -> None:
+        """The process's task has finished: exit with the reason its ending gives."""
+        if not self.alive:
+            return  # it was killed by a signal; the node already did the bookkeeping
+        if task.cancelled():
+            reason: Any = KILLED
+        else:
+            exc = task.exception()
+            if exc is None:
+                reason = NORMAL
+            elif isinstance(exc, Exit):
+                reason = exc.reason
+            else:
+                reason = Crash.from_exception(exc)
+                if not self.adopted:
+                    logger.error(
+                        "Error in process %r with exit value:\n%s", self.pid, reason.traceback.rstrip()
+                    )
+        # The task has already ended: nothing to cancel.
+        self.node.terminate(self, reason, cancel=False)
+
+    def cancel_task(self) -> None:
+        """Stop the process's code at its next ``await`` (it has already exited)."""
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel(f"pybeam: process {self.pid!r} exited: {self.reason!r}")
+
+
+def _is_async_function(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn)
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    # For a plain function (or one that returns an awaitable): it must run
+    # inside the process's task, not in the spawner's.
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def start(
+    proc: Process, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    """Run ``fn(*args)`` as ``proc``'s task; its end becomes the exit reason.
+
+    The task is the function's own coroutine (no wrapper frame, to keep idle
+    processes small) run in a context where ``proc`` is the current process.
+    """
+    ctx = contextvars.copy_context()
+    ctx.run(_current.set, proc)
+    coro = fn(*args) if _is_async_function(fn) else _call(fn, args)
+    task = proc.task = loop.create_task(coro, context=ctx)
+    task.add_done_callback(proc.task_done, context=ctx)
