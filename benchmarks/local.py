@@ -1,6 +1,6 @@
 """Single-node benchmarks: send throughput, ping-pong, spawn rate, memory per process.
 
-Run with ``python -m benchmarks.local`` (or through ``python -m benchmarks``).
+Run through ``python -m benchmarks``.
 """
 
 from __future__ import annotations
@@ -119,6 +119,3 @@ async def main() -> list[tuple[str, float, str, float]]:
     return rows
 
 
-if __name__ == "__main__":
-    for name, value, unit, target in pybeam.run(main):
-        print(f"{name:35} {value:14,.0f} {unit:15} target {target:,.0f}")

@@ -272,7 +272,7 @@ async def test_trap_exit_returns_old_value_and_process_flag() -> None:
 
 async def test_exit_needs_a_pid() -> None:
     with pytest.raises(BadArg):
-        pybeam.exit("somebody", "kill")
+        pybeam.exit("somebody", "kill")  # type: ignore[call-overload]
     with pytest.raises(TypeError):
         pybeam.exit(1, 2, 3)  # type: ignore[call-overload]
 
@@ -425,7 +425,7 @@ async def test_demonitor_stops_down() -> None:
 
 
 async def test_demonitor_flush_removes_a_delivered_down() -> None:
-    pid, ref = pybeam.spawn_monitor(lambda: None)
+    _, ref = pybeam.spawn_monitor(lambda: None)
     await asyncio.sleep(0.01)
     send(pybeam.self(), "other")
     assert pybeam.demonitor(ref, flush=True) is False

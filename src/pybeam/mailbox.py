@@ -179,15 +179,16 @@ class _WaitAny:
         self._fut = fut
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self  # type: ignore[return-value]
+        return self
 
     def __iter__(self) -> _WaitAny:
         return self
 
-    def __next__(self) -> Any:
-        return self.send(None)
-
     def send(self, _: Any) -> Any:
+        return self.__next__()
+
+    def __next__(self) -> Any:
+        # A coroutine awaiting this calls __next__ (not send) to resume it.
         fut = self._fut
         if fut.done():
             mailbox = self._mailbox

@@ -381,7 +381,7 @@ class Node:
     def add_monitor(self, target: Pid | str, watcher: Pid, ref: Ref, item: Any) -> bool:
         """Record a monitor a remote ``watcher`` holds on a local target; False if
         there is no such process (the caller then sends DOWN ``noproc``)."""
-        proc = self._procs.get(target) if type(target) is Pid else self._names.get(target)
+        proc = self._procs.get(target) if isinstance(target, Pid) else self._names.get(target)
         if proc is None:
             return False
         if proc.monitored_by is None:
@@ -417,7 +417,7 @@ class Node:
 
     def remove_monitor(self, target: Pid | tuple[str, str], ref: Ref) -> None:
         """Forget a monitor a remote watcher held on a local target."""
-        proc = self._procs.get(target) if type(target) is Pid else self._names.get(target[0])
+        proc = self._procs.get(target) if isinstance(target, Pid) else self._names.get(target[0])
         if proc is not None and proc.monitored_by is not None:
             proc.monitored_by.pop(ref, None)
 

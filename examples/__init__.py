@@ -1,0 +1,1 @@
+"""pybeam's example applications: the training's parts, runnable as demos."""
