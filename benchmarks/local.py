@@ -117,5 +117,3 @@ async def main() -> list[tuple[str, float, str, float]]:
     rows.append(("spawn (run to exit)", await spawn_rate(), "processes/s", 150_000.0))
     rows.append(("memory per idle process", await memory_per_process(), "bytes", 1_500.0))
     return rows
-
-

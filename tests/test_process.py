@@ -557,7 +557,7 @@ async def test_processes_and_process_info() -> None:
 
 
 async def test_node_stop_kills_its_processes() -> None:
-    async with pybeam.Node("stopper@localhost") as node:
+    async with pybeam.Node("stopper@localhost", distributed=False) as node:
         pid = spawn(sleeper)
         assert pid.node == "stopper@localhost"
         assert node.process(pid) is not None
@@ -566,17 +566,20 @@ async def test_node_stop_kills_its_processes() -> None:
 
 
 async def test_nodes_have_distinct_creations_and_pids() -> None:
-    async with pybeam.Node("same@localhost") as first:
+    async with pybeam.Node("same@localhost", distributed=False) as first:
         a = pybeam.self()
-    async with pybeam.Node("same@localhost") as second:
+    async with pybeam.Node("same@localhost", distributed=False) as second:
         b = pybeam.self()
     assert first.creation != second.creation
     assert a != b
 
 
 async def test_bad_node_name() -> None:
+    for bad in ("no-at-sign", "a@b@c", "@host", "name@"):
+        with pytest.raises(BadArg):
+            pybeam.Node(bad)
     with pytest.raises(BadArg):
-        pybeam.Node("no-at-sign")
+        pybeam.Node(distributed=True)
 
 
 def test_run_returns_the_result_and_uses_uvloop() -> None:

@@ -5,7 +5,8 @@ and register names, on nodes that (with :mod:`pybeam.dist`) connect over TCP.
 The functions below are the ones a BEAM user knows; see ``docs/``.
 """
 
-from .errors import BadArg, Exit, NoProc, PybeamError
+from . import rpc
+from .errors import BadArg, Exit, NodeDown, NoProc, NotDistributed, PybeamError, SpawnError
 from .kernel import (
     cancel_timer,
     demonitor,
@@ -34,6 +35,7 @@ from .kernel import (
     whereis,
 )
 from .mailbox import NO_DEFAULT
+from .net import connect, disconnect, get_cookie, monitor_nodes, nodes, ping, set_cookie, spawn_on
 from .node import Node, current_node
 from .pattern import ANY
 from .runtime import new_event_loop, run
@@ -52,20 +54,29 @@ __all__ = [
     "Exit",
     "NoProc",
     "Node",
+    "NodeDown",
+    "NotDistributed",
     "Pid",
     "PybeamError",
     "Ref",
+    "SpawnError",
     "Term",
     "cancel_timer",
+    "connect",
     "current_node",
     "demonitor",
+    "disconnect",
     "exit",
+    "get_cookie",
     "is_alive",
     "link",
     "make_ref",
     "monitor",
+    "monitor_nodes",
     "new_event_loop",
     "node_name",
+    "nodes",
+    "ping",
     "process_flag",
     "process_info",
     "processes",
@@ -73,13 +84,16 @@ __all__ = [
     "receive",
     "register",
     "registered",
+    "rpc",
     "run",
     "self",
     "send",
     "send_after",
+    "set_cookie",
     "spawn",
     "spawn_link",
     "spawn_monitor",
+    "spawn_on",
     "trap_exit",
     "unlink",
     "unregister",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BadArg", "Exit", "NoProc", "PybeamError"]
+__all__ = ["BadArg", "Exit", "NoProc", "NodeDown", "NotDistributed", "PybeamError", "SpawnError"]
 
 
 class PybeamError(Exception):
@@ -26,6 +26,22 @@ class NoProc(PybeamError, LookupError):
     def __init__(self, target: Any, message: str | None = None) -> None:
         super().__init__(message or f"no such process: {target!r}")
         self.target = target
+
+
+class NodeDown(PybeamError, ConnectionError):
+    """The node is not connected and cannot be reached (BEAM's ``noconnection``)."""
+
+    def __init__(self, node: str, message: str | None = None) -> None:
+        super().__init__(message or f"node {node} cannot be reached (noconnection)")
+        self.node = node
+
+
+class NotDistributed(PybeamError):
+    """A distribution function was called on a node started without a name."""
+
+
+class SpawnError(PybeamError):
+    """Another node could not spawn the function asked for (e.g. it cannot import it)."""
 
 
 class Exit(BaseException):

@@ -94,22 +94,80 @@ class RemoteRouter(Protocol):
         """Deliver a DOWN for monitor ``ref`` to a watcher on another node."""
 
 
+class Distribution(RemoteRouter, Protocol):
+    """A node's distribution layer, as the node starts and stops it."""
+
+    async def start(self) -> int:
+        """Start listening and registering; returns the node's creation."""
+
+    async def stop(self) -> None:
+        """Close every connection and stop listening."""
+
+
+#: Builds a node's distribution layer: installed by :mod:`pybeam.dist` (the
+#: layer above, which this module must not import) when it is imported.
+DistributionFactory = Callable[["Node", dict[str, Any]], Distribution]
+_distribution_factory: DistributionFactory | None = None
+
+
+def set_distribution_factory(factory: DistributionFactory) -> None:
+    """Install what builds a named node's distribution layer."""
+    global _distribution_factory
+    _distribution_factory = factory
+
+
 class Node:
     """A BEAM-like node: it owns processes, names and timers.
 
     ``name`` is ``name@host`` (``nonode@nohost`` if not given). ``creation``
     tells this incarnation of the node from earlier ones; a pid carries it, so
     a pid from an earlier life of a node never reaches a process of this one.
+
+    A named node is distributed (unless ``distributed=False``): when started it
+    listens on ``host:port`` (port 0: any free one), registers with the port
+    mapper (``epmd_port``, default ``$PYBEAM_EPMD_PORT`` or 4370), and takes
+    its creation from it. ``cookie`` defaults to ``$PYBEAM_COOKIE`` or
+    ``~/.pybeam.cookie``; ``ticktime`` is ``net_ticktime`` in seconds;
+    a ``hidden`` node is left out of ``nodes()`` and of the full mesh.
     """
 
-    def __init__(self, name: str | None = None, *, creation: int | None = None) -> None:
-        if name is not None and name.count("@") != 1:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        cookie: str | None = None,
+        distributed: bool | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        epmd_port: int | None = None,
+        ticktime: float = 60.0,
+        hidden: bool = False,
+        max_frame: int | None = None,
+        connect_timeout: float | None = None,
+        creation: int | None = None,
+    ) -> None:
+        if name is not None and (name.count("@") != 1 or name.startswith("@") or name.endswith("@")):
             raise BadArg(f"node name must look like 'name@host', got {name!r}")
         self.name = name or DEFAULT_NAME
         self.creation = creation if creation is not None else (secrets.randbits(32) or 1)
+        self.distributed = name is not None if distributed is None else distributed
+        if self.distributed and name is None:
+            raise BadArg("a distributed node needs a name")
+        options: dict[str, Any] = {
+            "cookie": cookie,
+            "host": host,
+            "port": port,
+            "epmd_port": epmd_port,
+            "ticktime": ticktime,
+            "hidden": hidden,
+            "max_frame": max_frame,
+            "connect_timeout": connect_timeout,
+        }
+        self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.running = False
         self.remote: RemoteRouter | None = None
+        self.dist: Distribution | None = None
         self._procs: dict[Pid, Process] = {}
         self._names: dict[str, Process] = {}
         self._next_id = itertools.count(1).__next__
@@ -127,9 +185,15 @@ class Node:
         self.running = True
 
     async def start(self) -> Node:
-        """Start the node on the running event loop."""
+        """Start the node on the running event loop (and its distribution)."""
         if self.running:
             raise BadArg(f"node {self.name} is already running")
+        if self.distributed:
+            if _distribution_factory is None:
+                raise BadArg("distribution is not available: import pybeam.dist")
+            dist = _distribution_factory(self, self._dist_options)
+            self.creation = await dist.start()
+            self.dist = self.remote = dist
         self._bind(asyncio.get_running_loop())
         return self
 
@@ -148,6 +212,11 @@ class Node:
             self.terminate(proc, "shutdown", cancel=not proc.adopted)
             if task is not None and task is not current and not proc.adopted:
                 tasks.append(task)
+        if self.dist is not None:
+            # After the processes: their links and monitors elsewhere get their
+            # real exit reasons before the connections close.
+            await self.dist.stop()
+            self.remote = None
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for t in pending:
@@ -179,6 +248,10 @@ class Node:
     def process(self, pid: Pid) -> Process | None:
         """The live local process ``pid``, if any."""
         return self._procs.get(pid)
+
+    def named(self, name: str) -> Process | None:
+        """The live local process registered as ``name``, if any."""
+        return self._names.get(name)
 
     def processes(self) -> list[Pid]:
         """The pids of every live process."""

@@ -1,0 +1,235 @@
+"""One connection to another node, after the handshake: framing, batching, ticks.
+
+Signals to the peer are *control messages*: tuples whose first item is an
+operation code (:class:`Op`). Each is encoded when it is queued, so a value that
+cannot travel raises at the sender's ``send`` and nothing else is affected.
+Everything queued during one event-loop iteration leaves in one frame whose
+term is the list of those control messages: one system call and one decode for
+a burst, instead of one per message. An empty frame is a tick.
+
+Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
+``ticktime / 4``, and the peer is declared down when nothing at all arrived for
+``ticktime``. Then the connection closes, and its owner (the net kernel) fires
+``noconnection`` for every link and monitor that crossed it.
+
+What a connection does not know: what the signals mean. It hands every decoded
+control message to the function its owner gave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from .. import codec
+from .framing import DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter, StreamClosed
+from .handshake import PeerInfo
+
+__all__ = ["DEFAULT_TICKTIME", "Connection", "Op", "ProtocolError"]
+
+logger = logging.getLogger("pybeam.dist")
+
+#: Seconds, as Erlang's ``net_ticktime`` default.
+DEFAULT_TICKTIME: Final = 60.0
+#: Most control messages put in one frame.
+_MAX_BATCH: Final = 4096
+
+
+class Op:
+    """Operation codes of control messages; the fields follow each name.
+
+    Plain ints, not an IntEnum: the codec sends exact types only.
+    """
+
+    SEND = 1  # (to_pid, msg)
+    SEND_NAME = 2  # (name, msg)
+    LINK = 3  # (from_pid, to_pid)
+    UNLINK = 4  # (from_pid, to_pid)
+    EXIT = 5  # (from_pid, to_pid, reason)                 exit/2
+    LINK_EXIT = 6  # (from_pid, to_pid, reason)            a linked process ended
+    MONITOR = 7  # (watcher_pid, target_pid_or_name, ref)
+    DEMONITOR = 8  # (watcher_pid, target_pid_or_name, ref)
+    DOWN = 9  # (watcher_pid, ref, item, reason)
+    SPAWN_REQUEST = 10  # (ref, from_pid, "module:function", args, {"link": bool, "monitor": bool})
+    SPAWN_REPLY = 11  # (ref, to_pid, pid | ("error", message))
+    NODES = 12  # (["name@host:port", ...])                 for the full mesh
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a well-formed control message."""
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+Dispatch = Callable[["Connection", tuple[Any, ...]], None]
+Closed = Callable[["Connection", str], None]
+
+
+class Connection:
+    """A live connection to ``peer``, plus what crossed it and must be undone
+    when it goes down (the net kernel fills these in):
+
+    - ``links``: (local pid, remote pid) pairs linked across it;
+    - ``monitors_out``: ref -> (local watcher, item) for monitors we hold there;
+    - ``monitors_in``: ref -> local target pid, for monitors the peer holds here;
+    - ``spawns``: ref -> (local requester, options), spawn requests awaiting reply.
+    """
+
+    def __init__(
+        self,
+        peer: PeerInfo,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        dispatch: Dispatch,
+        on_closed: Closed,
+        ticktime: float = DEFAULT_TICKTIME,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.peer = peer
+        self.name = peer.name
+        self.hidden = bool(peer.flags.get("hidden", False))
+        self.ticktime = ticktime
+        self.max_frame = max_frame
+        self._reader = reader
+        self._writer = writer
+        self._frames = FrameWriter(writer, max_size=max_frame)
+        self._dispatch = dispatch
+        self._on_closed: Closed | None = on_closed
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        self._read_task: asyncio.Task[None] | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self.last_received = time.monotonic()
+        self.closed = False
+        self.links: set[tuple[Any, Any]] = set()
+        self.monitors_out: dict[Any, tuple[Any, Any]] = {}
+        self.monitors_in: dict[Any, Any] = {}
+        self.spawns: dict[Any, tuple[Any, dict[str, bool]]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Connection to {self.name}{' (closed)' if self.closed else ''}>"
+
+    def start(self) -> None:
+        """Start reading and ticking."""
+        self._read_task = self._loop.create_task(self._read_loop(), name=f"pybeam-dist-read-{self.name}")
+        self._tick_handle = self._loop.call_later(self.ticktime / 4, self._tick)
+
+    # -- sending -----------------------------------------------------------------
+
+    def send(self, control: tuple[Any, ...]) -> None:
+        """Queue a control message; it leaves at the end of this loop iteration.
+
+        Raises :class:`pybeam.codec.EncodeError` if it holds something that
+        cannot travel, and ValueError if it is larger than a frame may be.
+        Queued to a closed connection, it is dropped (as BEAM drops messages
+        to a node that went down).
+        """
+        data = codec.encode(control)
+        if len(data) > self.max_frame - 8:
+            raise ValueError(f"message of {len(data)} bytes is over the {self.max_frame}-byte frame limit")
+        if self.closed:
+            return
+        if self._out_size + len(data) > self.max_frame - 8 or len(self._out) >= _MAX_BATCH:
+            self._flush()
+        self._out.append(data)
+        self._out_size += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self.closed:
+            return
+        self._out = []
+        self._out_size = 0
+        self._frames.write(_array_header(len(out)) + b"".join(out))
+        self._frames.flush()
+
+    def _tick(self) -> None:
+        if self.closed:
+            return
+        now = time.monotonic()
+        quiet = now - self.last_received
+        if quiet > self.ticktime:
+            self.close(f"net_tick_timeout: nothing received for {quiet:.1f}s (ticktime {self.ticktime}s)")
+            return
+        if now - self._frames.last_write_time >= self.ticktime / 4 - 0.001:
+            self._frames.write_tick()
+        self._tick_handle = self._loop.call_later(self.ticktime / 4, self._tick)
+
+    # -- receiving ---------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reader = FrameReader(self._reader, self.max_frame, allow_empty=True)
+        dispatch = self._dispatch
+        reason = "connection closed by peer"
+        try:
+            while True:
+                frames = await reader.read_frames()
+                self.last_received = time.monotonic()
+                for frame in frames:
+                    if not frame:
+                        continue  # a tick
+                    batch = codec.decode(frame)
+                    if type(batch) is not list:
+                        raise ProtocolError(f"a frame must hold a list of control messages, got {type(batch).__name__}")
+                    for control in batch:
+                        if type(control) is not tuple or not control:
+                            raise ProtocolError(f"malformed control message {control!r:.100}")
+                        dispatch(self, control)
+                        if self.closed:
+                            return
+        except asyncio.CancelledError:
+            reason = "connection closed"
+            raise
+        except StreamClosed as e:
+            reason = f"connection closed by peer mid-frame: {e}" if e.mid_frame else "connection closed by peer"
+        except (FrameError, codec.DecodeError, ProtocolError) as e:
+            reason = f"bad input from {self.name}: {e}"
+            logger.warning("closing connection to %s: %s", self.name, reason)
+        except (ConnectionError, OSError) as e:
+            reason = f"connection lost: {e}"
+        except Exception as e:  # a bug must not take the node down: drop this connection
+            reason = f"internal error handling a message from {self.name}: {e!r}"
+            logger.exception("closing connection to %s", self.name)
+        finally:
+            self.close(reason)
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self, reason: str = "disconnected") -> None:
+        """Close the connection (idempotent) and tell the owner why."""
+        if self.closed:
+            return
+        self._flush()
+        self.closed = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._frames.close()
+        task = self._read_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+        on_closed, self._on_closed = self._on_closed, None
+        if on_closed is not None:
+            on_closed(self, reason)
+
+    async def wait_closed(self) -> None:
+        """Wait until the reading task has finished."""
+        task = self._read_task
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)

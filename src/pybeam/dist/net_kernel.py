@@ -1,0 +1,675 @@
+"""The net kernel: a node's connections to other nodes (Erlang's ``net_kernel``).
+
+It listens for peers, registers the node with the port mapper, connects on
+demand (the first signal to a node that is not connected connects to it, as in
+BEAM), keeps one connection per node pair, turns the node's remote signals into
+control messages and the peer's control messages back into local signals, and
+— when a connection goes down — gives every link across it the exit
+``noconnection`` and every monitor across it a DOWN ``noconnection``.
+
+Signals that only make sense on a live connection (an unlink, a link's exit,
+a demonitor, a DOWN) are dropped when there is none: the other side has
+already seen ``noconnection``. Everything else (send, link, monitor, exit/2,
+spawn) connects first if needed; what was queued while connecting is dropped
+if connecting fails, with ``noconnection`` for links, monitors and spawns.
+
+Connecting to a node also connects to the nodes it is connected to (a full
+mesh, as dist-erl builds), unless either node is hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import codec
+from ..node import set_distribution_factory
+from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
+from . import epmd, handshake
+from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError
+from .framing import DEFAULT_MAX_FRAME
+from .handshake import HandshakeError, PeerInfo
+
+from .cookie import resolve_cookie
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from ..process import Process
+
+__all__ = ["DistOptions", "NetKernel", "function_name", "resolve_function"]
+
+logger = logging.getLogger("pybeam.dist")
+
+# Signals worth opening a connection for; the rest only follow an existing one.
+_CONNECTING_OPS = frozenset({Op.SEND, Op.SEND_NAME, Op.LINK, Op.MONITOR, Op.EXIT, Op.SPAWN_REQUEST})
+
+
+@dataclass
+class DistOptions:
+    """How a node takes part in distribution."""
+
+    cookie: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    epmd_port: int | None = None
+    ticktime: float = DEFAULT_TICKTIME
+    hidden: bool = False
+    max_frame: int = DEFAULT_MAX_FRAME
+    connect_timeout: float = handshake.DEFAULT_TIMEOUT
+
+
+@dataclass
+class _Pending:
+    """An outgoing connection being set up, and the signals waiting for it."""
+
+    queue: list[tuple[Any, ...]] = field(default_factory=list)
+    done: asyncio.Future[bool] | None = None
+    task: asyncio.Task[None] | None = None
+
+
+def function_name(fn: Callable[..., Any] | str) -> str:
+    """``"module:qualname"`` for a module-level function (or the string itself)."""
+    if isinstance(fn, str):
+        return fn
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise ValueError(f"{fn!r} is not a module-level function: another node cannot find it by name")
+    return f"{module}:{qualname}"
+
+
+def resolve_function(name: str) -> Callable[..., Any]:
+    """Import ``"module:qualname"`` and return that function."""
+    module_name, sep, qualname = name.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"a function is named 'module:function', got {name!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{name} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _sendable(reason: Any) -> Any:
+    """An exit reason that can cross to another node.
+
+    A process may end with any Python value, but a link's exit or a DOWN is
+    sent while the process ends, where an error would help nobody: the far
+    side gets a Crash that says what could not be sent instead.
+    """
+    try:
+        codec.encode(reason)
+    except codec.EncodeError as e:
+        return Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {e}")
+    return reason
+
+
+def _parse_address(node: str) -> tuple[str, str, int | None]:
+    """``name@host[:port]`` -> (node name, host, port or None)."""
+    alive, at, rest = node.partition("@")
+    if not at or not alive or not rest:
+        raise ValueError(f"node name must look like 'name@host' or 'name@host:port', got {node!r}")
+    host, colon, port = rest.rpartition(":")
+    if colon and port.isdigit() and host:
+        return f"{alive}@{host}", host, int(port)
+    return node, rest, None
+
+
+class NetKernel:
+    """The distribution layer of one node; the node's :class:`~pybeam.node.RemoteRouter`."""
+
+    def __init__(self, node: Node, options: DistOptions) -> None:
+        self.node = node
+        self.options = options
+        self.cookie = options.cookie
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._epmd_server: epmd.EpmdServer | None = None
+        self._registration: epmd.Registration | None = None
+        self._reregister_task: asyncio.Task[None] | None = None
+        self._conns: dict[str, Connection] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._addresses: dict[str, tuple[str, int]] = {}
+        self._node_monitors: set[Pid] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[Ref] = set()
+        self._node_cookies: dict[str, str] = {}
+        self._stopping = False
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Listen, register with the port mapper; returns the node's creation."""
+        opts = self.options
+        self._server = await asyncio.start_server(self._accept, opts.host, opts.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            self._epmd_server = await epmd.ensure_epmd(opts.epmd_port)
+            self._registration = await epmd.register(self.node.name, self.port, opts.epmd_port)
+        except BaseException:
+            await self._close_listeners()
+            raise
+        self._reregister_task = asyncio.ensure_future(self._keep_registered())
+        return self._registration.creation
+
+    async def _keep_registered(self) -> None:
+        # The mapper may live in another node's process and die with it: then
+        # register again (starting a mapper here if none runs), keeping our
+        # creation, so that other nodes can still find us by name.
+        while True:
+            reg = self._registration
+            if reg is None:
+                return
+            await reg.wait_closed()
+            if self._stopping:
+                return
+            for delay in (0.05, 0.1, 0.2, 0.5, 1.0, 2.0):
+                await asyncio.sleep(delay)
+                try:
+                    if self._epmd_server is None:
+                        self._epmd_server = await epmd.ensure_epmd(self.options.epmd_port)
+                    self._registration = await epmd.register(self.node.name, self.port, self.options.epmd_port)
+                    break
+                except (OSError, epmd.EpmdError) as e:
+                    logger.debug("re-registering %s with the port mapper failed: %s", self.node.name, e)
+            else:
+                logger.warning("node %s could not register with a port mapper again", self.node.name)
+                return
+
+    async def stop(self) -> None:
+        """Close every connection (nodedown everywhere), stop listening, unregister."""
+        self._stopping = True
+        for pending in list(self._pending.values()):
+            if pending.task is not None:
+                pending.task.cancel()
+        for conn in list(self._conns.values()):
+            conn.close("node stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await self._close_listeners()
+
+    async def _close_listeners(self) -> None:
+        if self._reregister_task is not None:
+            self._reregister_task.cancel()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._registration is not None:
+            await self._registration.close()
+            self._registration = None
+        if self._epmd_server is not None:
+            await self._epmd_server.close()
+            self._epmd_server = None
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the user's view -----------------------------------------------------------
+
+    def nodes(self, *, hidden: bool = False) -> list[str]:
+        """Connected nodes (visible ones; with ``hidden``, hidden ones too)."""
+        return sorted(name for name, c in self._conns.items() if hidden or not c.hidden)
+
+    def is_connected(self, node: str) -> bool:
+        """True if a connection to ``node`` is up."""
+        return node in self._conns
+
+    async def connect(self, node: str) -> bool:
+        """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up."""
+        name, host, port = _parse_address(node)
+        if name == self.node.name:
+            return True
+        if port is not None:
+            self._addresses[name] = (host, port)
+        if name in self._conns:
+            return True
+        pending = self._pending.get(name) or self._start_connect(name)
+        assert pending.done is not None
+        return await asyncio.shield(pending.done)
+
+    def disconnect(self, node: str) -> bool:
+        """Close the connection to ``node``; False if there was none."""
+        conn = self._conns.get(node)
+        if conn is None:
+            return False
+        conn.close("disconnected")
+        return True
+
+    def monitor_nodes(self, pid: Pid, flag: bool) -> None:
+        """Subscribe ``pid`` to ``("nodeup", node)`` / ``("nodedown", node)`` or unsubscribe it."""
+        if flag:
+            self._node_monitors.add(pid)
+        else:
+            self._node_monitors.discard(pid)
+
+    def set_cookie(self, cookie: str, node: str | None = None) -> None:
+        """Use ``cookie`` for every later handshake (live connections stay up).
+
+        With ``node``, use it only when this node connects to that one
+        (``erlang:set_cookie/2``); the peer's own connects still need ours.
+        """
+        if not cookie:
+            raise ValueError("a cookie cannot be empty")
+        if node is None:
+            self.cookie = cookie
+        else:
+            self._node_cookies[node] = cookie
+
+    def clear_cookie(self, node: str) -> None:
+        """Forget the cookie set for connecting to ``node`` alone."""
+        self._node_cookies.pop(node, None)
+
+    # -- connecting ---------------------------------------------------------------
+
+    def _flags(self) -> dict[str, Any]:
+        return {"hidden": self.options.hidden, "port": self.port}
+
+    def _start_connect(self, name: str) -> _Pending:
+        pending = _Pending(done=asyncio.get_running_loop().create_future())
+        self._pending[name] = pending
+        pending.task = asyncio.ensure_future(self._connect(name, pending))
+        return pending
+
+    async def _resolve(self, name: str) -> tuple[str, int]:
+        known = self._addresses.get(name)
+        if known is not None:
+            return known
+        host = name.partition("@")[2]
+        port = await epmd.lookup(name, self.options.epmd_port, host=host)
+        if port is None:
+            raise OSError(f"node {name} is not registered with the port mapper on {host}")
+        return host, port
+
+    async def _connect(self, name: str, pending: _Pending) -> None:
+        opts = self.options
+        try:
+            host, port = await self._resolve(name)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+            peer = await handshake.initiate(
+                reader,
+                writer,
+                my_name=self.node.name,
+                my_creation=self.node.creation,
+                cookie=self._node_cookies.get(name, self.cookie),
+                expected_peer=name,
+                flags=self._flags(),
+                timeout=opts.connect_timeout,
+            )
+        except HandshakeError as e:
+            if e.reason == "duplicate" and pending.done is not None:
+                # The peer is connecting to us at the same time and its attempt
+                # wins; _install resolves this pending when it arrives.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(pending.done), opts.connect_timeout)
+                    return
+            logger.info("cannot connect to %s: %s", name, e)
+            self._connect_failed(name, pending)
+        except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
+            logger.info("cannot connect to %s: %s", name, e)
+            self._connect_failed(name, pending)
+        else:
+            self._install(peer, reader, writer)
+
+    def _connect_failed(self, name: str, pending: _Pending) -> None:
+        if self._pending.get(name) is pending:
+            del self._pending[name]
+        for control in pending.queue:
+            self._undeliverable(control)
+        if pending.done is not None and not pending.done.done():
+            pending.done.set_result(False)
+
+    def _accept_peer(self, peer: str, creation: int, flags: Any) -> str:
+        if peer == self.node.name or self._stopping:
+            return "not_allowed"
+        if peer in self._pending and self.node.name > peer:
+            return "duplicate"  # simultaneous connect: ours wins (see handshake.accept)
+        return "ok"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            peer = await handshake.accept(
+                reader,
+                writer,
+                my_name=self.node.name,
+                my_creation=self.node.creation,
+                cookie=self.cookie,
+                accept_peer=self._accept_peer,
+                flags=self._flags(),
+                timeout=self.options.connect_timeout,
+            )
+        except HandshakeError as e:
+            level = logging.WARNING if e.reason in ("cookie", "protocol", "version") else logging.DEBUG
+            logger.log(level, "refused a connection to %s: %s", self.node.name, e)
+            return
+        except (OSError, ValueError) as e:
+            logger.info("incoming connection failed: %s", e)
+            writer.close()
+            return
+        self._install(peer, reader, writer)
+
+    def _install(self, peer: PeerInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopping:
+            writer.close()
+            return
+        old = self._conns.pop(peer.name, None)
+        if old is not None:
+            old.close("replaced by a new connection (the peer restarted or reconnected)")
+        conn = Connection(
+            peer,
+            reader,
+            writer,
+            dispatch=self._dispatch,
+            on_closed=self._closed,
+            ticktime=self.options.ticktime,
+            max_frame=self.options.max_frame,
+        )
+        self._conns[peer.name] = conn
+        port = peer.flags.get("port")
+        if type(port) is int:
+            host = peer.name.partition("@")[2]
+            self._addresses.setdefault(peer.name, (host, port))
+        conn.start()
+        pending = self._pending.pop(peer.name, None)
+        if pending is not None:
+            for control in pending.queue:
+                self._route(conn, control)
+            if pending.done is not None and not pending.done.done():
+                pending.done.set_result(True)
+            if pending.task is not None and pending.task is not asyncio.current_task():
+                pending.task.cancel()
+        logger.info("node %s: connected to %s", self.node.name, peer.name)
+        if not conn.hidden:
+            self._notify_nodes(("nodeup", peer.name))
+            if not self.options.hidden:
+                conn.send((Op.NODES, self._mesh_addresses(exclude=peer.name)))
+
+    def _mesh_addresses(self, exclude: str) -> list[str]:
+        out = []
+        for name, c in self._conns.items():
+            if name == exclude or c.hidden:
+                continue
+            addr = self._addresses.get(name)
+            out.append(f"{name}:{addr[1]}" if addr is not None else name)
+        return out
+
+    def _notify_nodes(self, msg: tuple[str, str]) -> None:
+        for pid in list(self._node_monitors):
+            proc = self.node.process(pid)
+            if proc is None:
+                self._node_monitors.discard(pid)
+            else:
+                proc.put(msg)
+
+    def _closed(self, conn: Connection, reason: str) -> None:
+        if self._conns.get(conn.name) is conn:
+            del self._conns[conn.name]
+        logger.info("node %s: connection to %s down: %s", self.node.name, conn.name, reason)
+        node = self.node
+        links, conn.links = conn.links, set()
+        for local, remote in links:
+            node.link_exit(remote, local, NOCONNECTION)
+        monitors_out, conn.monitors_out = conn.monitors_out, {}
+        for ref, (watcher, item) in monitors_out.items():
+            node.deliver_down(watcher, ref, item, NOCONNECTION)
+        monitors_in, conn.monitors_in = conn.monitors_in, {}
+        for ref, target in monitors_in.items():
+            node.remove_monitor(target, ref)
+        spawns, conn.spawns = conn.spawns, {}
+        for ref, (requester, _) in spawns.items():
+            if ref in self._abandoned:
+                self._abandoned.discard(ref)
+            else:
+                node.send(requester, ("spawn_reply", ref, "error", NOCONNECTION))
+        if not conn.hidden:
+            self._notify_nodes(("nodedown", conn.name))
+
+    # -- outgoing signals (the RemoteRouter protocol) ---------------------------------
+
+    def _out(self, node: str, control: tuple[Any, ...]) -> None:
+        conn = self._conns.get(node)
+        if conn is not None:
+            self._route(conn, control)
+            return
+        if control[0] not in _CONNECTING_OPS or self._stopping:
+            return
+        codec.encode(control)  # refuse what cannot travel now, not when connected
+        pending = self._pending.get(node)
+        if pending is None:
+            try:
+                _parse_address(node)
+            except ValueError:
+                self._undeliverable(control)
+                return
+            pending = self._start_connect(node)
+        pending.queue.append(control)
+
+    def _route(self, conn: Connection, control: tuple[Any, ...]) -> None:
+        conn.send(control)
+        match control:
+            case (Op.LINK, local, remote):
+                conn.links.add((local, remote))
+            case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
+                conn.links.discard((local, remote))
+            case (Op.MONITOR, watcher, target, ref):
+                conn.monitors_out[ref] = (watcher, target)
+            case (Op.DEMONITOR, _, _, ref):
+                conn.monitors_out.pop(ref, None)
+            case (Op.DOWN, _, ref, _, _):
+                conn.monitors_in.pop(ref, None)
+            case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
+                conn.spawns[ref] = (requester, opts)
+
+    def _undeliverable(self, control: tuple[Any, ...]) -> None:
+        node = self.node
+        match control:
+            case (Op.LINK, local, remote):
+                node.link_exit(remote, local, NOCONNECTION)
+            case (Op.MONITOR, watcher, target, ref):
+                node.deliver_down(watcher, ref, target, NOCONNECTION)
+            case (Op.SPAWN_REQUEST, ref, requester, *_):
+                node.send(requester, ("spawn_reply", ref, "error", NOCONNECTION))
+
+    def send(self, to: Pid, msg: Any) -> None:
+        self._out(to.node, (Op.SEND, to, msg))
+
+    def send_name(self, name: str, node: str, msg: Any) -> None:
+        self._out(node, (Op.SEND_NAME, name, msg))
+
+    def link(self, sender: Pid, to: Pid) -> None:
+        self._out(to.node, (Op.LINK, sender, to))
+
+    def unlink(self, sender: Pid, to: Pid) -> None:
+        self._out(to.node, (Op.UNLINK, sender, to))
+
+    def exit(self, sender: Pid, to: Pid, reason: Any, from_link: bool) -> None:
+        self._out(to.node, (Op.LINK_EXIT if from_link else Op.EXIT, sender, to, _sendable(reason)))
+
+    def monitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
+        if isinstance(target, Pid):
+            self._out(target.node, (Op.MONITOR, watcher, target, ref))
+        else:
+            self._out(target[1], (Op.MONITOR, watcher, target, ref))
+
+    def demonitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
+        node = target.node if isinstance(target, Pid) else target[1]
+        self._out(node, (Op.DEMONITOR, watcher, target, ref))
+
+    def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
+        self._out(watcher.node, (Op.DOWN, watcher, ref, item, _sendable(reason)))
+
+    def spawn_request(
+        self,
+        requester: Process,
+        node: str,
+        fn: str,
+        args: tuple[Any, ...],
+        *,
+        link: bool = False,
+        monitor: bool = False,
+        reply: bool = True,
+    ) -> Ref:
+        """Ask ``node`` to spawn ``fn(*args)``; the answer comes to ``requester`` as
+        ``("spawn_reply", ref, "ok", pid)`` or ``("spawn_reply", ref, "error", why)``
+        (nothing with ``reply=False``). A monitor's ref is the request's ref."""
+        ref = self.node.make_ref()
+        opts = {"link": link, "monitor": monitor, "reply": reply}
+        self._out(node, (Op.SPAWN_REQUEST, ref, requester.pid, fn, tuple(args), opts))
+        return ref
+
+    def abandon_spawn(self, ref: Ref) -> None:
+        """The requester gave up waiting: when the reply comes, kill what was
+        spawned and deliver nothing (``spawn_request_abandon``)."""
+        self._abandoned.add(ref)
+
+    # -- incoming signals ---------------------------------------------------------
+
+    def _dispatch(self, conn: Connection, control: tuple[Any, ...]) -> None:
+        node = self.node
+        match control:
+            case (Op.SEND, Pid() as to, msg):
+                proc = node.process(to)
+                if proc is not None:
+                    proc.put(msg)
+            case (Op.SEND_NAME, str() as name, msg):
+                proc = node.named(name)
+                if proc is not None:
+                    proc.put(msg)
+            case (Op.LINK, Pid() as remote, Pid() as local):
+                proc = node.process(local)
+                if proc is None:
+                    conn.send((Op.LINK_EXIT, local, remote, NOPROC))
+                else:
+                    node.add_link(proc, remote)
+                    conn.links.add((local, remote))
+            case (Op.UNLINK, Pid() as remote, Pid() as local):
+                conn.links.discard((local, remote))
+                proc = node.process(local)
+                if proc is not None and proc.links is not None:
+                    proc.links.discard(remote)
+            case (Op.EXIT, Pid() as remote, Pid() as local, reason):
+                node.exit(remote, local, reason)
+            case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
+                conn.links.discard((local, remote))
+                node.link_exit(remote, local, reason)
+            case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
+                self._incoming_monitor(conn, watcher, target, ref)
+            case (Op.DEMONITOR, Pid(), _, Ref() as ref):
+                local = conn.monitors_in.pop(ref, None)
+                if local is not None:
+                    node.remove_monitor(local, ref)
+            case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
+                conn.monitors_out.pop(ref, None)
+                node.deliver_down(watcher, ref, item, reason)
+            case (Op.SPAWN_REQUEST, Ref() as ref, Pid() as requester, str() as fn, tuple() as args, dict() as opts):
+                self._incoming_spawn(conn, ref, requester, fn, args, opts)
+            case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
+                self._spawn_reply(conn, ref, requester, result)
+            case (Op.NODES, list() as addresses):
+                for address in addresses:
+                    if type(address) is str:
+                        self._join_mesh(address)
+            case _:
+                raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
+
+    def _incoming_monitor(self, conn: Connection, watcher: Pid, target: Any, ref: Ref) -> None:
+        node = self.node
+        if isinstance(target, Pid):
+            item: Any = target
+            proc = node.process(target)
+        elif type(target) is tuple and len(target) == 2 and type(target[0]) is str:
+            item = target
+            proc = node.named(target[0])
+        else:
+            raise ProtocolError(f"bad monitor target {target!r:.100}")
+        if proc is None:
+            conn.send((Op.DOWN, watcher, ref, item, NOPROC))
+            return
+        if proc.monitored_by is None:
+            proc.monitored_by = {}
+        proc.monitored_by[ref] = (watcher, item)
+        conn.monitors_in[ref] = proc.pid
+
+    def _incoming_spawn(
+        self, conn: Connection, ref: Ref, requester: Pid, fn_name: str, args: tuple[Any, ...], opts: dict[str, Any]
+    ) -> None:
+        try:
+            fn = resolve_function(fn_name)
+        except Exception as e:
+            logger.warning("node %s cannot spawn %s for %r: %r", self.node.name, fn_name, requester, e)
+            if opts.get("reply", True):
+                conn.send((Op.SPAWN_REPLY, ref, requester, ("error", f"cannot spawn {fn_name}: {e!r}")))
+            return
+        node = self.node
+        pid, _ = node.spawn(fn, args)
+        proc = node.process(pid)
+        assert proc is not None
+        if not opts.get("reply", True):
+            return  # a cast: nobody waits for the pid, nothing is linked or monitored
+        conn.send((Op.SPAWN_REPLY, ref, requester, pid))
+        if opts.get("link"):
+            node.add_link(proc, requester)
+            conn.links.add((pid, requester))
+        if opts.get("monitor"):
+            proc.monitored_by = {ref: (requester, pid)}
+            conn.monitors_in[ref] = pid
+
+    def _spawn_reply(self, conn: Connection, ref: Ref, requester: Pid, result: Any) -> None:
+        entry = conn.spawns.pop(ref, None)
+        if entry is None:
+            return
+        if ref in self._abandoned:
+            self._abandoned.discard(ref)
+            if isinstance(result, Pid):
+                conn.send((Op.EXIT, requester, result, "kill"))
+            return
+        node = self.node
+        proc = node.process(requester)
+        opts = entry[1]
+        if not isinstance(result, Pid):
+            node.send(requester, ("spawn_reply", ref, "error", result[1] if type(result) is tuple else result))
+            return
+        if opts.get("link"):
+            if proc is not None:
+                node.add_link(proc, result)
+                conn.links.add((requester, result))
+            else:
+                conn.send((Op.LINK_EXIT, requester, result, NOPROC))
+        if opts.get("monitor"):
+            if proc is not None:
+                if proc.monitors is None:
+                    proc.monitors = {}
+                proc.monitors[ref] = result
+                conn.monitors_out[ref] = (requester, result)
+            else:
+                conn.send((Op.DEMONITOR, requester, result, ref))
+        if proc is not None:
+            proc.put(("spawn_reply", ref, "ok", result))
+
+    def _join_mesh(self, address: str) -> None:
+        try:
+            name, host, port = _parse_address(address)
+        except ValueError:
+            return
+        if name == self.node.name or name in self._conns or name in self._pending or self._stopping:
+            return
+        if port is not None:
+            self._addresses.setdefault(name, (host, port))
+        self._start_connect(name)
+
+
+def _make_net_kernel(node: Node, options: dict[str, Any]) -> NetKernel:
+    opts = dict(options)
+    cookie = resolve_cookie(opts.pop("cookie", None))
+    return NetKernel(node, DistOptions(cookie=cookie, **opts))
+
+
+set_distribution_factory(_make_net_kernel)

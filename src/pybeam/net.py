@@ -1,0 +1,124 @@
+"""Functions about nodes: connect, disconnect, list, ping, monitor, spawn on.
+
+Elixir's ``Node`` module and Erlang's ``net_kernel`` / ``net_adm``, for the
+node the caller runs on. They need a distributed node (one started with a
+name); on any other they raise :class:`~pybeam.errors.NotDistributed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, overload
+
+from .dist.net_kernel import NetKernel, function_name, resolve_function
+from .errors import BadArg, NodeDown, NotDistributed, SpawnError
+from .kernel import _me, receive
+from .node import Node, current_node
+from .pattern import ANY
+from .terms import NOCONNECTION, Pid, Ref
+
+__all__ = [
+    "connect",
+    "disconnect",
+    "get_cookie",
+    "monitor_nodes",
+    "nodes",
+    "ping",
+    "set_cookie",
+    "spawn_on",
+]
+
+
+def _kernel(node: Node | None = None) -> NetKernel:
+    node = node or current_node()
+    dist = node.dist
+    if not isinstance(dist, NetKernel):
+        raise NotDistributed(
+            f"node {node.name} is not distributed: start it with a name, e.g. Node('a@127.0.0.1')"
+        )
+    return dist
+
+
+async def connect(node: str) -> bool:
+    """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up.
+
+    False if it cannot be reached or refuses us (a wrong cookie, say).
+    """
+    return await _kernel().connect(node)
+
+
+def disconnect(node: str) -> bool:
+    """Close the connection to ``node`` (both sides see nodedown); False if none."""
+    return _kernel().disconnect(node)
+
+
+def nodes(*, hidden: bool = False) -> list[str]:
+    """The nodes this node is connected to (``Node.list()``); [] if not distributed."""
+    dist = current_node().dist
+    if not isinstance(dist, NetKernel):
+        return []
+    return dist.nodes(hidden=hidden)
+
+
+async def ping(node: str) -> Literal["pong", "pang"]:
+    """``"pong"`` if ``node`` can be reached (connecting to it), else ``"pang"``."""
+    return "pong" if await connect(node) else "pang"
+
+
+def monitor_nodes(flag: bool = True) -> None:
+    """Have the caller receive ``("nodeup", node)`` and ``("nodedown", node)``."""
+    me = _me()
+    _kernel(me.node).monitor_nodes(me.pid, flag)
+
+
+def set_cookie(cookie: str, node: str | None = None) -> None:
+    """Use ``cookie`` for every later connection of this node; with ``node``,
+    only for connecting to that node (``erlang:set_cookie/2``)."""
+    _kernel().set_cookie(cookie, node)
+
+
+def get_cookie() -> str:
+    """This node's cookie."""
+    return _kernel().cookie
+
+
+@overload
+async def spawn_on(
+    node: str, fn: Callable[..., Any] | str, *args: Any, link: bool = ..., monitor: Literal[False] = ...
+) -> Pid: ...
+
+
+@overload
+async def spawn_on(
+    node: str, fn: Callable[..., Any] | str, *args: Any, link: bool = ..., monitor: Literal[True]
+) -> tuple[Pid, Ref]: ...
+
+
+async def spawn_on(
+    node: str, fn: Callable[..., Any] | str, *args: Any, link: bool = False, monitor: bool = False
+) -> Pid | tuple[Pid, Ref]:
+    """Spawn ``fn(*args)`` on ``node`` and return its pid (``(pid, ref)`` with
+    ``monitor=True``); with ``link`` it is linked to the caller, atomically.
+
+    ``fn`` is a module-level function (sync or async) or ``"module:function"``:
+    the other node imports it by that name, so it must be importable there.
+    Raises :class:`NodeDown` if ``node`` cannot be reached and
+    :class:`SpawnError` if it cannot find the function.
+    """
+    me = _me()
+    local = me.node
+    try:
+        name = function_name(fn)
+    except ValueError as e:
+        raise BadArg(str(e)) from None
+    if node == local.name:
+        target = fn if callable(fn) else resolve_function(fn)
+        pid, ref = local.spawn(target, args, link=me if link else None, monitor=me if monitor else None)
+        return (pid, ref) if ref is not None else pid
+    ref = _kernel(local).spawn_request(me, node, name, args, link=link, monitor=monitor)
+    _, _, status, value = await receive(("spawn_reply", ref, ANY, ANY))
+    if status == "ok":
+        return (value, ref) if monitor else value
+    if value == NOCONNECTION:
+        raise NodeDown(node)
+    raise SpawnError(f"node {node} could not spawn {name}: {value}")

@@ -1,0 +1,205 @@
+"""Remote procedure calls: run a function on another node and get its result.
+
+Built as OTP's ``erpc`` is, from public parts only: the call spawns a process on
+the target node (monitored by the caller) that runs the function and exits with
+``("rpc_return", result)``; the caller reads the result from the DOWN. So a
+node that goes down during a call ends it with :class:`~pybeam.errors.NodeDown`
+(the monitor fires ``noconnection``), a remote exception comes back as
+:class:`RemoteError` with the remote type, message and traceback, and a timeout
+kills the remote process and raises :class:`RpcTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import kernel, net
+from .dist.net_kernel import function_name, resolve_function
+from .errors import BadArg, Exit, NodeDown, PybeamError
+from .pattern import ANY
+from .terms import NOCONNECTION, Crash, Ref
+
+__all__ = ["RemoteError", "RpcError", "RpcTimeout", "call", "cast", "multicall"]
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class RpcError(PybeamError):
+    """A remote call did not return a result."""
+
+
+class RemoteError(RpcError):
+    """The called function raised on the other node.
+
+    ``kind`` is the remote exception's type name, ``message`` its text and
+    ``remote_traceback`` its formatted traceback.
+    """
+
+    def __init__(self, node: str, fn: str, crash: Crash) -> None:
+        super().__init__(f"{fn} raised on {node}: {crash.kind}: {crash.message}")
+        self.node = node
+        self.kind = crash.kind
+        self.message = crash.message
+        self.remote_traceback = crash.traceback
+
+
+class RpcTimeout(RpcError, TimeoutError):
+    """The remote call did not finish in time (the remote process is killed)."""
+
+
+async def _execute(fn_name: str, args: tuple[Any, ...]) -> None:
+    # Runs on the called node, as a process monitored by the caller. An
+    # exception is the caller's to handle: it is its exit reason, not a crash
+    # report on this node (as erpc does).
+    try:
+        result = resolve_function(fn_name)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as e:
+        raise Exit(Crash.from_exception(e)) from None
+    raise Exit(("rpc_return", result))
+
+
+_EXECUTE = function_name(_execute)
+
+
+def _name(fn: Callable[..., Any] | str) -> str:
+    try:
+        return function_name(fn)
+    except ValueError as e:
+        raise BadArg(str(e)) from None
+
+
+def _outcome(node: str, fn: str, reason: Any) -> Any:
+    """The call's result from the DOWN reason, or the error it stands for."""
+    match reason:
+        case ("rpc_return", value):
+            return value
+        case Crash() as crash:
+            return RemoteError(node, fn, crash)
+        case "noconnection":
+            return NodeDown(node, f"node {node} went down during a call to {fn} (noconnection)")
+        case _:
+            return RpcError(f"{fn} on {node} exited with {reason!r}")
+
+
+async def call(
+    node: str, fn: Callable[..., Any] | str, *args: Any, timeout: float | None = DEFAULT_TIMEOUT
+) -> Any:
+    """Run ``fn(*args)`` on ``node`` and return its result (``rpc:call``).
+
+    ``fn`` is a module-level function (sync or async) or ``"module:function"``.
+    Raises :class:`RemoteError` if it raised there, :class:`NodeDown` if the
+    node cannot be reached or goes down, :class:`RpcTimeout` after ``timeout``
+    seconds (None: wait as long as it takes).
+    """
+    name = _name(fn)
+    me = kernel._me()
+    local = me.node
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+
+    def left() -> float | None:
+        return None if deadline is None else max(deadline - loop.time(), 0.0)
+
+    if node == local.name:
+        pid, ref = local.spawn(_execute, (name, args), monitor=me)
+        assert ref is not None
+    else:
+        dist = net._kernel(local)
+        ref = dist.spawn_request(me, node, _EXECUTE, (name, args), monitor=True)
+        reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
+        if reply is None:
+            dist.abandon_spawn(ref)
+            raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
+        if reply[2] != "ok":
+            if reply[3] == NOCONNECTION:
+                raise NodeDown(node)
+            raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
+        pid = reply[3]
+    down = await kernel.receive(("DOWN", ref, "process", ANY, ANY), timeout=left(), default=None)
+    if down is None:
+        kernel.demonitor(ref, flush=True)
+        kernel.exit(pid, "kill")
+        raise RpcTimeout(f"{name} on {node} did not return within {timeout}s")
+    outcome = _outcome(node, name, down[4])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def cast(node: str, fn: Callable[..., Any] | str, *args: Any) -> None:
+    """Run ``fn(*args)`` on ``node`` without waiting for anything (``rpc:cast``)."""
+    name = _name(fn)
+    me = kernel._me()
+    if node == me.node.name:
+        me.node.spawn(resolve_function(name), args)
+        return
+    net._kernel(me.node).spawn_request(me, node, name, args, reply=False)
+
+
+async def multicall(
+    nodes: Sequence[str], fn: Callable[..., Any] | str, *args: Any, timeout: float | None = DEFAULT_TIMEOUT
+) -> tuple[list[Any], list[str]]:
+    """Call ``fn(*args)`` on every node at once; returns ``(results, bad_nodes)``.
+
+    ``results`` holds, in the order of ``nodes``, each answering node's result
+    (or the :class:`RemoteError` it raised); ``bad_nodes`` the nodes that could
+    not be reached, went down or did not answer in time.
+    """
+    name = _name(fn)
+    me = kernel._me()
+    local = me.node
+    waiting: dict[Ref, str] = {}
+    for node in nodes:
+        if node == local.name:
+            _, ref = local.spawn(_execute, (name, args), monitor=me)
+            assert ref is not None
+        else:
+            ref = net._kernel(local).spawn_request(me, node, _EXECUTE, (name, args), monitor=True)
+        waiting[ref] = node
+    outcomes: dict[str, Any] = {}
+    bad: set[str] = set()
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    started: dict[Ref, Any] = {}
+
+    def ours(msg: Any) -> bool:
+        return (
+            type(msg) is tuple and len(msg) >= 3 and msg[0] in ("spawn_reply", "DOWN") and msg[1] in waiting
+        )
+
+    while waiting:
+        left = None if deadline is None else max(deadline - loop.time(), 0.0)
+        msg = await kernel.receive(ours, timeout=left, default=None)
+        if msg is None:
+            break
+        ref = msg[1]
+        if msg[0] == "spawn_reply":
+            if msg[2] == "ok":
+                started[ref] = msg[3]
+                continue
+            node = waiting.pop(ref)
+            if msg[3] == NOCONNECTION:
+                bad.add(node)
+            else:
+                outcomes[node] = RpcError(f"node {node} could not spawn {name}: {msg[3]}")
+            continue
+        node = waiting.pop(ref)
+        outcome = _outcome(node, name, msg[4])
+        if isinstance(outcome, NodeDown):
+            bad.add(node)
+        else:
+            outcomes[node] = outcome
+    for ref, node in waiting.items():
+        kernel.demonitor(ref, flush=True)
+        if ref in started:
+            kernel.exit(started[ref], "kill")
+        elif node != local.name:
+            net._kernel(local).abandon_spawn(ref)
+        bad.add(node)
+    results = [outcomes[n] for n in nodes if n in outcomes and n not in bad]
+    return results, [n for n in nodes if n in bad]
