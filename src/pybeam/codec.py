@@ -192,11 +192,21 @@ def encode(term: Term) -> bytes:
     if t is tuple or t is list:
         if len(term) <= 8:
             # Cheaper than issuperset() for a few items: on Python 3.11 that
-            # first builds a set from the iterator.
+            # first builds a set from the iterator. Two levels are checked
+            # inline: a control message wrapping a flat user message is the
+            # commonest term on the wire.
             for item in term:
-                if type(item) not in _LEAF_TYPES:
-                    _check(term)
-                    break
+                ti = type(item)
+                if ti in _LEAF_TYPES:
+                    continue
+                if (ti is tuple or ti is list) and len(item) <= 8:
+                    for sub in item:
+                        if type(sub) not in _LEAF_TYPES:
+                            break
+                    else:
+                        continue
+                _check(term)
+                break
         elif not _LEAF_TYPES.issuperset(map(type, term)):
             _check(term)
     elif t not in _LEAF_TYPES:

@@ -479,10 +479,18 @@ class NetKernel:
                 node.send(requester, ("spawn_reply", ref, "error", NOCONNECTION))
 
     def send(self, to: Pid, msg: Any) -> None:
-        self._out(to.node, (Op.SEND, to, msg))
+        conn = self._conns.get(to.node)
+        if conn is not None:
+            conn.send((Op.SEND, to, msg))  # the hot path: nothing to track
+        else:
+            self._out(to.node, (Op.SEND, to, msg))
 
     def send_name(self, name: str, node: str, msg: Any) -> None:
-        self._out(node, (Op.SEND_NAME, name, msg))
+        conn = self._conns.get(node)
+        if conn is not None:
+            conn.send((Op.SEND_NAME, name, msg))
+        else:
+            self._out(node, (Op.SEND_NAME, name, msg))
 
     def link(self, sender: Pid, to: Pid) -> None:
         self._out(to.node, (Op.LINK, sender, to))
