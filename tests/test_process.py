@@ -592,3 +592,28 @@ def test_run_returns_the_result_and_uses_uvloop() -> None:
     got, loop_module = pybeam.run(main, 21)
     assert got == 21
     assert loop_module.startswith("uvloop")
+
+
+async def test_a_task_inheriting_an_ended_adopted_process_becomes_a_new_one() -> None:
+    async def first() -> pybeam.Pid:
+        return pybeam.self()
+
+    # The task ends, and with it its process; a task created afterwards with
+    # that task's context (as pytest-asyncio does from fixture to test) must
+    # not act as the dead process.
+    import contextvars
+
+    ctx = contextvars.copy_context()
+    task = asyncio.get_running_loop().create_task(first(), context=ctx)
+    old = await task
+    await asyncio.sleep(0)
+    assert not pybeam.is_alive(old)
+
+    async def second() -> tuple[pybeam.Pid, Any]:
+        me = pybeam.self()
+        send(me, "hi")
+        return me, await receive(timeout=1)
+
+    new, msg = await asyncio.get_running_loop().create_task(second(), context=ctx)
+    assert new != old
+    assert msg == "hi"

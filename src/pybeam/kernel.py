@@ -49,7 +49,10 @@ __all__ = [
 
 def _me() -> Process:
     proc = _current.get()
-    if proc is None:
+    if proc is None or (proc.adopted and not proc.alive):
+        # A task that is not a process becomes one. An adopted process that
+        # has ended belongs to a task that has ended: this task inherited its
+        # context (as pytest-asyncio hands a fixture's context to the test).
         proc = current_node().adopt()
     return proc
 
@@ -113,8 +116,8 @@ def receive(
     returned, or ``TimeoutError`` raised if no default was given.
     """
     proc = _current.get()
-    if proc is None:
-        proc = current_node().adopt()
+    if proc is None or (proc.adopted and not proc.alive):
+        proc = _me()
     if pattern is None and timeout is None:
         return proc.receive_any()
     return proc.receive(None if pattern is None else compile_pattern(pattern), timeout, default)
