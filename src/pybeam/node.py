@@ -394,11 +394,12 @@ class Node:
                 raise NoProc(target, f"cannot link to {target!r}: no such process")
             self.add_link(other, proc.pid)
             self.add_link(proc, target)
-        elif self.remote is not None:
-            self.add_link(proc, target)
-            self.remote.link(proc.pid, target)
         else:
-            proc.exit_signal(target, NOCONNECTION, from_link=True)
+            self.add_link(proc, target)
+            if self.remote is not None:
+                self.remote.link(proc.pid, target)
+            else:
+                proc.exit_signal(target, NOCONNECTION, from_link=True)
 
     def add_link(self, proc: Process, other: Pid) -> None:
         """Record half of a link: ``proc`` is linked to ``other``."""

@@ -95,8 +95,13 @@ class Process(Mailbox):
         """React to an exit signal, by BEAM's rules (see the module docstring)."""
         if not self.alive:
             return
-        if from_link and self.links is not None:
-            self.links.discard(sender)
+        if from_link:
+            # A link's exit counts only while the link exists: after unlink()
+            # returns, an exit still in flight from the old partner is ignored.
+            links = self.links
+            if links is None or sender not in links:
+                return
+            links.discard(sender)
         if not from_link and reason == KILL:
             self.node.terminate(self, KILLED)
         elif self.trap_exit:
@@ -110,7 +115,11 @@ class Process(Mailbox):
     def task_done(self, task: asyncio.Task[Any]) -> None:
         """The process's task has finished: exit with the reason its ending gives."""
         if not self.alive:
-            return  # it was killed by a signal; the node already did the bookkeeping
+            # Killed by a signal: the node already did the bookkeeping. Still
+            # collect how the task ended, or asyncio logs it as never retrieved.
+            if not task.cancelled():
+                task.exception()
+            return
         if task.cancelled():
             reason: Any = KILLED
         else:
