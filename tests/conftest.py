@@ -9,6 +9,8 @@ import pytest
 
 import pybeam
 
+pytest_plugins = ["pybeam.testing.pytest_plugin"]
+
 
 @pytest.fixture(autouse=True)
 async def _stop_default_node() -> AsyncIterator[None]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import pytest
 
 import pybeam
-from examples.ping_pong import expected_value, start_consumer
-from pybeam import Pid, receive, send
+from examples.ping_pong import expected_value, produce, start_consumer, start_producer
+from examples.ping_pong.watchers import disconnect_from, start_watchers
+from pybeam import ANY, Pid, receive, rpc, send
+from pybeam.testing import heal, partition
 
 
 async def test_local_consumer_checks_the_values_it_receives(caplog: pytest.LogCaptureFixture) -> None:
@@ -29,3 +33,59 @@ async def test_local_consumer_checks_the_values_it_receives(caplog: pytest.LogCa
     assert await ping(5) == ["Received expected value: 5"]
     assert await expected_value(consumer) == 6
     assert pybeam.whereis("consumer") == consumer
+
+
+# -- two nodes ------------------------------------------------------------------
+
+
+async def test_partition_loses_pings_and_the_consumer_resyncs_after_heal(cluster: Any) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        me = pybeam.self()
+        producer = await rpc.call(n1, start_producer, me)
+        consumer = await rpc.call(n2, start_consumer, producer)
+        assert await receive(("starting", Pid), timeout=10) == ("starting", producer)
+        assert await expected_value(consumer) == 0
+        await produce(producer)
+        await eventually_expects(consumer, 1)
+        await produce(producer)
+        await eventually_expects(consumer, 2)
+
+        await partition([n2])
+        for _ in range(4):
+            await produce(producer)
+        # Give lost pings every chance to show up: they must not.
+        await asyncio.sleep(0.3)
+        assert await expected_value(consumer) == 2
+
+        await heal([n2])
+        await produce(producer)
+        await eventually_expects(consumer, 7)
+
+
+async def eventually_expects(consumer: Pid, value: int) -> None:
+    # The ping (producer -> consumer) and our question (test -> consumer) take
+    # different paths, so the answer may lag the ping by a moment.
+    for _ in range(200):
+        if await expected_value(consumer) == value:
+            return
+        await asyncio.sleep(0.025)
+    assert await expected_value(consumer) == value
+
+
+WATCHERS = 5_000
+
+
+@pytest.mark.parametrize("failure", ["disconnect", "kill"])
+async def test_thousands_of_monitors_all_learn_the_producer_node_is_gone(cluster: Any, failure: str) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        producer = await rpc.call(n2, start_producer, pybeam.self())
+        await rpc.call(n1, start_watchers, producer, WATCHERS, pybeam.self())
+        assert await receive(("watching", ANY), timeout=60) == ("watching", WATCHERS)
+        if failure == "disconnect":
+            await rpc.call(n1, disconnect_from, n2)
+        else:
+            c.kill(n2)
+        _, _, reasons = await receive(("all_down", ANY, ANY), timeout=60)
+        assert reasons == {"noconnection": WATCHERS}

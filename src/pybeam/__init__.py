@@ -5,8 +5,9 @@ and register names, on nodes that (with :mod:`pybeam.dist`) connect over TCP.
 The functions below are the ones a BEAM user knows; see ``docs/``.
 """
 
-from . import rpc
+from . import dynamic_supervisor, gen_server, rpc, supervisor
 from .errors import BadArg, Exit, NodeDown, NoProc, NotDistributed, PybeamError, SpawnError
+from .gen_server import GenServer
 from .kernel import (
     cancel_timer,
     demonitor,
@@ -52,6 +53,7 @@ __all__ = [
     "BadArg",
     "Crash",
     "Exit",
+    "GenServer",
     "NoProc",
     "Node",
     "NodeDown",
@@ -66,7 +68,9 @@ __all__ = [
     "current_node",
     "demonitor",
     "disconnect",
+    "dynamic_supervisor",
     "exit",
+    "gen_server",
     "get_cookie",
     "is_alive",
     "link",
@@ -94,6 +98,7 @@ __all__ = [
     "spawn_link",
     "spawn_monitor",
     "spawn_on",
+    "supervisor",
     "trap_exit",
     "unlink",
     "unregister",

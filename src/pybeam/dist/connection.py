@@ -8,8 +8,9 @@ term is the list of those control messages: one system call and one decode for
 a burst, instead of one per message. An empty frame is a tick.
 
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
-``ticktime / 4``, and the peer is declared down when nothing at all arrived for
-``ticktime``. Then the connection closes, and its owner (the net kernel) fires
+``ticktime / 4``, and the peer is declared down when nothing at all arrived in
+four consecutive periods of ``ticktime / 4`` (so after ``ticktime`` to
+``1.25 * ticktime`` of silence). Then the connection closes, and its owner (the net kernel) fires
 ``noconnection`` for every link and monitor that crossed it.
 
 What a connection does not know: what the signals mean. It hands every decoded
@@ -113,6 +114,8 @@ class Connection:
         self._read_task: asyncio.Task[None] | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self.last_received = time.monotonic()
+        self._received = False
+        self._quiet_ticks = 0
         self.closed = False
         self.links: set[tuple[Any, Any]] = set()
         self.monitors_out: dict[Any, tuple[Any, Any]] = {}
@@ -163,12 +166,20 @@ class Connection:
     def _tick(self) -> None:
         if self.closed:
             return
-        now = time.monotonic()
-        quiet = now - self.last_received
-        if quiet > self.ticktime:
-            self.close(f"net_tick_timeout: nothing received for {quiet:.1f}s (ticktime {self.ticktime}s)")
-            return
-        if now - self._frames.last_write_time >= self.ticktime / 4 - 0.001:
+        # Count tick periods in which nothing arrived, as Erlang does, rather
+        # than compare clocks: if this node's own loop stalled, the peer's data
+        # is waiting unread and the stall counts as one quiet period, not as
+        # the peer's silence.
+        if self._received:
+            self._received = False
+            self._quiet_ticks = 0
+        else:
+            self._quiet_ticks += 1
+            if self._quiet_ticks >= 4:
+                quiet = time.monotonic() - self.last_received
+                self.close(f"net_tick_timeout: nothing received for {quiet:.1f}s (ticktime {self.ticktime}s)")
+                return
+        if time.monotonic() - self._frames.last_write_time >= self.ticktime / 4 - 0.001:
             self._frames.write_tick()
         self._tick_handle = self._loop.call_later(self.ticktime / 4, self._tick)
 
@@ -182,6 +193,7 @@ class Connection:
             while True:
                 frames = await reader.read_frames()
                 self.last_received = time.monotonic()
+                self._received = True
                 for frame in frames:
                     if not frame:
                         continue  # a tick

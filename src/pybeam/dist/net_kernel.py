@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,16 @@ def function_name(fn: Callable[..., Any] | str) -> str:
     qualname = getattr(fn, "__qualname__", None)
     if not module or not qualname or "<" in qualname:
         raise ValueError(f"{fn!r} is not a module-level function: another node cannot find it by name")
+    if module == "__main__":
+        # Run with ``python -m pkg.mod``, __main__ has an importable name; a
+        # script run by path has none another node could import.
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is None or not spec.name:
+            raise ValueError(
+                f"{qualname} is defined in a script run by path: another node cannot import it; "
+                "move it to a module, or run the script with python -m"
+            )
+        module = spec.name
     return f"{module}:{qualname}"
 
 
@@ -291,33 +302,40 @@ class NetKernel:
 
     async def _connect(self, name: str, pending: _Pending) -> None:
         opts = self.options
-        try:
-            host, port = await self._resolve(name)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
-            peer = await handshake.initiate(
-                reader,
-                writer,
-                my_name=self.node.name,
-                my_creation=self.node.creation,
-                cookie=self._node_cookies.get(name, self.cookie),
-                expected_peer=name,
-                flags=self._flags(),
-                timeout=opts.connect_timeout,
-            )
-        except HandshakeError as e:
-            if e.reason == "duplicate" and pending.done is not None:
-                # The peer is connecting to us at the same time and its attempt
-                # wins; _install resolves this pending when it arrives.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(pending.done), opts.connect_timeout)
-                    return
-            logger.info("cannot connect to %s: %s", name, e)
-            self._connect_failed(name, pending)
-        except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
-            logger.info("cannot connect to %s: %s", name, e)
-            self._connect_failed(name, pending)
-        else:
-            self._install(peer, reader, writer)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.connect_timeout
+        while True:
+            try:
+                host, port = await self._resolve(name)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+                peer = await handshake.initiate(
+                    reader,
+                    writer,
+                    my_name=self.node.name,
+                    my_creation=self.node.creation,
+                    cookie=self._node_cookies.get(name, self.cookie),
+                    expected_peer=name,
+                    flags=self._flags(),
+                    timeout=opts.connect_timeout,
+                )
+            except HandshakeError as e:
+                if e.reason == "duplicate" and pending.done is not None and loop.time() < deadline:
+                    # The peer is connecting to us at the same time and its
+                    # attempt wins: _install resolves this pending when it
+                    # arrives. Should it fail instead (a wrong cookie, say),
+                    # try again rather than wait out the whole timeout.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(pending.done), 0.25)
+                        return
+                    continue
+                logger.info("cannot connect to %s: %s", name, e)
+                self._connect_failed(name, pending)
+            except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
+                logger.info("cannot connect to %s: %s", name, e)
+                self._connect_failed(name, pending)
+            else:
+                self._install(peer, reader, writer)
+            return
 
     def _connect_failed(self, name: str, pending: _Pending) -> None:
         if self._pending.get(name) is pending:

@@ -1,0 +1,518 @@
+"""The ``pybeam`` command: run a node, call a function on one, list nodes, run the port mapper.
+
+``pybeam node``
+    Run a node until SIGTERM/SIGINT (or, with ``--exit-on-stdin-close``, until
+    its stdin closes); ``--shell`` gives an interactive asyncio REPL inside the
+    node, like ``iex --sname``.
+``pybeam rpc NODE module:function [ARGS...]``
+    Call a function on a running node from a short-lived hidden node and print
+    the result's ``repr`` (like ``erl_call``).
+``pybeam names``
+    The nodes registered with this host's port mapper (like ``epmd -names``).
+``pybeam epmd``
+    Run the port mapper in the foreground (:func:`pybeam.dist.epmd.main`).
+
+Every subcommand returns an exit status: 0 on success, 1 on an error it
+explains on stderr, 2 for bad usage (argparse's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import code
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Sequence
+from typing import Any
+
+from . import net, rpc
+from .dist import epmd
+from .dist.cookie import CookieError
+from .errors import Exit, NodeDown, PybeamError
+from .node import Node
+from .process import Process
+from .runtime import new_event_loop
+
+__all__ = ["main", "parse_arg"]
+
+_PROG = "pybeam"
+
+
+def parse_arg(text: str) -> Any:
+    """A command-line argument as a term: a Python literal if it parses as one
+    (``2``, ``'x'``, ``[1, 2]``, ``None``), else the text itself (as erl_call's ``-a``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _error(command: str, message: str) -> int:
+    print(f"{_PROG} {command}: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro: Any) -> int:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        result: int = runner.run(coro)
+        return result
+
+
+# Errors a node can meet while starting: a bad name, a taken name, a bad cookie
+# file, a port in use, no usable port mapper.
+_START_ERRORS = (PybeamError, CookieError, epmd.EpmdError, OSError, ValueError)
+
+
+# -- pybeam node ---------------------------------------------------------------------
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Read stdin until EOF, then stop the node (run in a daemon thread).
+
+    ``os.read`` on the raw descriptor rather than ``sys.stdin``: a daemon
+    thread blocked inside a buffered reader's lock can abort the interpreter at
+    shutdown, a raw read cannot.
+    """
+    with contextlib.suppress(OSError):
+        while os.read(0, 65536):
+            pass
+    with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to stop
+        loop.call_soon_threadsafe(stop.set)
+
+
+async def _serve_node(node: Node, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # The context manager's two halves by hand rather than `async with`, so
+    # that an error while starting is told apart from one while running.
+    try:
+        entered = await node.__aenter__()
+    except _START_ERRORS as e:
+        return _error("node", f"cannot start node {args.name}: {e}")
+    try:
+        for peer in args.connect:
+            if not await net.connect(peer):
+                return _error(
+                    "node",
+                    f"cannot connect to {peer}: it is not running, not registered with the port "
+                    "mapper, or has another cookie",
+                )
+        shell: _Shell | None = None
+        if args.shell:
+            shell = _Shell(entered, loop, stop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handler = shell.interrupt if shell is not None and sig == signal.SIGINT else stop.set
+            loop.add_signal_handler(sig, handler)
+        dist = entered.dist
+        port = getattr(dist, "port", 0)
+        print(f"{_PROG} node {entered.name} up (port {port})", flush=True)
+        if shell is not None:
+            shell.start()  # it reads stdin, and EOF on it stops the node, as --exit-on-stdin-close would
+        elif args.exit_on_stdin_close:
+            threading.Thread(target=_watch_stdin, args=(loop, stop), name="pybeam-stdin", daemon=True).start()
+        await stop.wait()
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await node.__aexit__(None, None, None)
+
+
+# -- the shell -------------------------------------------------------------------------
+
+# What the shell process tells the console about one statement.
+_OK = "ok"
+_ERROR = "error"  # value: the exception, its traceback trimmed to the typed code
+_INTERRUPTED = "interrupted"
+_QUIT = "quit"  # value: the SystemExit
+_DIED = "died"  # value: what to tell the user; the shell process has exited
+_Outcome = tuple[str, Any]
+
+
+def _trim(exc: BaseException) -> BaseException:
+    """Drop the shell's own frames from ``exc``'s traceback: start at the typed code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != "<console>":
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+    return exc
+
+
+async def _guard(coro: Any) -> _Outcome:
+    # asyncio re-raises SystemExit and KeyboardInterrupt out of the event loop,
+    # which would kill the node: turn them into values here.
+    try:
+        await coro
+    except (SystemExit, KeyboardInterrupt) as e:
+        return (_QUIT, e) if isinstance(e, SystemExit) else (_INTERRUPTED, None)
+    return (_OK, None)
+
+
+class _Shell:
+    """An interactive console (in a thread) whose statements run in one process of the node.
+
+    The console thread compiles each statement with top-level ``await`` allowed
+    and hands the code object to the *shell process*, a process of the node
+    that runs the statements one after another, so ``self()``, ``receive`` and
+    the mailbox stay the same across statements. A coroutine statement runs as
+    a task of that process (so Ctrl-C can cancel it without killing the
+    process). If the shell process exits (``pybeam.exit``, a linked process
+    crashing) the user is told and the next statement starts a new one, as iex
+    does.
+    """
+
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        import pybeam
+
+        self.node = node
+        self.loop = loop
+        self.stop = stop
+        self.namespace: dict[str, Any] = {
+            "__name__": "__main__",
+            "__builtins__": __builtins__,
+            "asyncio": asyncio,
+            "pybeam": pybeam,
+        }
+        self.proc: Process | None = None
+        self.jobs: asyncio.Queue[tuple[types.CodeType, concurrent.futures.Future[_Outcome]]] | None = None
+        self.running: asyncio.Task[_Outcome] | None = None
+
+    # -- the loop's side --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the shell process and the console thread."""
+        self._spawn()
+        threading.Thread(target=self._console, name="pybeam-shell", daemon=True).start()
+
+    def _spawn(self) -> None:
+        jobs: asyncio.Queue[tuple[types.CodeType, concurrent.futures.Future[_Outcome]]] = asyncio.Queue()
+        pid, _ = self.node.spawn(self._serve, (jobs,))
+        self.proc = self.node.process(pid)
+        self.jobs = jobs
+
+    def submit(self, code_obj: types.CodeType, future: concurrent.futures.Future[_Outcome]) -> None:
+        """Queue a statement for the shell process (on the loop's thread)."""
+        if not self.node.running:
+            future.set_result((_QUIT, SystemExit(0)))
+            return
+        if self.proc is None or not self.proc.alive:
+            self._spawn()
+        assert self.jobs is not None
+        self.jobs.put_nowait((code_obj, future))
+
+    def interrupt(self) -> None:
+        """SIGINT: cancel the running statement (the node goes on)."""
+        task = self.running
+        if task is not None and not task.done():
+            task.cancel()
+        else:
+            sys.stderr.write("\n(KeyboardInterrupt: exit() or Ctrl-D leaves the shell and stops the node)\n")
+            sys.stderr.flush()
+
+    async def _serve(
+        self, jobs: asyncio.Queue[tuple[types.CodeType, concurrent.futures.Future[_Outcome]]]
+    ) -> None:
+        # The shell process's function.
+        me = self.proc
+        future: concurrent.futures.Future[_Outcome] | None = None
+        try:
+            while True:
+                code_obj, future = await jobs.get()
+                try:
+                    outcome = await self._execute(code_obj)
+                except Exit as e:
+                    future.set_result((_DIED, f"** (exit) shell process exited with reason {e.reason!r}"))
+                    raise
+                future.set_result(outcome)
+                future = None
+        except asyncio.CancelledError:
+            reason = me.reason if me is not None else "killed"
+            message = f"** (EXIT) shell process exited with reason {reason!r}"
+            if future is not None and not future.done():
+                future.set_result((_DIED, message))
+            elif self.node.running:  # else the node is stopping: the user asked for that
+                sys.stderr.write(f"\n{message}\n")
+            raise
+        finally:
+            while not jobs.empty():
+                _, pending = jobs.get_nowait()
+                if not pending.done():
+                    pending.set_result((_DIED, "** the shell process exited before running this"))
+
+    async def _execute(self, code_obj: types.CodeType) -> _Outcome:
+        func = types.FunctionType(code_obj, self.namespace)
+        try:
+            result = func()
+        except Exit:
+            raise
+        except SystemExit as e:
+            return (_QUIT, e)
+        except KeyboardInterrupt:
+            return (_INTERRUPTED, None)
+        except BaseException as e:
+            return (_ERROR, _trim(e))
+        if not inspect.iscoroutine(result):
+            return (_OK, None)
+        # A task of this process: it inherits the process context (self() is
+        # the shell's pid) and Ctrl-C can cancel it alone.
+        task = self.running = asyncio.ensure_future(_guard(result))
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the shell process itself is being killed
+            return (_INTERRUPTED, None)
+        except Exit:
+            raise
+        except BaseException as e:
+            return (_ERROR, _trim(e))
+        finally:
+            self.running = None
+
+    # -- the console thread's side --------------------------------------------------
+
+    def _console(self) -> None:
+        console = _Console(self)
+        try:
+            with contextlib.suppress(ImportError):
+                if sys.stdin.isatty():
+                    import readline  # noqa: F401  (line editing and history at the prompt)
+            pid = self.proc.pid if self.proc is not None else None
+            banner = (
+                f"pybeam shell on node {self.node.name}, shell process {pid!r}\n"
+                "Top-level await works; `pybeam` and `asyncio` are imported.\n"
+                "exit() or Ctrl-D leaves the shell and stops the node."
+            )
+            with contextlib.suppress(SystemExit):
+                console.interact(banner=banner, exitmsg="")
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop already stopped
+                self.loop.call_soon_threadsafe(self.stop.set)
+
+
+class _FdLineReader:
+    """Lines from a raw file descriptor (see :func:`_watch_stdin` for why not ``sys.stdin``)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+
+    def readline(self) -> str:
+        while b"\n" not in self.buffer and not self.eof:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+            self.buffer += chunk
+        line, sep, self.buffer = self.buffer.partition(b"\n")
+        return (line + sep).decode("utf-8", errors="replace")
+
+
+class _Console(code.InteractiveConsole):
+    def __init__(self, shell: _Shell) -> None:
+        super().__init__(shell.namespace, filename="<console>")
+        self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        self.shell = shell
+        self.tty = sys.stdin.isatty()
+        self.reader = None if self.tty else _FdLineReader(0)
+
+    def raw_input(self, prompt: str = "") -> str:
+        if self.reader is None:
+            return input(prompt)
+        # Not a terminal (a pipe, a file): prompts go to stderr so that stdout
+        # holds only what the statements print.
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        line = self.reader.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    def runcode(self, code: types.CodeType) -> None:
+        future: concurrent.futures.Future[_Outcome] = concurrent.futures.Future()
+        try:
+            self.shell.loop.call_soon_threadsafe(self.shell.submit, code, future)
+        except RuntimeError:  # the loop is closed: the node has stopped
+            raise SystemExit(0) from None
+        kind, value = future.result()
+        sys.stdout.flush()
+        if kind == _ERROR:
+            self.write("".join(traceback.format_exception(value)))
+        elif kind == _INTERRUPTED:
+            self.write("\nKeyboardInterrupt\n")
+        elif kind == _DIED:
+            self.write(f"{value}\n")
+        elif kind == _QUIT:
+            raise value
+
+
+# -- pybeam rpc ------------------------------------------------------------------------
+
+
+async def _rpc_main(args: argparse.Namespace) -> int:
+    target: str = args.node
+    host = target.partition("@")[2] or "127.0.0.1"
+    name = args.name or f"rpc_{secrets.token_hex(4)}@{host}"
+    call_args = [parse_arg(a) for a in args.args]
+    try:
+        node = Node(name, cookie=args.cookie, hidden=True, epmd_port=args.epmd_port)
+    except _START_ERRORS as e:
+        return _error("rpc", str(e))
+    try:
+        async with node:
+            if not await net.connect(target):
+                return _error(
+                    "rpc",
+                    f"node {target} cannot be reached (is it running, registered with this port "
+                    "mapper, and using the same cookie?)",
+                )
+            try:
+                result = await rpc.call(target, args.function, *call_args, timeout=args.timeout)
+            except rpc.RemoteError as e:
+                lines = [f"{args.function} raised on {target}: {e.kind}: {e.message}"]
+                if e.remote_traceback:
+                    lines.append("remote traceback:\n" + e.remote_traceback.rstrip())
+                return _error("rpc", "\n".join(lines))
+            except NodeDown:
+                return _error("rpc", f"node {target} cannot be reached (it went down during the call)")
+            except rpc.RpcTimeout as e:
+                return _error("rpc", f"timeout: {e}")
+            except PybeamError as e:
+                return _error("rpc", str(e))
+            print(repr(result), flush=True)
+            return 0
+    except _START_ERRORS as e:
+        return _error("rpc", f"cannot start the calling node {name}: {e}")
+
+
+# -- pybeam names ------------------------------------------------------------------------
+
+
+async def _names_main(args: argparse.Namespace) -> int:
+    try:
+        port = epmd.epmd_port(args.epmd_port)
+        entries = await epmd.names(port, host=args.host)
+    except ValueError as e:
+        return _error("names", str(e))
+    except epmd.EpmdError as e:
+        return _error("names", f"no port mapper answers on {args.host} ({e})")
+    for name, node_port in sorted(entries):
+        print(f"{name} {node_port}")
+    sys.stdout.flush()
+    return 0
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_PROG, description="Run and talk to pybeam nodes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run a node until SIGTERM/SIGINT", description="Run a node.")
+    node.add_argument("--name", required=True, help="the node's name, name@host (e.g. a@127.0.0.1)")
+    node.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    node.add_argument(
+        "--connect", action="append", default=[], metavar="NODE", help="connect to NODE at start (repeatable)"
+    )
+    node.add_argument("--ticktime", type=_positive, default=60.0, help="net_ticktime in seconds (default 60)")
+    node.add_argument(
+        "--hidden", action="store_true", help="a hidden node: left out of nodes() and of the mesh"
+    )
+    node.add_argument("--port", type=int, default=0, help="port to listen on (default: any free one)")
+    node.add_argument(
+        "--epmd-port", type=int, default=None, help="port mapper's port (default $PYBEAM_EPMD_PORT or 4370)"
+    )
+    node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
+    node.add_argument(
+        "--exit-on-stdin-close",
+        action="store_true",
+        help="stop when stdin reaches EOF (so a child node never outlives its parent)",
+    )
+    node.add_argument("-v", "--verbose", action="store_true", help="log connections and more")
+
+    call = sub.add_parser(
+        "rpc",
+        help="call module:function on a node and print the result",
+        description="Call module:function(*ARGS) on NODE and print repr(result). Each ARG is a "
+        "Python literal if it parses as one, else a string.",
+    )
+    call.add_argument("node", metavar="NODE")
+    call.add_argument("function", metavar="module:function")
+    call.add_argument("args", nargs="*", metavar="ARGS")
+    call.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    call.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds (default 5)")
+    call.add_argument("--name", help="the calling node's name (default rpc_<random>@<NODE's host>)")
+    call.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    call.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
+    names = sub.add_parser("names", help="list the nodes registered with the port mapper")
+    names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    names.add_argument(
+        "--host", default=epmd.DEFAULT_HOST, help=f"port mapper's host (default {epmd.DEFAULT_HOST})"
+    )
+
+    sub.add_parser("epmd", help="run the port mapper (see `pybeam epmd --help`)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``pybeam`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "epmd":
+        # Its own parser, options and help.
+        return epmd.main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "names":
+        return _run(_names_main(args))
+    _setup_logging(args.verbose)
+    if args.command == "rpc":
+        return _run(_rpc_main(args))
+    return _run(_serve_node_checked(args))
+
+
+async def _serve_node_checked(args: argparse.Namespace) -> int:
+    try:
+        node = Node(
+            args.name,
+            cookie=args.cookie,
+            ticktime=args.ticktime,
+            hidden=args.hidden,
+            port=args.port,
+            epmd_port=args.epmd_port,
+        )
+    except _START_ERRORS as e:
+        return _error("node", f"cannot start node {args.name}: {e}")
+    return await _serve_node(node, args)

@@ -1,0 +1,16 @@
+"""Testing distributed code with real nodes: Elixir's LocalCluster and Schism for pybeam.
+
+- :class:`LocalCluster`: nodes in separate OS processes, connected to the
+  calling node (the *manager*) and to each other.
+- :func:`partition` / :func:`heal`: cut a group of nodes off from the others,
+  and undo it.
+- :mod:`pybeam.testing.pytest_plugin`: fixtures ``epmd_port``, ``beam_node``
+  and ``cluster``; load it with ``pytest_plugins = ["pybeam.testing.pytest_plugin"]``.
+
+See ``docs/cli_and_testing.md``.
+"""
+
+from .cluster import ClusterError, LocalCluster, run_in_process
+from .schism import heal, partition, partitioned
+
+__all__ = ["ClusterError", "LocalCluster", "heal", "partition", "partitioned", "run_in_process"]

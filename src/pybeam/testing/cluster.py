@@ -1,0 +1,395 @@
+"""Local clusters for tests: real nodes, each in its own OS process (Elixir's LocalCluster).
+
+The code that starts a cluster runs on a distributed node, the *manager*
+(usually the test's own node, see :mod:`pybeam.testing.pytest_plugin`). Each
+cluster node is ``python -m pybeam node`` in a child process that:
+
+- uses the manager's cookie and ticktime and connects to the manager at start
+  (the full mesh then connects the children to one another);
+- can import whatever the manager can (its ``PYTHONPATH`` is the manager's
+  ``sys.path``), test modules included, so ``rpc.call(child, helper)`` works
+  with a helper defined in the test file;
+- stops when its stdin closes (``--exit-on-stdin-close``): the manager keeps
+  the pipe open, so a child never outlives the manager, even if the manager
+  is SIGKILLed;
+- writes its stdout and stderr to a log file: :meth:`LocalCluster.logs`.
+
+Nothing is left behind: :meth:`LocalCluster.stop` (run by ``async with``)
+stops every child, and a finalizer (which also runs at interpreter exit)
+SIGKILLs any child still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..dist.net_kernel import NetKernel
+from ..errors import NotDistributed, PybeamError
+from ..node import Node, current_node
+
+__all__ = ["ClusterError", "LocalCluster", "run_in_process"]
+
+T = TypeVar("T")
+
+HOST = "127.0.0.1"
+#: Seconds between checks while waiting for children.
+_POLL = 0.02
+#: Seconds a child gets to stop after SIGTERM before it is SIGKILLed.
+_STOP_GRACE = 5.0
+
+
+class ClusterError(PybeamError):
+    """A cluster node did not start (its log is in the message) or cannot be used."""
+
+
+def _manager_kernel(node: Node) -> NetKernel:
+    dist = node.dist
+    if not isinstance(dist, NetKernel):
+        raise NotDistributed(
+            f"a LocalCluster needs a distributed manager node; {node.name} is not one "
+            "(run the test on pybeam.Node('name@127.0.0.1'), e.g. the beam_node fixture)"
+        )
+    return dist
+
+
+async def run_in_process(fn: Callable[..., Awaitable[T]], *args: Any, node: Node | None = None) -> T:
+    """Run ``await fn(*args)`` in a new, short-lived process of ``node`` (default:
+    the current node) and return its result.
+
+    For helpers that need a process (``rpc.call`` does) without making the
+    caller one, or putting anything in the caller's mailbox: pytest fixtures
+    must not become processes, since their task ends before the test starts.
+    """
+    node = node or current_node()
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[T] = loop.create_future()
+
+    async def body() -> None:
+        try:
+            value = await fn(*args)
+        except asyncio.CancelledError:
+            if not result.done():
+                result.set_exception(ClusterError(f"the helper process running {fn!r} was killed"))
+            raise
+        except BaseException as e:
+            # The caller gets the exception; re-raising it here too would only
+            # log a crash report for the helper.
+            if not result.done():
+                result.set_exception(e)
+            return
+        if not result.done():
+            result.set_result(value)
+
+    pid, _ = node.spawn(body)
+    try:
+        return await asyncio.shield(result)
+    except asyncio.CancelledError:
+        proc = node.process(pid)
+        if proc is not None:
+            node.terminate(proc, "killed")
+        raise
+
+
+def _kill_all(processes: dict[str, subprocess.Popen[bytes]], log_dir: str | None) -> None:
+    """The safety net: SIGKILL and reap every child still alive, remove the logs."""
+    for proc in processes.values():
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+    for proc in processes.values():
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            proc.wait(timeout=5)
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    if log_dir is not None:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+class LocalCluster:
+    """``count`` nodes, each its own OS process, connected to the calling node and to each other.
+
+    ::
+
+        async with LocalCluster(3) as cluster:
+            n1, n2, n3 = cluster.nodes
+            assert await rpc.call(n1, "operator:add", 2, 3) == 5
+
+    Names are ``{prefix}{i}_{suffix}@127.0.0.1`` for i = 1..count, where
+    ``suffix`` is random (so that clusters of two tests, or of a test run twice
+    at once, never meet); pass ``unique=False`` for plain ``{prefix}{i}@127.0.0.1``.
+
+    ``cookie`` defaults to the manager's; ``ticktime`` to the manager's (nodes
+    with different ticktimes declare each other down); ``env`` adds variables
+    to the children's environment. Start waits (at most ``startup_timeout``
+    seconds) until every node is connected to the manager and to every other
+    node, and raises :class:`ClusterError` with the node's log if one exits or
+    does not connect in time. The manager is ``node``, or else the current
+    node when the cluster starts; it must be distributed.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        prefix: str = "node",
+        unique: bool = True,
+        cookie: str | None = None,
+        ticktime: float | None = None,
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 20.0,
+        node: Node | None = None,
+    ) -> None:
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self.count = count
+        self.prefix = prefix
+        self.suffix = f"_{secrets.token_hex(3)}" if unique else ""
+        self.cookie = cookie
+        self.ticktime = ticktime
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        #: The node names, in order.
+        self.nodes: list[str] = []
+        #: Each node's child process (stopped ones too: check ``poll()``).
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: The node the cluster connects to (``node``, else the current node at start).
+        self.manager: Node | None = node
+        self._next = 1
+        self._log_dir: str | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<LocalCluster {self.nodes}>"
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def start(self) -> LocalCluster:
+        """Start the ``count`` nodes and wait until they are all connected."""
+        if self._log_dir is None:
+            self.manager = self.manager or current_node()
+            kernel = _manager_kernel(self.manager)
+            self.cookie = self.cookie or kernel.cookie
+            if self.ticktime is None:
+                self.ticktime = kernel.options.ticktime
+            self._log_dir = tempfile.mkdtemp(prefix="pybeam-cluster-")
+            # Holds the dict and the path, not self, so it can run after self is gone.
+            self._finalizer = weakref.finalize(self, _kill_all, self.processes, self._log_dir)
+        names = [self._launch() for _ in range(self.count - len(self.nodes))]
+        try:
+            await self._wait_connected(names)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def start_node(self) -> str:
+        """Start one more node in the cluster; returns its name once it is connected."""
+        if self._log_dir is None:
+            await self.start()
+        name = self._launch()
+        try:
+            await self._wait_connected([name])
+        except BaseException:
+            await self.stop_node(name)
+            raise
+        return name
+
+    async def stop(self) -> None:
+        """Stop every node: SIGTERM, then SIGKILL whatever is still alive after a few seconds."""
+        await asyncio.gather(*(self.stop_node(name) for name in self.nodes))
+
+    async def stop_node(self, node: str) -> int | None:
+        """Stop one node (SIGTERM, SIGKILL after a grace period); returns its exit status."""
+        proc = self._process(node)
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _STOP_GRACE
+            while proc.poll() is None and loop.time() < deadline:
+                await asyncio.sleep(_POLL)
+            if proc.poll() is None:
+                self.kill(node)
+        self._close_stdin(proc)
+        return proc.returncode
+
+    def kill(self, node: str) -> None:
+        """SIGKILL ``node``'s process, as a crash would end it (no clean goodbye to anyone)."""
+        proc = self._process(node)
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            # Reaped at once: SIGKILL cannot be caught, so this takes no time.
+            proc.wait(timeout=5)
+        self._close_stdin(proc)
+
+    def alive(self, node: str) -> bool:
+        """True while ``node``'s process runs."""
+        return self._process(node).poll() is None
+
+    def logs(self, node: str) -> str:
+        """What ``node`` wrote to stdout and stderr so far."""
+        self._process(node)
+        assert self._log_dir is not None
+        path = self._log_path(node)
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def __aenter__(self) -> LocalCluster:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- inside --------------------------------------------------------------------
+
+    def _process(self, node: str) -> subprocess.Popen[bytes]:
+        proc = self.processes.get(node)
+        if proc is None:
+            raise ClusterError(f"{node} is not a node of {self!r}")
+        return proc
+
+    def _log_path(self, node: str) -> Path:
+        assert self._log_dir is not None
+        return Path(self._log_dir) / f"{node.partition('@')[0]}.log"
+
+    @staticmethod
+    def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+    def _child_env(self) -> dict[str, str]:
+        assert self.manager is not None and self.cookie is not None
+        env = dict(os.environ)
+        env.update(self.env)
+        # The manager's sys.path, so children import what it imports (test
+        # modules included); '' means the current directory, which we pass on.
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        # Through the environment, not --cookie: a command line is visible to
+        # every user of the host (ps).
+        env["PYBEAM_COOKIE"] = self.cookie
+        epmd_port = _manager_kernel(self.manager).options.epmd_port
+        if epmd_port is not None:
+            env["PYBEAM_EPMD_PORT"] = str(epmd_port)
+        env.setdefault("PYTHONUNBUFFERED", "1")  # logs that are complete when read
+        return env
+
+    def _launch(self) -> str:
+        assert self.manager is not None
+        name = f"{self.prefix}{self._next}{self.suffix}@{HOST}"
+        self._next += 1
+        argv = [
+            sys.executable,
+            "-m",
+            "pybeam",
+            "node",
+            "--name",
+            name,
+            "--exit-on-stdin-close",
+            "--verbose",  # connections up and down in the log: what a failing test needs to show
+            "--ticktime",
+            repr(self.ticktime),
+        ]
+        if self.cookie == _manager_kernel(self.manager).cookie:
+            argv += ["--connect", self.manager.name]
+        with open(self._log_path(name), "wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,  # kept open: its EOF tells the child the manager is gone
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._child_env(),
+                cwd=os.getcwd(),
+            )
+        self.nodes.append(name)
+        self.processes[name] = proc
+        return name
+
+    async def _wait_connected(self, names: list[str]) -> None:
+        """Wait until each of ``names`` is connected to the manager and to every
+        other node of the cluster; raise :class:`ClusterError` if one exits or
+        does not get there in time."""
+        assert self.manager is not None
+        kernel = _manager_kernel(self.manager)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout
+        cookie = self.cookie
+        assert cookie is not None
+        if cookie != kernel.cookie:
+            # The children cannot connect to us with their cookie: we connect to
+            # them with it.
+            for name in names:
+                kernel.set_cookie(cookie, name)
+        waiting = set(names)
+        while waiting:
+            for name in sorted(waiting):
+                self._check_running(name)
+                if kernel.is_connected(name):
+                    waiting.discard(name)
+                elif cookie != kernel.cookie and await self._registered(name):
+                    await kernel.connect(name)
+            if waiting:
+                if loop.time() > deadline:
+                    self._fail(sorted(waiting)[0], f"did not connect within {self.startup_timeout}s")
+                await asyncio.sleep(_POLL)
+        # The mesh: each node connects to the others when it connects to the
+        # manager; wait for it so that tests start from a connected cluster.
+        for name in self.nodes:
+            if not self.alive(name):
+                continue
+            expected = {n for n in self.nodes if n != name and self.alive(n)}
+            if not kernel.options.hidden:
+                expected.add(self.manager.name)
+            while True:
+                self._check_running(name)
+                seen = set(await run_in_process(_remote_nodes, name, node=self.manager))
+                if expected <= seen:
+                    break
+                if loop.time() > deadline:
+                    missing = ", ".join(sorted(expected - seen))
+                    self._fail(name, f"did not connect to {missing} within {self.startup_timeout}s")
+                await asyncio.sleep(_POLL)
+
+    async def _registered(self, name: str) -> bool:
+        from ..dist import epmd
+
+        assert self.manager is not None
+        with contextlib.suppress(OSError, epmd.EpmdError):
+            port = _manager_kernel(self.manager).options.epmd_port
+            return await epmd.lookup(name, port) is not None
+        return False
+
+    def _check_running(self, name: str) -> None:
+        code = self._process(name).poll()
+        if code is not None:
+            self._fail(name, f"exited with status {code} before joining the cluster")
+
+    def _fail(self, name: str, why: str) -> None:
+        log = self.logs(name).rstrip() or "(empty)"
+        raise ClusterError(f"cluster node {name} {why}; its log:\n{log}")
+
+
+async def _remote_nodes(node: str) -> list[str]:
+    from .. import rpc
+
+    result: list[str] = await rpc.call(node, "pybeam.net:nodes")
+    return result
