@@ -33,10 +33,9 @@ from ..node import set_distribution_factory
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, handshake
 from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError
+from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
-
-from .cookie import resolve_cookie
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -71,6 +70,8 @@ class _Pending:
     queue: list[tuple[Any, ...]] = field(default_factory=list)
     done: asyncio.Future[bool] | None = None
     task: asyncio.Task[None] | None = None
+    #: Our attempt lost a simultaneous connect: the peer's attempt decides.
+    awaiting_peer: bool = False
 
 
 def function_name(fn: Callable[..., Any] | str) -> str:
@@ -302,40 +303,36 @@ class NetKernel:
 
     async def _connect(self, name: str, pending: _Pending) -> None:
         opts = self.options
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + opts.connect_timeout
-        while True:
-            try:
-                host, port = await self._resolve(name)
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
-                peer = await handshake.initiate(
-                    reader,
-                    writer,
-                    my_name=self.node.name,
-                    my_creation=self.node.creation,
-                    cookie=self._node_cookies.get(name, self.cookie),
-                    expected_peer=name,
-                    flags=self._flags(),
-                    timeout=opts.connect_timeout,
-                )
-            except HandshakeError as e:
-                if e.reason == "duplicate" and pending.done is not None and loop.time() < deadline:
-                    # The peer is connecting to us at the same time and its
-                    # attempt wins: _install resolves this pending when it
-                    # arrives. Should it fail instead (a wrong cookie, say),
-                    # try again rather than wait out the whole timeout.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(pending.done), 0.25)
-                        return
-                    continue
-                logger.info("cannot connect to %s: %s", name, e)
-                self._connect_failed(name, pending)
-            except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
-                logger.info("cannot connect to %s: %s", name, e)
-                self._connect_failed(name, pending)
-            else:
-                self._install(peer, reader, writer)
-            return
+        try:
+            host, port = await self._resolve(name)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+            peer = await handshake.initiate(
+                reader,
+                writer,
+                my_name=self.node.name,
+                my_creation=self.node.creation,
+                cookie=self._node_cookies.get(name, self.cookie),
+                expected_peer=name,
+                flags=self._flags(),
+                timeout=opts.connect_timeout,
+            )
+        except HandshakeError as e:
+            if e.reason == "duplicate" and pending.done is not None:
+                # The peer is connecting to us at the same time and its
+                # attempt wins: _install resolves this pending when it comes
+                # up, _accept fails it if it fails. As in OTP, the signals
+                # queued here share that attempt's fate.
+                pending.awaiting_peer = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(pending.done), opts.connect_timeout)
+                    return
+            logger.info("cannot connect to %s: %s", name, e)
+            self._connect_failed(name, pending)
+        except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
+            logger.info("cannot connect to %s: %s", name, e)
+            self._connect_failed(name, pending)
+        else:
+            self._install(peer, reader, writer)
 
     def _connect_failed(self, name: str, pending: _Pending) -> None:
         if self._pending.get(name) is pending:
@@ -353,6 +350,12 @@ class NetKernel:
         return "ok"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        claimed: list[str] = []
+
+        def accept_peer(peer: str, creation: int, flags: Any) -> str:
+            claimed.append(peer)
+            return self._accept_peer(peer, creation, flags)
+
         try:
             peer = await handshake.accept(
                 reader,
@@ -360,13 +363,20 @@ class NetKernel:
                 my_name=self.node.name,
                 my_creation=self.node.creation,
                 cookie=self.cookie,
-                accept_peer=self._accept_peer,
+                accept_peer=accept_peer,
                 flags=self._flags(),
                 timeout=self.options.connect_timeout,
             )
         except HandshakeError as e:
             level = logging.WARNING if e.reason in ("cookie", "protocol", "version") else logging.DEBUG
             logger.log(level, "refused a connection to %s: %s", self.node.name, e)
+            if claimed and e.reason != "duplicate":
+                # Our own attempt to this peer may be waiting on this one.
+                pending = self._pending.get(claimed[0])
+                if pending is not None and pending.awaiting_peer:
+                    if pending.task is not None:
+                        pending.task.cancel()
+                    self._connect_failed(claimed[0], pending)
             return
         except (OSError, ValueError) as e:
             logger.info("incoming connection failed: %s", e)
