@@ -617,3 +617,24 @@ async def test_a_task_inheriting_an_ended_adopted_process_becomes_a_new_one() ->
     new, msg = await asyncio.get_running_loop().create_task(second(), context=ctx)
     assert new != old
     assert msg == "hi"
+
+
+async def test_finished_processes_are_freed_without_the_cycle_collector() -> None:
+    import gc
+
+    from pybeam.process import Process
+
+    def live() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is Process)
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = live()
+        refs = [pybeam.spawn_monitor(lambda: None)[1] for _ in range(100)]
+        for ref in refs:
+            await receive(("DOWN", ref, ANY, ANY, ANY), timeout=5)
+        await asyncio.sleep(0)
+        assert live() - before < 5
+    finally:
+        gc.enable()
