@@ -5,7 +5,7 @@ and register names, on nodes that (with :mod:`pybeam.dist`) connect over TCP.
 The functions below are the ones a BEAM user knows; see ``docs/``.
 """
 
-from . import dynamic_supervisor, gen_server, rpc, supervisor
+from . import dynamic_supervisor, gen_server, global_, pg, rpc, supervisor
 from .errors import BadArg, Exit, NodeDown, NoProc, NotDistributed, PybeamError, SpawnError
 from .gen_server import GenServer
 from .kernel import (
@@ -72,6 +72,7 @@ __all__ = [
     "exit",
     "gen_server",
     "get_cookie",
+    "global_",
     "is_alive",
     "link",
     "make_ref",
@@ -80,6 +81,7 @@ __all__ = [
     "new_event_loop",
     "node_name",
     "nodes",
+    "pg",
     "ping",
     "process_flag",
     "process_info",

@@ -152,6 +152,9 @@ class NetKernel:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._abandoned: set[Ref] = set()
         self._node_cookies: dict[str, str] = {}
+        #: Peers whose incoming handshake we have let through and that are not
+        #: up yet: dialling them now would make a second connection.
+        self._accepting: dict[str, asyncio.Future[bool]] = {}
         self._stopping = False
 
     # -- life cycle -------------------------------------------------------------
@@ -303,6 +306,14 @@ class NetKernel:
 
     async def _connect(self, name: str, pending: _Pending) -> None:
         opts = self.options
+        accepting = self._accepting.get(name)
+        if accepting is not None:
+            # The peer is connecting to us right now: _install resolves this
+            # pending if that succeeds; if it fails, dial ourselves.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(accepting), opts.connect_timeout)
+            if name in self._conns:
+                return
         try:
             host, port = await self._resolve(name)
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
@@ -347,6 +358,8 @@ class NetKernel:
             return "not_allowed"
         if peer in self._pending and self.node.name > peer:
             return "duplicate"  # simultaneous connect: ours wins (see handshake.accept)
+        if peer in self._accepting:
+            return "duplicate"  # that peer is already coming in on another connection
         return "ok"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -354,8 +367,28 @@ class NetKernel:
 
         def accept_peer(peer: str, creation: int, flags: Any) -> str:
             claimed.append(peer)
-            return self._accept_peer(peer, creation, flags)
+            decision = self._accept_peer(peer, creation, flags)
+            if decision == "ok" and peer not in self._accepting:
+                self._accepting[peer] = asyncio.get_running_loop().create_future()
+                accepting.append(peer)
+            return decision
 
+        accepting: list[str] = []
+        try:
+            await self._handshake_in(reader, writer, accept_peer, claimed)
+        finally:
+            for peer in accepting:
+                fut = self._accepting.pop(peer, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(peer in self._conns)
+
+    async def _handshake_in(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        accept_peer: Callable[[str, int, Any], str],
+        claimed: list[str],
+    ) -> None:
         try:
             peer = await handshake.accept(
                 reader,
@@ -695,7 +728,9 @@ class NetKernel:
             name, host, port = _parse_address(address)
         except ValueError:
             return
-        if name == self.node.name or name in self._conns or name in self._pending or self._stopping:
+        if name == self.node.name or self._stopping:
+            return
+        if name in self._conns or name in self._pending or name in self._accepting:
             return
         if port is not None:
             self._addresses.setdefault(name, (host, port))

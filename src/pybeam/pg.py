@@ -1,0 +1,514 @@
+"""Distributed named process groups, as OTP's ``pg`` (OTP 23+) keeps them.
+
+Processes ``join`` and ``leave`` groups; any node can list a group's members
+(``get_members``) and send to them. A member that ends leaves every group; the
+members of a node that goes down are dropped; nodes that meet (again) exchange
+their members. Groups live in *scopes*, independent of each other; the default
+scope is ``"pg"``.
+
+Built, as OTP's ``pg`` is, from public parts only, with its protocol: one
+scope process per node and scope, registered locally under the scope's name,
+talking to the scope processes of the same name on the other nodes:
+
+- A scope process that starts sends ``("discover", self)`` to the scope process
+  of every connected node, and again to each node that comes up (nodeup).
+- On ``discover`` a scope process answers ``("sync", self, groups)`` with its
+  *local* members, and, if it did not know the sender, monitors it and
+  discovers it back.
+- On ``sync`` it replaces what it knew of that peer's members by the list.
+- ``join`` / ``leave`` of local processes go through the local scope process,
+  which monitors its local members and sends ``("join", self, group, pids)`` /
+  ``("leave", self, pids, groups)`` to every peer it knows; when a member ends
+  it sends ``leave`` for it.
+- When a peer's scope process ends, or its node goes down (the monitor fires
+  ``noconnection``), its members are dropped.
+
+So each node is the only writer of its own members, and the membership views
+converge (strong eventual consistency, as OTP says): updates from one node
+arrive in order; those of different nodes may arrive in different orders.
+
+Where pybeam differs: a scope is started on demand, by the first call on a
+node (or :func:`start`), and a running scope process also starts the same
+scope on every node it is connected to and on each node that comes up
+(``rpc.cast(node, ensure_started, scope)``), so no code needs to start it on
+every node; OTP starts the default scope from the kernel application and others
+by hand. A scope therefore spans every connected node, not an overlay chosen
+by where it was started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Literal
+
+from . import kernel, net, rpc
+from .errors import BadArg, NotDistributed, PybeamError
+from .pattern import ANY
+from .terms import Pid, Ref, Term
+
+__all__ = [
+    "DEFAULT_SCOPE",
+    "demonitor",
+    "ensure_started",
+    "get_local_members",
+    "get_members",
+    "join",
+    "leave",
+    "monitor",
+    "monitor_scope",
+    "start",
+    "which_groups",
+    "which_local_groups",
+]
+
+logger = logging.getLogger("pybeam.pg")
+
+#: The scope used when none is given (and its scope process's registered name).
+DEFAULT_SCOPE = "pg"
+
+# Each running scope process's state, by its pid. The read functions
+# (get_members, which_groups...) read it directly, as OTP's read the scope's
+# ETS table: the scope process is its only writer, and a node is one thread.
+_scopes: dict[Pid, _Scope] = {}
+
+
+# -- the API ----------------------------------------------------------------------
+
+
+def ensure_started(scope: str = DEFAULT_SCOPE) -> Pid:
+    """The pid of this node's process for ``scope``, starting it if needed."""
+    if type(scope) is not str or not scope:
+        raise BadArg(f"a scope is a non-empty str, got {scope!r}")
+    pid = kernel.whereis(scope)
+    if pid is not None:
+        if pid not in _scopes:
+            raise BadArg(f"{scope!r} is registered by a process that is not a pg scope")
+        return pid
+    state = _Scope(scope)
+    pid = kernel.spawn(_serve, state)
+    # Registered before anything else runs (a node is one thread): two callers
+    # cannot both start the scope.
+    kernel.register(scope, pid)
+    state.pid = pid
+    _scopes[pid] = state
+    return pid
+
+
+async def start(scope: str = DEFAULT_SCOPE, timeout: float = 5.0) -> Pid:
+    """Start ``scope`` on this node if needed, and wait (at most ``timeout``
+    seconds) until it has the members of every node connected now."""
+    pid = ensure_started(scope)
+    await _call(pid, ("wait_synced", timeout))
+    return pid
+
+
+async def join(group: Term, pids: Pid | list[Pid], scope: str = DEFAULT_SCOPE) -> Literal["ok"]:
+    """Add a local process, or a list of them, to ``group``.
+
+    A process may join a group several times (and must then leave it as many
+    times); a list may hold a pid more than once. Raises :class:`BadArg` for a
+    pid of another node: only local processes join, as in OTP.
+    """
+    plist = _local_pids(pids)
+    _check_group(group)
+    result: Literal["ok"] = await _call(ensure_started(scope), ("join_local", group, plist))
+    return result
+
+
+async def leave(
+    group: Term, pids: Pid | list[Pid], scope: str = DEFAULT_SCOPE
+) -> Literal["ok", "not_joined"]:
+    """Remove a local process, or a list of them, from ``group`` (one join each).
+
+    Returns ``"not_joined"`` if none of them was a member, else ``"ok"``.
+    """
+    plist = _local_pids(pids)
+    _check_group(group)
+    result: Literal["ok", "not_joined"] = await _call(ensure_started(scope), ("leave_local", group, plist))
+    return result
+
+
+def get_members(group: Term, scope: str = DEFAULT_SCOPE) -> list[Pid]:
+    """Every member of ``group`` on every node (a pid once per join), in no
+    particular order."""
+    entry = _state(scope).groups.get(group)
+    return [] if entry is None else list(entry[0])
+
+
+def get_local_members(group: Term, scope: str = DEFAULT_SCOPE) -> list[Pid]:
+    """The members of ``group`` that run on this node."""
+    entry = _state(scope).groups.get(group)
+    return [] if entry is None else list(entry[1])
+
+
+def which_groups(scope: str = DEFAULT_SCOPE) -> list[Term]:
+    """Every group with at least one member (an empty group does not exist)."""
+    return list(_state(scope).groups)
+
+
+def which_local_groups(scope: str = DEFAULT_SCOPE) -> list[Term]:
+    """The groups with at least one member on this node."""
+    return [g for g, (_, local) in _state(scope).groups.items() if local]
+
+
+async def monitor_scope(scope: str = DEFAULT_SCOPE) -> tuple[Ref, dict[Term, list[Pid]]]:
+    """Subscribe the caller to every change in ``scope``.
+
+    Returns ``(ref, {group: members})``; then the caller gets
+    ``(ref, "join", group, pids)`` and ``(ref, "leave", group, pids)`` for
+    every change, until :func:`demonitor` or until the scope process ends.
+    """
+    result: tuple[Ref, dict[Term, list[Pid]]] = await _call(ensure_started(scope), ("monitor_scope",))
+    return result
+
+
+async def monitor(group: Term, scope: str = DEFAULT_SCOPE) -> tuple[Ref, list[Pid]]:
+    """Subscribe the caller to the changes of ``group``: returns ``(ref,
+    members)``, then ``(ref, "join" | "leave", group, pids)`` messages."""
+    _check_group(group)
+    result: tuple[Ref, list[Pid]] = await _call(ensure_started(scope), ("monitor", group))
+    return result
+
+
+async def demonitor(ref: Ref, scope: str = DEFAULT_SCOPE) -> bool:
+    """Stop a subscription and drop its messages already in the caller's
+    mailbox; False if ``ref`` was not an active subscription."""
+    done: bool = await _call(ensure_started(scope), ("demonitor", ref))
+    if done:
+        while await kernel.receive((ref, ANY, ANY, ANY), timeout=0, default=None) is not None:
+            pass
+    return done
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _state(scope: str) -> _Scope:
+    return _scopes[ensure_started(scope)]
+
+
+def _local_pids(pids: Pid | list[Pid]) -> list[Pid]:
+    plist = [pids] if type(pids) is Pid else pids
+    if type(plist) is not list:
+        raise BadArg(f"expected a pid or a list of pids, got {pids!r}")
+    here = kernel.node_name()
+    for pid in plist:
+        if type(pid) is not Pid or pid.node != here:
+            raise BadArg(f"only local processes can join or leave a group, not {pid!r}")
+    return list(plist)
+
+
+def _check_group(group: Term) -> None:
+    try:
+        hash(group)
+    except TypeError:
+        raise BadArg(f"a group must be a hashable term, got {group!r}") from None
+
+
+async def _call(server: Pid, request: Any) -> Any:
+    """A call to a local scope process (``gen_server:call``): its reply, or
+    :class:`PybeamError` if it ends first."""
+    ref = kernel.monitor(server)
+    kernel.send(server, ("$call", ref, kernel.self(), request))
+
+    def ours(m: Any) -> bool:
+        return type(m) is tuple and len(m) >= 3 and m[0] in ("$reply", "DOWN") and m[1] == ref
+
+    msg = await kernel.receive(ours)
+    kernel.demonitor(ref, flush=True)
+    if msg[0] == "DOWN":
+        raise PybeamError(f"the pg scope process {server!r} ended during a call: {msg[4]!r}")
+    return msg[2]
+
+
+def _remove_each(items: list[Pid], remove: list[Pid]) -> list[Pid]:
+    """``items -- remove`` as Erlang's ``--``: each element of ``remove`` takes
+    out one occurrence. Returns the elements taken out."""
+    taken = []
+    for pid in remove:
+        with contextlib.suppress(ValueError):
+            items.remove(pid)
+            taken.append(pid)
+    return taken
+
+
+# -- the scope process -------------------------------------------------------------------
+
+
+async def _serve(state: _Scope) -> None:
+    try:
+        await state.run()
+    finally:
+        _scopes.pop(state.pid, None)
+
+
+class _Scope:
+    """The state of one node's process for one scope (OTP pg's ``#state{}``
+    and its ETS table)."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.pid: Pid = None  # type: ignore[assignment]  # set by ensure_started before it runs
+        #: group -> (all members, local members); a group with none is absent
+        self.groups: dict[Term, tuple[list[Pid], list[Pid]]] = {}
+        #: local members: pid -> (our monitor on it, its groups, once per join)
+        self.local: dict[Pid, tuple[Ref, list[Term]]] = {}
+        self.local_refs: dict[Ref, Pid] = {}
+        #: peers (the same scope on other nodes): pid -> (monitor, {group: its members})
+        self.remote: dict[Pid, tuple[Ref, dict[Term, list[Pid]]]] = {}
+        self.remote_refs: dict[Ref, Pid] = {}
+        #: subscribers to the whole scope: monitor ref -> pid
+        self.scope_monitors: dict[Ref, Pid] = {}
+        #: subscribers to one group: monitor ref -> (pid, group), and by group
+        self.group_monitors: dict[Ref, tuple[Pid, Term]] = {}
+        self.monitored_groups: dict[Term, list[tuple[Pid, Ref]]] = {}
+        #: callers of start() waiting for syncs: (caller, tag, nodes left, timer)
+        self.waiters: list[tuple[Pid, Ref, set[str], Ref]] = []
+
+    async def run(self) -> None:
+        with contextlib.suppress(NotDistributed):
+            net.monitor_nodes(True)
+        # Subscribed first, then listed: a node that comes up in between is
+        # discovered twice, which is harmless; none is missed.
+        for node in net.nodes():
+            self.nodeup(node)
+        while True:
+            self.handle(await kernel.receive())
+
+    def handle(self, msg: Any) -> None:
+        match msg:
+            case ("join", Pid() as peer, group, list() as pids):
+                entry = self.remote.get(peer)
+                # From a peer we do not know (it went down and its join was in
+                # flight, or it is not in our overlay): ignored, as in OTP.
+                if entry is not None:
+                    self.join_remote(group, pids)
+                    entry[1].setdefault(group, [])[:0] = pids
+            case ("leave", Pid() as peer, list() as pids, list() as groups):
+                entry = self.remote.get(peer)
+                if entry is not None:
+                    for group in groups:
+                        self.leave_remote(group, pids)
+                        members = entry[1].get(group)
+                        if members is not None:
+                            _remove_each(members, pids)
+                            if not members:
+                                del entry[1][group]
+            case ("discover", Pid() as peer):
+                kernel.send(peer, ("sync", self.pid, self.local_groups()))
+                if peer not in self.remote:
+                    self.add_peer(peer)
+                    kernel.send(peer, ("discover", self.pid))
+            case ("sync", Pid() as peer, list() as groups):
+                self.sync(peer, groups)
+            case ("$call", Ref() as ref, Pid() as caller, tuple() as request):
+                reply = self.call(caller, ref, request)
+                if reply is not _NO_REPLY:
+                    kernel.send(caller, ("$reply", ref, reply))
+            case ("DOWN", Ref() as ref, "process", _, _):
+                self.down(ref)
+            case ("nodeup", str() as node):
+                self.nodeup(node)
+            case ("nodedown", str()):
+                # Nothing to do: the monitor on the peer's scope process fires.
+                self.reply_waiters()
+            case ("wait_timeout", Ref() as ref):
+                self.reply_waiters(ref)
+            case _:
+                logger.debug("pg %s: ignoring %r", self.scope, msg)
+
+    def call(self, caller: Pid, ref: Ref, request: tuple[Any, ...]) -> Any:
+        match request:
+            case ("join_local", group, list() as pids):
+                if not pids:
+                    return "ok"
+                for pid in pids:
+                    entry = self.local.get(pid)
+                    if entry is None:
+                        mref = kernel.monitor(pid)
+                        self.local[pid] = (mref, [group])
+                        self.local_refs[mref] = pid
+                    else:
+                        entry[1].append(group)
+                all_, local = self.groups.setdefault(group, ([], []))
+                all_[:0] = pids
+                local[:0] = pids
+                self.notify("join", group, pids)
+                self.broadcast(("join", self.pid, group, pids))
+                return "ok"
+            case ("leave_local", group, list() as pids):
+                left = []
+                for pid in pids:
+                    entry = self.local.get(pid)
+                    if entry is None or group not in entry[1]:
+                        continue
+                    entry[1].remove(group)
+                    left.append(pid)
+                    if not entry[1]:
+                        del self.local[pid]
+                        del self.local_refs[entry[0]]
+                        kernel.demonitor(entry[0], flush=True)
+                if not left:
+                    return "not_joined"
+                self.leave_local(group, left)
+                self.broadcast(("leave", self.pid, left, [group]))
+                return "ok"
+            case ("monitor_scope",):
+                mref = kernel.monitor(caller)
+                self.scope_monitors[mref] = caller
+                return mref, {g: list(all_) for g, (all_, _) in self.groups.items()}
+            case ("monitor", group):
+                mref = kernel.monitor(caller)
+                self.group_monitors[mref] = (caller, group)
+                self.monitored_groups.setdefault(group, []).append((caller, mref))
+                members = self.groups.get(group)
+                return mref, [] if members is None else list(members[0])
+            case ("demonitor", Ref() as mref):
+                if self.scope_monitors.pop(mref, None) is not None:
+                    kernel.demonitor(mref, flush=True)
+                    return True
+                if mref in self.group_monitors:
+                    kernel.demonitor(mref, flush=True)
+                    self.drop_group_monitor(mref)
+                    return True
+                return False
+            case ("wait_synced", timeout):
+                unsynced = set(net.nodes()) - self.synced_nodes()
+                if not unsynced:
+                    return True
+                timer = kernel.send_after(timeout, self.pid, ("wait_timeout", ref))
+                self.waiters.append((caller, ref, unsynced, timer))
+                return _NO_REPLY
+        raise BadArg(f"pg: unknown request {request!r}")
+
+    # -- the table ----------------------------------------------------------------
+
+    def leave_local(self, group: Term, pids: list[Pid]) -> None:
+        entry = self.groups.get(group)
+        if entry is None:
+            return
+        all_, local = entry
+        removed = _remove_each(all_, pids)
+        _remove_each(local, pids)
+        if not all_:
+            del self.groups[group]
+        if removed:
+            self.notify("leave", group, removed)
+
+    def join_remote(self, group: Term, pids: list[Pid]) -> None:
+        if not pids:
+            return
+        all_, _ = self.groups.setdefault(group, ([], []))
+        all_[:0] = pids
+        self.notify("join", group, pids)
+
+    def leave_remote(self, group: Term, pids: list[Pid]) -> None:
+        entry = self.groups.get(group)
+        if entry is None:
+            return
+        removed = _remove_each(entry[0], pids)
+        if not entry[0]:
+            del self.groups[group]
+        if removed:
+            self.notify("leave", group, removed)
+
+    def local_groups(self) -> list[tuple[Term, list[Pid]]]:
+        return [(g, list(local)) for g, (_, local) in self.groups.items() if local]
+
+    def notify(self, kind: str, group: Term, pids: list[Pid]) -> None:
+        for mref, pid in self.scope_monitors.items():
+            kernel.send(pid, (mref, kind, group, list(pids)))
+        for pid, mref in self.monitored_groups.get(group, ()):
+            kernel.send(pid, (mref, kind, group, list(pids)))
+
+    def broadcast(self, msg: Any) -> None:
+        for peer in self.remote:
+            kernel.send(peer, msg)
+
+    def drop_group_monitor(self, mref: Ref) -> None:
+        entry = self.group_monitors.pop(mref, None)
+        if entry is None:
+            return
+        group = entry[1]
+        subs = [s for s in self.monitored_groups.get(group, ()) if s[1] != mref]
+        if subs:
+            self.monitored_groups[group] = subs
+        else:
+            self.monitored_groups.pop(group, None)
+
+    # -- peers ----------------------------------------------------------------------
+
+    def nodeup(self, node: str) -> None:
+        kernel.send((self.scope, node), ("discover", self.pid))
+        # Start the scope there if it is not running; it then discovers us.
+        rpc.cast(node, ensure_started, self.scope)
+
+    def add_peer(self, peer: Pid) -> None:
+        mref = kernel.monitor(peer)
+        self.remote[peer] = (mref, {})
+        self.remote_refs[mref] = peer
+
+    def sync(self, peer: Pid, groups: list[Any]) -> None:
+        if peer not in self.remote:
+            self.add_peer(peer)
+        mref, old = self.remote[peer]
+        new: dict[Term, list[Pid]] = {}
+        for entry in groups:
+            match entry:
+                case (group, list() as pids) if pids:
+                    new.setdefault(group, []).extend(pids)
+        # The peer's list replaces what we knew of its members: apply the
+        # difference, so that subscribers hear of exactly what changed.
+        for group in old.keys() | new.keys():
+            gone = list(old.get(group, ()))
+            added = [p for p in new.get(group, ()) if not _remove_each(gone, [p])]
+            self.leave_remote(group, gone)
+            self.join_remote(group, added)
+        self.remote[peer] = (mref, new)
+        self.reply_waiters()
+
+    def synced_nodes(self) -> set[str]:
+        return {peer.node for peer in self.remote}
+
+    def down(self, ref: Ref) -> None:
+        pid = self.local_refs.pop(ref, None)
+        if pid is not None:
+            _, groups = self.local.pop(pid)
+            for group in groups:
+                self.leave_local(group, [pid])
+            self.broadcast(("leave", self.pid, [pid], groups))
+            return
+        peer = self.remote_refs.pop(ref, None)
+        if peer is not None:
+            # Its scope process ended or its node went down: drop its members.
+            _, its_groups = self.remote.pop(peer)
+            for group, pids in its_groups.items():
+                self.leave_remote(group, pids)
+            self.reply_waiters()
+            return
+        if self.scope_monitors.pop(ref, None) is None:
+            self.drop_group_monitor(ref)
+
+    def reply_waiters(self, timed_out: Ref | None = None) -> None:
+        if not self.waiters:
+            return
+        connected = set(net.nodes())
+        synced = self.synced_nodes()
+        keep = []
+        for caller, ref, left, timer in self.waiters:
+            left &= connected
+            left -= synced
+            if not left or ref == timed_out:
+                kernel.cancel_timer(timer)
+                kernel.send(caller, ("$reply", ref, not left))
+            else:
+                keep.append((caller, ref, left, timer))
+        self.waiters = keep
+
+
+class _NoReply:
+    """What :meth:`_Scope.call` returns when the reply is sent later."""
+
+
+_NO_REPLY = _NoReply()
