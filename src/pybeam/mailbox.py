@@ -43,11 +43,12 @@ class Mailbox:
 
     # The deque is created on the first message: an empty deque costs ~600
     # bytes, more than the rest of an idle process together.
-    __slots__ = ("_queue", "_waiter")
+    __slots__ = ("_queue", "_wait", "_waiter")
 
     def __init__(self) -> None:
         self._queue: deque[Any] | None = None
         self._waiter: asyncio.Future[Any] | None = None
+        self._wait: _WaitAny | None = None
 
     def put(self, msg: Any) -> None:
         """Append a message and wake the receiver if it waits."""
@@ -106,9 +107,15 @@ class Mailbox:
         q = self._queue
         if q:
             return _pop(q)
-        fut = asyncio.get_running_loop().create_future()
-        self._waiter = fut
-        return _WaitAny(self, fut)
+        fut = self._waiter = asyncio.get_running_loop().create_future()
+        # One waiting object per mailbox, reused: a process waits in one
+        # receive at a time, and ping-pong traffic waits on every message.
+        wait = self._wait
+        if wait is None:
+            wait = self._wait = _WaitAny(self, fut)
+        else:
+            wait._fut = fut
+        return wait
 
     async def receive(
         self,

@@ -69,6 +69,7 @@ class Process(Mailbox):
     def __init__(self, node: Node, pid: Pid, adopted: bool = False) -> None:
         self._queue = None
         self._waiter = None
+        self._wait = None
         self.node = node
         self.pid = pid
         self.task: asyncio.Task[Any] | None = None
