@@ -12,14 +12,13 @@ import gc
 import subprocess
 import time
 import weakref
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 import pybeam
 from pybeam import ANY, rpc
-from pybeam.testing import ClusterError, LocalCluster, heal, partition, partitioned
+from pybeam.testing import ClusterError, LocalCluster, eventually, heal, partition, partitioned
 
 # -- run on the cluster nodes ---------------------------------------------------------------
 
@@ -72,15 +71,6 @@ async def call_from_here(node: str, fn: str, *args: Any) -> tuple[str, Any]:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
-    """Wait until ``check()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true within {timeout}s: {what or check}")
-        await asyncio.sleep(0.05)
 
 
 async def sees(node: str, others: set[str]) -> bool:

@@ -8,28 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import pybeam
 from pybeam import ANY, Crash, NodeDown, Pid, SpawnError, receive, rpc, send
-from pybeam.testing import LocalCluster, heal, partition
+from pybeam.testing import LocalCluster, eventually, heal, partition
 
 ClusterFactory = Callable[..., LocalCluster]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.05
-) -> None:
-    """Wait until ``check()`` is true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {check.__qualname__}")
-        await asyncio.sleep(every)
 
 
 # -- functions the other nodes run (module-level: they import this module) -----
@@ -115,12 +103,12 @@ async def test_wrong_cookie_is_refused_on_both_sides(
     async with cluster(1) as c:
         (n1,) = c.nodes
         assert pybeam.disconnect(n1)
-        await eventually(lambda: _async(n1 not in pybeam.nodes()))
+        await eventually(lambda: n1 not in pybeam.nodes())
         pybeam.set_cookie("not-the-cookie", n1)
         with caplog.at_level(logging.INFO, logger="pybeam.dist"):
             assert await pybeam.connect(n1) is False
         assert "cookie" in caplog.text
-        await eventually(lambda: _async("cookie" in c.logs(n1)))
+        await eventually(lambda: "cookie" in c.logs(n1))
         kernel = pybeam.current_node().dist
         assert kernel is not None
         kernel.clear_cookie(n1)  # type: ignore[attr-defined]
@@ -133,7 +121,7 @@ async def test_connect_by_explicit_port(cluster: ClusterFactory) -> None:
         port = await pybeam.dist.epmd.lookup(n1)
         assert port is not None
         assert pybeam.disconnect(n1)
-        await eventually(lambda: _async(n1 not in pybeam.nodes()))
+        await eventually(lambda: n1 not in pybeam.nodes())
         assert await pybeam.connect(f"{n1}:{port}")
         assert n1 in pybeam.nodes()
 
@@ -403,10 +391,6 @@ async def test_rpc_results_and_each_kind_of_error(cluster: ClusterFactory) -> No
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def _async_call(node: str, fn: Callable[..., Any], check: Callable[[Any], bool]) -> bool:

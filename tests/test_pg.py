@@ -28,30 +28,9 @@ from hypothesis.stateful import (
 
 import pybeam
 from pybeam import ANY, BadArg, Pid, Ref, global_, pg, receive, rpc, send
-from pybeam.testing import LocalCluster, heal, partition, run_in_process
+from pybeam.testing import LocalCluster, eventually, heal, partition, run_in_process
 
 ClusterFactory = Callable[..., LocalCluster]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
-    """Wait until ``check()`` is true; fail after ``timeout`` seconds.
-
-    A check that cannot reach a node counts as "not yet": right after a heal,
-    connections may still be replaced (simultaneous connects), which ends a
-    call in flight with NodeDown.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            if await check():
-                return
-            last: BaseException | None = None
-        except (pybeam.NodeDown, TimeoutError) as e:
-            last = e
-        if loop.time() > deadline:
-            pytest.fail(f"not true within {timeout}s: {what or check.__qualname__} (last error: {last!r})")
-        await asyncio.sleep(0.05)
 
 
 # -- run on the cluster nodes (and here) -------------------------------------------------

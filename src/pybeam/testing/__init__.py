@@ -4,6 +4,7 @@
   calling node (the *manager*) and to each other.
 - :func:`partition` / :func:`heal`: cut a group of nodes off from the others,
   and undo it.
+- :func:`eventually`: wait for a condition, retrying while nodes settle.
 - :mod:`pybeam.testing.pytest_plugin`: fixtures ``epmd_port``, ``beam_node``
   and ``cluster``; load it with ``pytest_plugins = ["pybeam.testing.pytest_plugin"]``.
 
@@ -11,6 +12,7 @@ See ``docs/cli_and_testing.md``.
 """
 
 from .cluster import ClusterError, LocalCluster, run_in_process
+from .eventually import eventually
 from .schism import heal, partition, partitioned
 
-__all__ = ["ClusterError", "LocalCluster", "heal", "partition", "partitioned", "run_in_process"]
+__all__ = ["ClusterError", "LocalCluster", "eventually", "heal", "partition", "partitioned", "run_in_process"]
