@@ -407,3 +407,46 @@ async def _call_and_report(me: Pid, node: str) -> None:
         send(me, ("call", "returned"))
     except Exception as e:
         send(me, ("call", type(e).__name__))
+
+
+async def test_spawn_request_reply_and_abandon(cluster: ClusterFactory) -> None:
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        ref = pybeam.spawn_request(n1, idle, monitor=True)
+        _, _, status, pid = await receive(("spawn_reply", ref, ANY, ANY), timeout=5)
+        assert status == "ok" and pid.node == n1
+        pybeam.exit(pid, "bye")
+        assert await receive(("DOWN", ref, ANY, ANY, ANY), timeout=5) == ("DOWN", ref, "process", pid, "bye")
+        bad = pybeam.spawn_request(n1, f"{__name__}:missing")
+        assert (await receive(("spawn_reply", bad, ANY, ANY), timeout=5))[2] == "error"
+        # Abandoned before the reply: the process is killed, no reply comes.
+        gone = pybeam.spawn_request(n1, register_self_and_idle, "abandoned", pybeam.self())
+        assert pybeam.spawn_request_abandon(gone)
+        # It did start (so the check below is not vacuous), and then was killed.
+        assert await receive(("started", "abandoned"), timeout=5)
+        await eventually(lambda: _async_call(n1, whereis_abandoned, lambda found: found is None))
+        assert await receive(("spawn_reply", gone, ANY, ANY), timeout=0.3, default=None) is None
+        assert pybeam.spawn_request_abandon(gone) is False
+
+
+async def register_self_and_idle(name: str, notify: Pid) -> None:
+    pybeam.register(name)
+    send(notify, ("started", name))
+    await receive(lambda m: False)
+
+
+def whereis_abandoned() -> Pid | None:
+    return pybeam.whereis("abandoned")
+
+
+async def test_spawn_request_on_this_node() -> None:
+    ref = pybeam.spawn_request(pybeam.node_name(), idle, link=True)
+    _, _, status, pid = await receive(("spawn_reply", ref, ANY, ANY), timeout=5)
+    assert status == "ok"
+    info = pybeam.process_info(pid)
+    assert info is not None and info["links"] == [pybeam.self()]
+    pybeam.unlink(pid)
+    pybeam.exit(pid, "kill")
+    bad = pybeam.spawn_request(pybeam.node_name(), "no_such_module_here:f")
+    assert (await receive(("spawn_reply", bad, ANY, ANY), timeout=5))[2] == "error"
+    assert pybeam.spawn_request_abandon(bad) is False

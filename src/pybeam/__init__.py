@@ -36,7 +36,18 @@ from .kernel import (
     whereis,
 )
 from .mailbox import NO_DEFAULT
-from .net import connect, disconnect, get_cookie, monitor_nodes, nodes, ping, set_cookie, spawn_on
+from .net import (
+    connect,
+    disconnect,
+    get_cookie,
+    monitor_nodes,
+    nodes,
+    ping,
+    set_cookie,
+    spawn_on,
+    spawn_request,
+    spawn_request_abandon,
+)
 from .node import Node, current_node
 from .pattern import ANY
 from .runtime import new_event_loop, run
@@ -100,6 +111,8 @@ __all__ = [
     "spawn_link",
     "spawn_monitor",
     "spawn_on",
+    "spawn_request",
+    "spawn_request_abandon",
     "supervisor",
     "trap_exit",
     "unlink",

@@ -26,6 +26,8 @@ __all__ = [
     "ping",
     "set_cookie",
     "spawn_on",
+    "spawn_request",
+    "spawn_request_abandon",
 ]
 
 
@@ -82,6 +84,61 @@ def get_cookie() -> str:
     return _kernel().cookie
 
 
+def spawn_request(
+    node: str,
+    fn: Callable[..., Any] | str,
+    *args: Any,
+    link: bool = False,
+    monitor: bool = False,
+    reply: bool = True,
+) -> Ref:
+    """Ask ``node`` to spawn ``fn(*args)``, without waiting (``erlang:spawn_request``).
+
+    The answer comes to the caller as ``("spawn_reply", ref, "ok", pid)`` or
+    ``("spawn_reply", ref, "error", reason)`` (reason ``"noconnection"`` if the
+    node cannot be reached); with ``reply=False`` nothing comes, and nothing
+    is linked or monitored. With ``monitor`` the monitor's ref is ``ref``;
+    ``link`` and ``monitor`` are set up atomically with the spawn. ``fn`` is
+    a module-level function (sync or async) or ``"module:function"``.
+    """
+    me = _me()
+    local = me.node
+    try:
+        name = function_name(fn)
+    except ValueError as e:
+        raise BadArg(str(e)) from None
+    if node != local.name:
+        return _kernel(local).spawn_request(
+            me, node, name, args, link=link and reply, monitor=monitor and reply, reply=reply
+        )
+    ref = local.make_ref()
+    try:
+        target = fn if callable(fn) else resolve_function(fn)
+    except Exception as e:
+        if reply:
+            me.put(("spawn_reply", ref, "error", f"cannot spawn {name}: {e!r}"))
+        return ref
+    if not reply:
+        local.spawn(target, args)
+        return ref
+    pid, mref = local.spawn(target, args, link=me if link else None, monitor=me if monitor else None)
+    ref = mref or ref
+    me.put(("spawn_reply", ref, "ok", pid))
+    return ref
+
+
+def spawn_request_abandon(ref: Ref) -> bool:
+    """Give up on a spawn request (``erlang:spawn_request_abandon``): when its
+    reply comes, what was spawned is killed and nothing is delivered.
+
+    False if the reply has already been delivered (or ``ref`` is no request):
+    then it is in the caller's mailbox and what it spawned runs.
+    """
+    me = _me()
+    dist = me.node.dist
+    return isinstance(dist, NetKernel) and dist.abandon_spawn(ref)
+
+
 @overload
 async def spawn_on(
     node: str, fn: Callable[..., Any] | str, *args: Any, link: bool = ..., monitor: Literal[False] = ...
@@ -105,20 +162,12 @@ async def spawn_on(
     Raises :class:`NodeDown` if ``node`` cannot be reached and
     :class:`SpawnError` if it cannot find the function.
     """
-    me = _me()
-    local = me.node
-    try:
-        name = function_name(fn)
-    except ValueError as e:
-        raise BadArg(str(e)) from None
-    if node == local.name:
-        target = fn if callable(fn) else resolve_function(fn)
-        pid, ref = local.spawn(target, args, link=me if link else None, monitor=me if monitor else None)
-        return (pid, ref) if ref is not None else pid
-    ref = _kernel(local).spawn_request(me, node, name, args, link=link, monitor=monitor)
+    ref = spawn_request(node, fn, *args, link=link, monitor=monitor)
     _, _, status, value = await receive(("spawn_reply", ref, ANY, ANY))
     if status == "ok":
         return (value, ref) if monitor else value
     if value == NOCONNECTION:
         raise NodeDown(node)
-    raise SpawnError(f"node {node} could not spawn {name}: {value}")
+    raise SpawnError(
+        f"node {node} could not spawn {fn if isinstance(fn, str) else function_name(fn)}: {value}"
+    )

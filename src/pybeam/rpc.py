@@ -97,29 +97,27 @@ async def call(
     seconds (None: wait as long as it takes).
     """
     name = _name(fn)
-    me = kernel._me()
-    local = me.node
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
 
     def left() -> float | None:
         return None if deadline is None else max(deadline - loop.time(), 0.0)
 
-    if node == local.name:
-        pid, ref = local.spawn(_execute, (name, args), monitor=me)
-        assert ref is not None
-    else:
-        dist = net._kernel(local)
-        ref = dist.spawn_request(me, node, _EXECUTE, (name, args), monitor=True)
-        reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
-        if reply is None:
-            dist.abandon_spawn(ref)
-            raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
-        if reply[2] != "ok":
-            if reply[3] == NOCONNECTION:
-                raise NodeDown(node)
-            raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
-        pid = reply[3]
+    ref = net.spawn_request(node, _EXECUTE, name, args, monitor=True)
+    reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
+    if reply is None:
+        if not net.spawn_request_abandon(ref):
+            # The reply came after all: undo what it started.
+            late = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=0, default=None)
+            if late is not None and late[2] == "ok":
+                kernel.demonitor(ref, flush=True)
+                kernel.exit(late[3], "kill")
+        raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
+    if reply[2] != "ok":
+        if reply[3] == NOCONNECTION:
+            raise NodeDown(node)
+        raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
+    pid = reply[3]
     down = await kernel.receive(("DOWN", ref, "process", ANY, ANY), timeout=left(), default=None)
     if down is None:
         kernel.demonitor(ref, flush=True)
@@ -133,12 +131,7 @@ async def call(
 
 def cast(node: str, fn: Callable[..., Any] | str, *args: Any) -> None:
     """Run ``fn(*args)`` on ``node`` without waiting for anything (``rpc:cast``)."""
-    name = _name(fn)
-    me = kernel._me()
-    if node == me.node.name:
-        me.node.spawn(resolve_function(name), args)
-        return
-    net._kernel(me.node).spawn_request(me, node, name, args, reply=False)
+    net.spawn_request(node, _EXECUTE, _name(fn), args, reply=False)
 
 
 async def multicall(
@@ -151,16 +144,7 @@ async def multicall(
     not be reached, went down or did not answer in time.
     """
     name = _name(fn)
-    me = kernel._me()
-    local = me.node
-    waiting: dict[Ref, str] = {}
-    for node in nodes:
-        if node == local.name:
-            _, ref = local.spawn(_execute, (name, args), monitor=me)
-            assert ref is not None
-        else:
-            ref = net._kernel(local).spawn_request(me, node, _EXECUTE, (name, args), monitor=True)
-        waiting[ref] = node
+    waiting = {net.spawn_request(node, _EXECUTE, name, args, monitor=True): node for node in nodes}
     outcomes: dict[str, Any] = {}
     bad: set[str] = set()
     loop = asyncio.get_running_loop()
@@ -198,8 +182,10 @@ async def multicall(
         kernel.demonitor(ref, flush=True)
         if ref in started:
             kernel.exit(started[ref], "kill")
-        elif node != local.name:
-            net._kernel(local).abandon_spawn(ref)
+        elif not net.spawn_request_abandon(ref):
+            late = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=0, default=None)
+            if late is not None and late[2] == "ok":
+                kernel.exit(late[3], "kill")
         bad.add(node)
     results = [outcomes[n] for n in nodes if n in outcomes and n not in bad]
     return results, [n for n in nodes if n in bad]

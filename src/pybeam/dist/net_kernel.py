@@ -594,10 +594,18 @@ class NetKernel:
         self._out(node, (Op.SPAWN_REQUEST, ref, requester.pid, fn, tuple(args), opts))
         return ref
 
-    def abandon_spawn(self, ref: Ref) -> None:
+    def abandon_spawn(self, ref: Ref) -> bool:
         """The requester gave up waiting: when the reply comes, kill what was
-        spawned and deliver nothing (``spawn_request_abandon``)."""
-        self._abandoned.add(ref)
+        spawned and deliver nothing (``spawn_request_abandon``). False if no
+        reply is awaited for ``ref``."""
+        awaited = any(ref in c.spawns for c in self._conns.values()) or any(
+            control[0] == Op.SPAWN_REQUEST and control[1] == ref
+            for pending in self._pending.values()
+            for control in pending.queue
+        )
+        if awaited:
+            self._abandoned.add(ref)
+        return awaited
 
     # -- incoming signals ---------------------------------------------------------
 
