@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,8 @@ class NetKernel:
         #: Peers whose incoming handshake we have let through and that are not
         #: up yet: dialling them now would make a second connection.
         self._accepting: dict[str, asyncio.Future[bool]] = {}
+        #: When each peer's last incoming handshake failed (time.monotonic()).
+        self._incoming_failed: dict[str, float] = {}
         self._stopping = False
 
     # -- life cycle -------------------------------------------------------------
@@ -304,8 +307,33 @@ class NetKernel:
             raise OSError(f"node {name} is not registered with the port mapper on {host}")
         return host, port
 
+    async def _peer_attempt_wins(self, name: str, pending: _Pending, started: float) -> bool:
+        """Our attempt lost a simultaneous connect: wait for the peer's attempt,
+        whose fate the signals queued here share (as in OTP). True if it came up.
+
+        Its handshake may have failed already (then give up at once: waiting
+        could deliver what was queued much later, on some other connection),
+        be under way (wait for it), or not have reached us yet (wait for it
+        to arrive, within the connect timeout)."""
+        assert pending.done is not None
+        pending.awaiting_peer = True
+        deadline = started + self.options.connect_timeout
+        while not pending.done.done():
+            now = time.monotonic()
+            if self._incoming_failed.get(name, float("-inf")) >= started or now >= deadline:
+                return False
+            accepting = self._accepting.get(name)
+            waiting_on = accepting if accepting is not None else pending.done
+            with contextlib.suppress(TimeoutError):
+                # Short waits while nothing is under way: the peer's hello may
+                # be about to arrive.
+                step = deadline - now if accepting is not None else 0.01
+                await asyncio.wait_for(asyncio.shield(waiting_on), max(step, 0.0))
+        return pending.done.result()
+
     async def _connect(self, name: str, pending: _Pending) -> None:
         opts = self.options
+        started = time.monotonic()
         accepting = self._accepting.get(name)
         if accepting is not None:
             # The peer is connecting to us right now: _install resolves this
@@ -328,15 +356,8 @@ class NetKernel:
                 timeout=opts.connect_timeout,
             )
         except HandshakeError as e:
-            if e.reason == "duplicate" and pending.done is not None:
-                # The peer is connecting to us at the same time and its
-                # attempt wins: _install resolves this pending when it comes
-                # up, _accept fails it if it fails. As in OTP, the signals
-                # queued here share that attempt's fate.
-                pending.awaiting_peer = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(pending.done), opts.connect_timeout)
-                    return
+            if e.reason == "duplicate" and await self._peer_attempt_wins(name, pending, started):
+                return
             logger.info("cannot connect to %s: %s", name, e)
             self._connect_failed(name, pending)
         except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
@@ -404,6 +425,7 @@ class NetKernel:
             level = logging.WARNING if e.reason in ("cookie", "protocol", "version") else logging.DEBUG
             logger.log(level, "refused a connection to %s: %s", self.node.name, e)
             if claimed and e.reason != "duplicate":
+                self._incoming_failed[claimed[0]] = time.monotonic()
                 # Our own attempt to this peer may be waiting on this one.
                 pending = self._pending.get(claimed[0])
                 if pending is not None and pending.awaiting_peer:
