@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import time
 from typing import Any
 
 import pybeam
 from pybeam import Pid, receive, send
-from pybeam.testing import LocalCluster
+from pybeam.testing import LocalCluster, free_port
 
 ONE_WAY_MESSAGES = 300_000
 ROUND_TRIPS = 10_000
@@ -81,15 +80,9 @@ async def rpc_rate(node: str, n: int = RPC_CALLS) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def main() -> list[tuple[str, float, str, float]]:
     """Run the two-node benchmarks; rows of (name, figure, unit, target)."""
-    os.environ.setdefault("PYBEAM_EPMD_PORT", str(_free_port()))
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
     name = f"bench_{secrets.token_hex(3)}@127.0.0.1"
     rows: list[tuple[str, float, str, float]] = []
     async with (

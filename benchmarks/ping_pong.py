@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 
 import pybeam
 from examples.ping_pong import start_producer
 from examples.ping_pong.watchers import disconnect_from, start_watchers
 from pybeam import ANY, receive, rpc
-from pybeam.testing import LocalCluster
+from pybeam.testing import LocalCluster, free_port
 
 WATCHERS = 5_000
 
@@ -37,15 +36,9 @@ async def _last_down(failure: str) -> float:
         return float(t1 - t0) * 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def main() -> list[tuple[str, float, str, float]]:
     """Rows of (name, figure, unit, target): no targets, figures to watch."""
-    os.environ.setdefault("PYBEAM_EPMD_PORT", str(_free_port()))
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
     async with pybeam.Node(
         f"ppb_{secrets.token_hex(3)}@127.0.0.1", cookie=secrets.token_hex(8), ticktime=1.0
     ):

@@ -12,12 +12,11 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import sys
 
 import pybeam
 from pybeam import Pid, receive, rpc, send
-from pybeam.testing import LocalCluster, heal, partition
+from pybeam.testing import LocalCluster, free_port, heal, partition
 
 from . import expected_value, produce, start_consumer, start_producer
 
@@ -113,15 +112,9 @@ async def _settle(consumer: Pid, value: int) -> None:
     print(f"   (the consumer did not reach {value} in time)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> int:
     """Run the demo on a node of its own, with a port mapper of its own."""
-    os.environ.setdefault("PYBEAM_EPMD_PORT", str(_free_port()))
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
     node = pybeam.Node(f"demo_{secrets.token_hex(2)}@127.0.0.1", cookie=secrets.token_hex(16), ticktime=2.0)
     pybeam.run(demo, node=node)
     return 0

@@ -11,8 +11,17 @@
 See ``docs/cli_and_testing.md``.
 """
 
-from .cluster import ClusterError, LocalCluster, run_in_process
+from .cluster import ClusterError, LocalCluster, free_port, run_in_process
 from .eventually import eventually
 from .schism import heal, partition, partitioned
 
-__all__ = ["ClusterError", "LocalCluster", "eventually", "heal", "partition", "partitioned", "run_in_process"]
+__all__ = [
+    "ClusterError",
+    "LocalCluster",
+    "eventually",
+    "free_port",
+    "heal",
+    "partition",
+    "partitioned",
+    "run_in_process",
+]

@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,14 @@ HOST = "127.0.0.1"
 _POLL = 0.02
 #: Seconds a child gets to stop after SIGTERM before it is SIGKILLed.
 _STOP_GRACE = 5.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a port mapper, say)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class ClusterError(PybeamError):

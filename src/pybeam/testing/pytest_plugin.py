@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
@@ -35,19 +34,11 @@ import pytest_asyncio
 
 from ..dist.epmd import PORT_ENV
 from ..node import Node
-from .cluster import LocalCluster
+from .cluster import LocalCluster, free_port
 
 __all__ = ["beam_node", "cluster", "epmd_port", "free_port"]
 
 _CLUSTERS = pytest.StashKey[list[LocalCluster]]()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
