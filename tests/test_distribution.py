@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -450,3 +451,28 @@ async def test_spawn_request_on_this_node() -> None:
     bad = pybeam.spawn_request(pybeam.node_name(), "no_such_module_here:f")
     assert (await receive(("spawn_reply", bad, ANY, ANY), timeout=5))[2] == "error"
     assert pybeam.spawn_request_abandon(bad) is False
+
+
+def stall(seconds: float) -> None:
+    time.sleep(seconds)  # blocks this node's event loop, as a long computation would
+
+
+async def test_a_node_whose_own_loop_stalls_does_not_declare_its_peers_down(
+    epmd_port: int,
+) -> None:
+    # The manager tolerates 4 s of silence, the child 1 s. The child then
+    # blocks its own loop for 1.5 s: the manager's ticks wait unread in its
+    # socket, so the child must count that as one quiet period, not as
+    # the manager's silence.
+    name = f"stall_{os.getpid()}@127.0.0.1"
+    async with (
+        pybeam.Node(name, cookie="stall-cookie", ticktime=4.0, epmd_port=epmd_port),
+        LocalCluster(1, ticktime=1.0) as c,
+    ):
+        (n1,) = c.nodes
+        pybeam.monitor_nodes(True)
+        rpc.cast(n1, stall, 1.5)
+        await asyncio.sleep(2.5)
+        assert await rpc.call(n1, nodes_here) == [name]
+        assert await receive(("nodedown", ANY), timeout=0, default=None) is None
+        assert "net_tick_timeout" not in c.logs(n1)
