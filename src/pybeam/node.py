@@ -237,10 +237,6 @@ class Node:
 
     # -- identity ---------------------------------------------------------
 
-    def is_local(self, pid: Pid) -> bool:
-        """True if ``pid`` belongs to this node (this incarnation or an earlier one)."""
-        return pid.node == self.name
-
     def make_ref(self) -> Ref:
         """A new unique reference."""
         return Ref(self.name, self._next_ref(), self.creation)
@@ -452,16 +448,18 @@ class Node:
             self.deliver_down(proc.pid, ref, item, NOCONNECTION if remote else NOPROC)
         return ref
 
-    def add_monitor(self, target: Pid | str, watcher: Pid, ref: Ref, item: Any) -> bool:
-        """Record a monitor a remote ``watcher`` holds on a local target; False if
-        there is no such process (the caller then sends DOWN ``noproc``)."""
+    def add_monitor(self, target: Pid | str, watcher: Pid, ref: Ref, item: Any) -> Pid | None:
+        """Record that ``watcher`` (on another node) monitors a local target, a
+        pid or a registered name; its DOWN will name ``item``. Returns the
+        monitored pid, or None if there is no such process (the caller then
+        answers DOWN ``noproc``)."""
         proc = self._procs.get(target) if isinstance(target, Pid) else self._names.get(target)
         if proc is None:
-            return False
+            return None
         if proc.monitored_by is None:
             proc.monitored_by = {}
         proc.monitored_by[ref] = (watcher, item)
-        return True
+        return proc.pid
 
     def demonitor(self, proc: Process, ref: Ref, flush: bool = False) -> bool:
         """Drop monitor ``ref``; with ``flush`` also drop its DOWN if it came.

@@ -680,22 +680,16 @@ class NetKernel:
                 raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
 
     def _incoming_monitor(self, conn: Connection, watcher: Pid, target: Any, ref: Ref) -> None:
-        node = self.node
         if isinstance(target, Pid):
-            item: Any = target
-            proc = node.process(target)
+            local = self.node.add_monitor(target, watcher, ref, target)
         elif type(target) is tuple and len(target) == 2 and type(target[0]) is str:
-            item = target
-            proc = node.named(target[0])
+            local = self.node.add_monitor(target[0], watcher, ref, target)
         else:
             raise ProtocolError(f"bad monitor target {target!r:.100}")
-        if proc is None:
-            conn.send((Op.DOWN, watcher, ref, item, NOPROC))
-            return
-        if proc.monitored_by is None:
-            proc.monitored_by = {}
-        proc.monitored_by[ref] = (watcher, item)
-        conn.monitors_in[ref] = proc.pid
+        if local is None:
+            conn.send((Op.DOWN, watcher, ref, target, NOPROC))
+        else:
+            conn.monitors_in[ref] = local
 
     def _incoming_spawn(
         self, conn: Connection, ref: Ref, requester: Pid, fn_name: str, args: tuple[Any, ...], opts: dict[str, Any]
@@ -718,7 +712,7 @@ class NetKernel:
             node.add_link(proc, requester)
             conn.links.add((pid, requester))
         if opts.get("monitor"):
-            proc.monitored_by = {ref: (requester, pid)}
+            node.add_monitor(pid, requester, ref, pid)
             conn.monitors_in[ref] = pid
 
     def _spawn_reply(self, conn: Connection, ref: Ref, requester: Pid, result: Any) -> None:
