@@ -71,8 +71,6 @@ class _Pending:
     queue: list[tuple[Any, ...]] = field(default_factory=list)
     done: asyncio.Future[bool] | None = None
     task: asyncio.Task[None] | None = None
-    #: Our attempt lost a simultaneous connect: the peer's attempt decides.
-    awaiting_peer: bool = False
 
 
 def function_name(fn: Callable[..., Any] | str) -> str:
@@ -316,7 +314,6 @@ class NetKernel:
         be under way (wait for it), or not have reached us yet (wait for it
         to arrive, within the connect timeout)."""
         assert pending.done is not None
-        pending.awaiting_peer = True
         deadline = started + self.options.connect_timeout
         while not pending.done.done():
             now = time.monotonic()
@@ -425,13 +422,9 @@ class NetKernel:
             level = logging.WARNING if e.reason in ("cookie", "protocol", "version") else logging.DEBUG
             logger.log(level, "refused a connection to %s: %s", self.node.name, e)
             if claimed and e.reason != "duplicate":
+                # Our own attempt to this peer may be waiting on this one
+                # (_peer_attempt_wins): it gives up when it sees this.
                 self._incoming_failed[claimed[0]] = time.monotonic()
-                # Our own attempt to this peer may be waiting on this one.
-                pending = self._pending.get(claimed[0])
-                if pending is not None and pending.awaiting_peer:
-                    if pending.task is not None:
-                        pending.task.cancel()
-                    self._connect_failed(claimed[0], pending)
             return
         except (OSError, ValueError) as e:
             logger.info("incoming connection failed: %s", e)
