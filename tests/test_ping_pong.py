@@ -12,7 +12,7 @@ import pybeam
 from examples.ping_pong import expected_value, produce, start_consumer, start_producer
 from examples.ping_pong.watchers import disconnect_from, start_watchers
 from pybeam import ANY, Pid, receive, rpc, send
-from pybeam.testing import heal, partition
+from pybeam.testing import eventually, heal, partition
 
 
 async def test_local_consumer_checks_the_values_it_receives(caplog: pytest.LogCaptureFixture) -> None:
@@ -66,11 +66,10 @@ async def test_partition_loses_pings_and_the_consumer_resyncs_after_heal(cluster
 async def eventually_expects(consumer: Pid, value: int) -> None:
     # The ping (producer -> consumer) and our question (test -> consumer) take
     # different paths, so the answer may lag the ping by a moment.
-    for _ in range(200):
-        if await expected_value(consumer) == value:
-            return
-        await asyncio.sleep(0.025)
-    assert await expected_value(consumer) == value
+    async def expects() -> bool:
+        return await expected_value(consumer) == value
+
+    await eventually(expects, what=f"the consumer expects {value}")
 
 
 WATCHERS = 5_000

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from pybeam import ANY, Crash, Pid, Ref, dynamic_supervisor, gen_server, receive
 from pybeam.dynamic_supervisor import MaxChildren
 from pybeam.gen_server import IGNORE, GenServer, StartError
 from pybeam.supervisor import ChildInfo, ChildNotFound, ChildSpec, SupervisorError
+from pybeam.testing import eventually
 
 
 class Worker(GenServer):
@@ -67,14 +67,6 @@ async def events(n: int) -> list[tuple[str, str]]:
 
 async def down_of(ref: Ref, timeout: float = 5.0) -> Any:
     return (await receive(("DOWN", ref, "process", ANY, ANY), timeout=timeout))[4]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def pids(sup: Pid) -> dict[Any, Pid | None]:
@@ -216,7 +208,7 @@ async def test_temporary_is_never_restarted_and_is_forgotten(reason: Any) -> Non
     ref = pybeam.monitor(pid)
     await gen_server.call(pid, ("stop", reason))  # type: ignore[arg-type]
     await down_of(ref)
-    await eventually(lambda: _ids_are(sup, ["a"]))
+    await eventually(lambda: _ids_are(sup, ["a"]), 5.0, every=0.005)
 
 
 async def _ids_are(sup: Pid, ids: list[str]) -> bool:
@@ -555,7 +547,7 @@ async def test_dynamic_supervisor_restarts_by_restart_type() -> None:
     new_perm = await started("perm")
     await kill_and_wait(tmp)  # type: ignore[arg-type]
     await gen_server.call(trans, ("stop", "normal"))  # type: ignore[arg-type]
-    await eventually(lambda: _dyn_pids_are(sup, [new_perm]))
+    await eventually(lambda: _dyn_pids_are(sup, [new_perm]), 5.0, every=0.005)
 
 
 async def _dyn_pids_are(sup: Pid, expected: list[Pid]) -> bool:

@@ -8,7 +8,6 @@ node to this one and printed as they happen.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -16,7 +15,7 @@ import sys
 
 import pybeam
 from pybeam import Pid, receive, rpc, send
-from pybeam.testing import LocalCluster, free_port, heal, partition
+from pybeam.testing import LocalCluster, eventually, free_port, heal, partition
 
 from . import expected_value, produce, start_consumer, start_producer
 
@@ -105,11 +104,13 @@ def _nodes() -> list[str]:
 async def _settle(consumer: Pid, value: int) -> None:
     # The ping and our question travel by different routes: wait until the
     # consumer has seen the ping before reporting.
-    for _ in range(100):
-        if await expected_value(consumer) == value:
-            return
-        await asyncio.sleep(0.02)
-    print(f"   (the consumer did not reach {value} in time)")
+    async def settled() -> bool:
+        return await expected_value(consumer) == value
+
+    try:
+        await eventually(settled, timeout=2.0)
+    except AssertionError:
+        print(f"   (the consumer did not reach {value} in time)")
 
 
 def main() -> int:
