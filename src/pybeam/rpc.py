@@ -86,6 +86,17 @@ def _outcome(node: str, fn: str, reason: Any) -> Any:
             return RpcError(f"{fn} on {node} exited with {reason!r}")
 
 
+async def _abandon(ref: Ref) -> None:
+    """Give up on a spawn request whose reply we no longer wait for; if the
+    reply came after all, undo what it started and leave no message behind."""
+    if net.spawn_request_abandon(ref):
+        return
+    late = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=0, default=None)
+    if late is not None and late[2] == "ok":
+        kernel.demonitor(ref, flush=True)
+        kernel.exit(late[3], "kill")
+
+
 async def call(
     node: str, fn: Callable[..., Any] | str, *args: Any, timeout: float | None = DEFAULT_TIMEOUT
 ) -> Any:
@@ -106,12 +117,7 @@ async def call(
     ref = net.spawn_request(node, _EXECUTE, name, args, monitor=True)
     reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
     if reply is None:
-        if not net.spawn_request_abandon(ref):
-            # The reply came after all: undo what it started.
-            late = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=0, default=None)
-            if late is not None and late[2] == "ok":
-                kernel.demonitor(ref, flush=True)
-                kernel.exit(late[3], "kill")
+        await _abandon(ref)
         raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
     if reply[2] != "ok":
         if reply[3] == NOCONNECTION:
@@ -182,10 +188,8 @@ async def multicall(
         kernel.demonitor(ref, flush=True)
         if ref in started:
             kernel.exit(started[ref], "kill")
-        elif not net.spawn_request_abandon(ref):
-            late = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=0, default=None)
-            if late is not None and late[2] == "ok":
-                kernel.exit(late[3], "kill")
+        else:
+            await _abandon(ref)
         bad.add(node)
     results = [outcomes[n] for n in nodes if n in outcomes and n not in bad]
     return results, [n for n in nodes if n in bad]
