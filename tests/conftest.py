@@ -1,15 +1,54 @@
 """Shared fixtures: each test runs on a fresh event loop whose default node is
-shut down afterwards, so no process outlives its test."""
+shut down afterwards, so no process outlives its test.
+
+A run of the whole suite also checks that nothing was silently left out: every
+``test_*.py`` under ``tests/`` must have given at least one test, and the total
+must not fall below :data:`MIN_TESTS` (pytest skips folders such as ``dist`` or
+``build`` without a word, which once hid 93 tests).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 import pybeam
 
 pytest_plugins = ["pybeam.testing.pytest_plugin"]
+
+#: The suite's size when this was last raised; lower it only with a reason in the commit.
+MIN_TESTS = 543
+
+_TESTS = Path(__file__).parent
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    opt = config.option
+    return (
+        config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        and not opt.keyword
+        and not opt.markexpr
+        and not getattr(opt, "lf", False)
+        and not getattr(opt, "deselect", None)
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not _whole_suite(session.config):
+        return
+    collected = {Path(item.path) for item in session.items}
+    missing = sorted(
+        str(p.relative_to(_TESTS.parent)) for p in _TESTS.rglob("test_*.py") if p.resolve() not in collected
+    )
+    problems = []
+    if missing:
+        problems.append(f"test files that gave no test (a skipped folder?): {', '.join(missing)}")
+    if len(session.items) < MIN_TESTS:
+        problems.append(f"only {len(session.items)} tests collected, fewer than MIN_TESTS={MIN_TESTS}")
+    if problems:
+        raise pytest.UsageError("the whole suite was not collected: " + "; ".join(problems))
 
 
 @pytest.fixture(autouse=True)

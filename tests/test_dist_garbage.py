@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 import pybeam
 from pybeam import ANY, Pid, Ref, codec, receive, rpc
-from pybeam.dist import epmd, handshake
-from pybeam.dist.framing import encode_frame
+from pybeam.distribution import epmd, handshake
+from pybeam.distribution.framing import encode_frame
 from pybeam.testing import LocalCluster
 
 

@@ -106,7 +106,7 @@ async def test_wrong_cookie_is_refused_on_both_sides(
         assert pybeam.disconnect(n1)
         await eventually(lambda: n1 not in pybeam.nodes())
         pybeam.set_cookie("not-the-cookie", n1)
-        with caplog.at_level(logging.INFO, logger="pybeam.dist"):
+        with caplog.at_level(logging.INFO, logger="pybeam.distribution"):
             assert await pybeam.connect(n1) is False
         assert "cookie" in caplog.text
         await eventually(lambda: "cookie" in c.logs(n1))
@@ -119,7 +119,7 @@ async def test_wrong_cookie_is_refused_on_both_sides(
 async def test_connect_by_explicit_port(cluster: ClusterFactory) -> None:
     async with cluster(1) as c:
         (n1,) = c.nodes
-        port = await pybeam.dist.epmd.lookup(n1)
+        port = await pybeam.distribution.epmd.lookup(n1)
         assert port is not None
         assert pybeam.disconnect(n1)
         await eventually(lambda: n1 not in pybeam.nodes())

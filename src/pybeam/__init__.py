@@ -1,7 +1,7 @@
 """pybeam: BEAM (Erlang VM) semantics for Python's asyncio.
 
 Processes are async functions with mailboxes; they link, monitor, trap exits
-and register names, on nodes that (with :mod:`pybeam.dist`) connect over TCP.
+and register names, on nodes that (with :mod:`pybeam.distribution`) connect over TCP.
 The functions below are the ones a BEAM user knows; see ``docs/``.
 """
 

@@ -10,7 +10,7 @@
 ``pybeam names``
     The nodes registered with this host's port mapper (like ``epmd -names``).
 ``pybeam epmd``
-    Run the port mapper in the foreground (:func:`pybeam.dist.epmd.main`).
+    Run the port mapper in the foreground (:func:`pybeam.distribution.epmd.main`).
 
 Every subcommand returns an exit status: 0 on success, 1 on an error it
 explains on stderr, 2 for bad usage (argparse's).
@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import net, rpc
-from .dist import epmd
-from .dist.cookie import CookieError
+from .distribution import epmd
+from .distribution.cookie import CookieError
 from .errors import Exit, NodeDown, PybeamError
 from .node import Node
 from .process import Process

@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import kernel, net, rpc
-from .dist.net_kernel import function_name, resolve_function
+from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, NodeDown, NotDistributed, PybeamError
 from .terms import KILL, NOPROC, Pid, Ref, Term
 

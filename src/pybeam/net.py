@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, overload
 
-from .dist.net_kernel import NetKernel, function_name, resolve_function
+from .distribution.net_kernel import NetKernel, function_name, resolve_function
 from .errors import BadArg, NodeDown, NotDistributed, SpawnError
 from .kernel import _me, receive
 from .node import Node, current_node

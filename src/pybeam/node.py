@@ -104,7 +104,7 @@ class Distribution(RemoteRouter, Protocol):
         """Close every connection and stop listening."""
 
 
-#: Builds a node's distribution layer: installed by :mod:`pybeam.dist` (the
+#: Builds a node's distribution layer: installed by :mod:`pybeam.distribution` (the
 #: layer above, which this module must not import) when it is imported.
 DistributionFactory = Callable[["Node", dict[str, Any]], Distribution]
 _distribution_factory: DistributionFactory | None = None
@@ -190,7 +190,7 @@ class Node:
             raise BadArg(f"node {self.name} is already running")
         if self.distributed:
             if _distribution_factory is None:
-                raise BadArg("distribution is not available: import pybeam.dist")
+                raise BadArg("distribution is not available: import pybeam.distribution")
             dist = _distribution_factory(self, self._dist_options)
             self.creation = await dist.start()
             self.dist = self.remote = dist

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import kernel, net
-from .dist.net_kernel import function_name, resolve_function
+from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, Exit, NodeDown, PybeamError
 from .pattern import ANY
 from .terms import NOCONNECTION, Crash, Ref

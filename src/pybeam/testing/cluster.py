@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..dist.net_kernel import NetKernel
+from ..distribution.net_kernel import NetKernel
 from ..errors import NotDistributed, PybeamError
 from ..node import Node, current_node
 
@@ -379,7 +379,7 @@ class LocalCluster:
                 await asyncio.sleep(_POLL)
 
     async def _registered(self, name: str) -> bool:
-        from ..dist import epmd
+        from ..distribution import epmd
 
         assert self.manager is not None
         with contextlib.suppress(OSError, epmd.EpmdError):

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ..dist.epmd import PORT_ENV
+from ..distribution.epmd import PORT_ENV
 from ..node import Node
 from .cluster import LocalCluster, free_port
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .. import net, rpc
-from ..dist.net_kernel import NetKernel
+from ..distribution.net_kernel import NetKernel
 from ..errors import NodeDown, NotDistributed
 from ..node import Node, current_node
 from .cluster import run_in_process

@@ -4,25 +4,25 @@ This package is the equivalent of Erlang's ``epmd``, ``auth`` and ``dist_util``.
 Each module holds one concept and they stack bottom-up:
 
 ``cookie``
-    The shared secret. :func:`~pybeam.dist.cookie.resolve_cookie` picks it from an
+    The shared secret. :func:`~pybeam.distribution.cookie.resolve_cookie` picks it from an
     argument, ``$PYBEAM_COOKIE`` or ``~/.pybeam.cookie`` (created on first use,
     like ``~/.erlang.cookie``).
 ``framing``
     The byte stream: every frame is a 4-byte big-endian length and one encoded
-    term. Reading (:func:`~pybeam.dist.framing.read_frame`,
-    :class:`~pybeam.dist.framing.FrameReader`) and batched writing
-    (:class:`~pybeam.dist.framing.FrameWriter`).
+    term. Reading (:func:`~pybeam.distribution.framing.read_frame`,
+    :class:`~pybeam.distribution.framing.FrameReader`) and batched writing
+    (:class:`~pybeam.distribution.framing.FrameWriter`).
 ``handshake``
     The mutual challenge-response that opens a connection between two nodes:
     both prove they know the cookie without sending it.
-    :func:`~pybeam.dist.handshake.initiate` and
-    :func:`~pybeam.dist.handshake.accept`.
+    :func:`~pybeam.distribution.handshake.initiate` and
+    :func:`~pybeam.distribution.handshake.accept`.
 ``epmd``
     The port mapper: maps node names to listening ports on a host and hands out
-    each node's *creation*. Server (:class:`~pybeam.dist.epmd.EpmdServer`,
-    ``python -m pybeam.dist.epmd``) and client (``register``, ``lookup``,
+    each node's *creation*. Server (:class:`~pybeam.distribution.epmd.EpmdServer`,
+    ``python -m pybeam.distribution.epmd``) and client (``register``, ``lookup``,
     ``names``).
 
-Nothing is imported here, so ``import pybeam.dist`` stays cheap; import the
+Nothing is imported here, so ``import pybeam.distribution`` stays cheap; import the
 submodules you need.
 """

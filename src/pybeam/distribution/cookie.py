@@ -1,7 +1,7 @@
 """The distribution cookie: the shared secret nodes prove to each other.
 
 Two nodes connect only if they hold the same cookie (see
-:mod:`pybeam.dist.handshake`; the cookie itself never crosses the wire). The
+:mod:`pybeam.distribution.handshake`; the cookie itself never crosses the wire). The
 cookie comes from, in order:
 
 1. the ``cookie`` argument (e.g. ``--cookie`` on the command line);

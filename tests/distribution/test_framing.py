@@ -1,4 +1,4 @@
-"""Tests for pybeam.dist.framing, over real TCP connections on 127.0.0.1."""
+"""Tests for pybeam.distribution.framing, over real TCP connections on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pybeam.dist.framing import (
+from pybeam.distribution.framing import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
     FrameError,

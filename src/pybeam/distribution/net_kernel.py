@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DistOptions", "NetKernel", "function_name", "resolve_function"]
 
-logger = logging.getLogger("pybeam.dist")
+logger = logging.getLogger("pybeam.distribution")
 
 # Signals worth opening a connection for; the rest only follow an existing one.
 _CONNECTING_OPS = frozenset({Op.SEND, Op.SEND_NAME, Op.LINK, Op.MONITOR, Op.EXIT, Op.SPAWN_REQUEST})
@@ -190,7 +190,9 @@ class NetKernel:
                 try:
                     if self._epmd_server is None:
                         self._epmd_server = await epmd.ensure_epmd(self.options.epmd_port)
-                    self._registration = await epmd.register(self.node.name, self.port, self.options.epmd_port)
+                    self._registration = await epmd.register(
+                        self.node.name, self.port, self.options.epmd_port
+                    )
                     break
                 except (OSError, epmd.EpmdError) as e:
                     logger.debug("re-registering %s with the port mapper failed: %s", self.node.name, e)
@@ -661,7 +663,14 @@ class NetKernel:
             case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
                 conn.monitors_out.pop(ref, None)
                 node.deliver_down(watcher, ref, item, reason)
-            case (Op.SPAWN_REQUEST, Ref() as ref, Pid() as requester, str() as fn, tuple() as args, dict() as opts):
+            case (
+                Op.SPAWN_REQUEST,
+                Ref() as ref,
+                Pid() as requester,
+                str() as fn,
+                tuple() as args,
+                dict() as opts,
+            ):
                 self._incoming_spawn(conn, ref, requester, fn, args, opts)
             case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
                 self._spawn_reply(conn, ref, requester, result)
@@ -685,7 +694,13 @@ class NetKernel:
             conn.monitors_in[ref] = local
 
     def _incoming_spawn(
-        self, conn: Connection, ref: Ref, requester: Pid, fn_name: str, args: tuple[Any, ...], opts: dict[str, Any]
+        self,
+        conn: Connection,
+        ref: Ref,
+        requester: Pid,
+        fn_name: str,
+        args: tuple[Any, ...],
+        opts: dict[str, Any],
     ) -> None:
         try:
             fn = resolve_function(fn_name)
@@ -721,7 +736,9 @@ class NetKernel:
         proc = node.process(requester)
         opts = entry[1]
         if not isinstance(result, Pid):
-            node.send(requester, ("spawn_reply", ref, "error", result[1] if type(result) is tuple else result))
+            node.send(
+                requester, ("spawn_reply", ref, "error", result[1] if type(result) is tuple else result)
+            )
             return
         if opts.get("link"):
             if proc is not None:

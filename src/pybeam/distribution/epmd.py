@@ -9,7 +9,7 @@ Names: the mapper keys by the *alive* name, the part of a node name before
 ``@`` (``"alice"`` for ``"alice@box1"``), as epmd does, since one mapper serves
 one host. The client functions below accept either form and strip the host.
 
-Wire protocol: a TCP connection, frames (:mod:`pybeam.dist.framing`) holding
+Wire protocol: a TCP connection, frames (:mod:`pybeam.distribution.framing`) holding
 terms (:mod:`pybeam.codec`). A client sends one request:
 
 ``("register", name, port)``
@@ -37,7 +37,7 @@ client that can reach it.
 
 Who runs it: the first node on a host starts one inside its own process
 (:func:`ensure_epmd`; later nodes find the port taken by a mapper and just use
-it), or it runs standalone (``python -m pybeam.dist.epmd``, later
+it), or it runs standalone (``python -m pybeam.distribution.epmd``, later
 ``pybeam epmd``). Limitation of the first way: the mapper dies with the node
 that hosts it, and every other node's registration with it. Each of them sees
 its registration end (:meth:`Registration.wait_closed` returns) and should call
@@ -81,7 +81,7 @@ __all__ = [
     "register",
 ]
 
-log = logging.getLogger("pybeam.dist.epmd")  # not __name__: it is "__main__" under -m
+log = logging.getLogger("pybeam.distribution.epmd")  # not __name__: it is "__main__" under -m
 
 PORT_ENV: Final = "PYBEAM_EPMD_PORT"
 DEFAULT_PORT: Final = 4370
@@ -522,7 +522,7 @@ async def _print_names(port: int, host: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a port mapper in the foreground (``python -m pybeam.dist.epmd``); return the exit status."""
+    """Run a port mapper in the foreground (``python -m pybeam.distribution.epmd``); return the exit status."""
     parser = argparse.ArgumentParser(prog="pybeam epmd", description="Run the pybeam port mapper.")
     parser.add_argument(
         "--port", type=int, default=None, help=f"port (default ${PORT_ENV} or {DEFAULT_PORT})"

@@ -32,7 +32,7 @@ from .handshake import PeerInfo
 
 __all__ = ["DEFAULT_TICKTIME", "Connection", "Op", "ProtocolError"]
 
-logger = logging.getLogger("pybeam.dist")
+logger = logging.getLogger("pybeam.distribution")
 
 #: Seconds, as Erlang's ``net_ticktime`` default.
 DEFAULT_TICKTIME: Final = 60.0
@@ -199,7 +199,9 @@ class Connection:
                         continue  # a tick
                     batch = codec.decode(frame)
                     if type(batch) is not list:
-                        raise ProtocolError(f"a frame must hold a list of control messages, got {type(batch).__name__}")
+                        raise ProtocolError(
+                            f"a frame must hold a list of control messages, got {type(batch).__name__}"
+                        )
                     for control in batch:
                         if type(control) is not tuple or not control:
                             raise ProtocolError(f"malformed control message {control!r:.100}")
@@ -210,7 +212,9 @@ class Connection:
             reason = "connection closed"
             raise
         except StreamClosed as e:
-            reason = f"connection closed by peer mid-frame: {e}" if e.mid_frame else "connection closed by peer"
+            reason = (
+                f"connection closed by peer mid-frame: {e}" if e.mid_frame else "connection closed by peer"
+            )
         except (FrameError, codec.DecodeError, ProtocolError) as e:
             reason = f"bad input from {self.name}: {e}"
             logger.warning("closing connection to %s: %s", self.name, reason)

@@ -1,4 +1,4 @@
-"""Tests for pybeam.dist.epmd: the port mapper and its client, on 127.0.0.1."""
+"""Tests for pybeam.distribution.epmd: the port mapper and its client, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from pybeam import codec
-from pybeam.dist import epmd
-from pybeam.dist.epmd import EpmdError, EpmdServer, alive_name, ensure_epmd, lookup, names, register
-from pybeam.dist.framing import encode_frame, read_frame
+from pybeam.distribution import epmd
+from pybeam.distribution.epmd import EpmdError, EpmdServer, alive_name, ensure_epmd, lookup, names, register
+from pybeam.distribution.framing import encode_frame, read_frame
 
 
 def free_port() -> int:
@@ -254,7 +254,9 @@ async def test_silent_mapper_times_out() -> None:
 async def test_standalone_mapper_process() -> None:
     port = free_port()
     env = {**os.environ, epmd.PORT_ENV: str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "pybeam.dist.epmd"], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pybeam.distribution.epmd"], env=env, stderr=subprocess.PIPE
+    )
     try:
         async with asyncio.timeout(8):
             while True:

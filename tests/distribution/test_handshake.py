@@ -1,4 +1,4 @@
-"""Tests for pybeam.dist.handshake, between real TCP endpoints on 127.0.0.1."""
+"""Tests for pybeam.distribution.handshake, between real TCP endpoints on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from pybeam import codec
-from pybeam.dist.framing import encode_frame, read_frame
-from pybeam.dist.handshake import (
+from pybeam.distribution.framing import encode_frame, read_frame
+from pybeam.distribution.handshake import (
     HANDSHAKE_MAX_FRAME,
     NONCE_SIZE,
     PROTOCOL_VERSION,

@@ -2,7 +2,7 @@
 
 Both nodes prove they hold the same cookie without sending it, learn each
 other's name, creation and flags, and then hand the stream over to the
-connection layer. Every message is one frame (:mod:`pybeam.dist.framing`)
+connection layer. Every message is one frame (:mod:`pybeam.distribution.framing`)
 holding one term (:mod:`pybeam.codec`); frames are at most
 :data:`HANDSHAKE_MAX_FRAME` bytes, so junk sent to a node's port cannot make it
 allocate much.

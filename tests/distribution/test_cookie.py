@@ -1,4 +1,4 @@
-"""Tests for pybeam.dist.cookie: where the cookie comes from, and the cookie file's safety."""
+"""Tests for pybeam.distribution.cookie: where the cookie comes from, and the cookie file's safety."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pybeam.dist.cookie import COOKIE_ENV, COOKIE_LENGTH, CookieError, cookie_path, resolve_cookie
+from pybeam.distribution.cookie import COOKIE_ENV, COOKIE_LENGTH, CookieError, cookie_path, resolve_cookie
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
