@@ -676,7 +676,7 @@ def _survives(scenario: Any) -> Any:
     if something escapes the event loop."""
     try:
         return pybeam.run(scenario)
-    except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt must not stop the test run
+    except BaseException as e:
         pytest.fail(f"the node stopped: {e!r} escaped the event loop")
 
 
@@ -741,3 +741,31 @@ def test_sys_exit_in_an_adopted_process_still_exits_the_program() -> None:
     with pytest.raises(SystemExit) as info:
         pybeam.run(main)
     assert info.value.code == 3
+
+
+def _raise_huge(size: int) -> None:
+    raise ValueError("x" * size)
+
+
+async def test_a_crash_report_of_a_huge_exception_stays_small(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="pybeam"):
+        _, ref = pybeam.spawn_monitor(_raise_huge, 10_000_000)
+        reason = await down_of(ref)
+    assert len(reason.message) == 10_000_000  # the reason itself is whole
+    assert "characters omitted" in caplog.text
+    assert len(caplog.text) < 20_000
+
+
+async def test_a_gen_server_crash_report_with_huge_state_and_reason_stays_small(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Huge(pybeam.GenServer):
+        def handle_call(self, request: Any, from_: Any, state: Any) -> Any:
+            raise ValueError("y" * 5_000_000)
+
+    with caplog.at_level(logging.ERROR, logger="pybeam"):
+        server = await pybeam.gen_server.start(Huge, ["z" * 5_000_000] * 3)
+        with pytest.raises(pybeam.gen_server.CallExit):
+            await pybeam.gen_server.call(server, "w" * 5_000_000)
+    assert "terminating" in caplog.text
+    assert len(caplog.text) < 40_000

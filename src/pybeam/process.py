@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import Exit
+from .logtext import clip
 from .mailbox import Mailbox
 from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
 
@@ -139,7 +140,7 @@ class Process(Mailbox):
                 reason = Crash.from_exception(exc)
                 if not self.adopted:
                     logger.error(
-                        "Error in process %r with exit value:\n%s", self.pid, reason.traceback.rstrip()
+                        "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
                     )
         # The task has already ended: nothing to cancel.
         self.node.terminate(self, reason, cancel=False)

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
+from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, handshake
-from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError
+from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemLimit, encode_control
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
@@ -107,18 +108,25 @@ def resolve_function(name: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _sendable(reason: Any) -> Any:
-    """An exit reason that can cross to another node.
+def _sendable(of: Any, node: str, error: Exception) -> Crash:
+    """The exit reason sent instead of one that cannot cross to ``node``.
 
     A process may end with any Python value, but a link's exit or a DOWN is
     sent while the process ends, where an error would help nobody: the far
-    side gets a Crash that says what could not be sent instead.
+    side gets a Crash that says what could not be sent instead (``of`` is
+    the process the reason was about), ``system_limit`` for a reason too
+    large for a frame, as BEAM answers.
     """
-    try:
-        codec.encode(reason)
-    except codec.EncodeError as e:
-        return Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {e}")
-    return reason
+    if isinstance(error, SystemLimit):
+        crash = Crash(
+            "system_limit",
+            f"the exit reason of {of!r} is too large to send to {node}: {error.size:,} bytes encoded, "
+            f"over the {error.max_frame:,}-byte frame limit",
+        )
+    else:
+        crash = Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {error}")
+    logger.warning("%s: sending %s instead", clip(crash.message, 1000), crash.kind)
+    return crash
 
 
 def _parse_address(node: str) -> tuple[str, str, int | None]:
@@ -519,7 +527,7 @@ class NetKernel:
             return
         if control[0] not in _CONNECTING_OPS or self._stopping:
             return
-        codec.encode(control)  # refuse what cannot travel now, not when connected
+        encode_control(control, self.options.max_frame)  # refuse what cannot travel now, not when connected
         pending = self._pending.get(node)
         if pending is None:
             try:
@@ -577,7 +585,11 @@ class NetKernel:
         self._out(to.node, (Op.UNLINK, sender, to))
 
     def exit(self, sender: Pid, to: Pid, reason: Any, from_link: bool) -> None:
-        self._out(to.node, (Op.LINK_EXIT if from_link else Op.EXIT, sender, to, _sendable(reason)))
+        op = Op.LINK_EXIT if from_link else Op.EXIT
+        try:
+            self._out(to.node, (op, sender, to, reason))
+        except (codec.EncodeError, SystemLimit) as e:
+            self._out(to.node, (op, sender, to, _sendable(sender, to.node, e)))
 
     def monitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
         if isinstance(target, Pid):
@@ -590,7 +602,10 @@ class NetKernel:
         self._out(node, (Op.DEMONITOR, watcher, target, ref))
 
     def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
-        self._out(watcher.node, (Op.DOWN, watcher, ref, item, _sendable(reason)))
+        try:
+            self._out(watcher.node, (Op.DOWN, watcher, ref, item, reason))
+        except (codec.EncodeError, SystemLimit) as e:
+            self._out(watcher.node, (Op.DOWN, watcher, ref, item, _sendable(item, watcher.node, e)))
 
     def spawn_request(
         self,
@@ -705,9 +720,11 @@ class NetKernel:
         try:
             fn = resolve_function(fn_name)
         except Exception as e:
-            logger.warning("node %s cannot spawn %s for %r: %r", self.node.name, fn_name, requester, e)
+            # Bounded: the name is the peer's, as large as a frame.
+            why = f"cannot spawn {short(fn_name)}: {short(e)}"
+            logger.warning("node %s %s for %r", self.node.name, why, requester)
             if opts.get("reply", True):
-                conn.send((Op.SPAWN_REPLY, ref, requester, ("error", f"cannot spawn {fn_name}: {e!r}")))
+                conn.send((Op.SPAWN_REPLY, ref, requester, ("error", why)))
             return
         node = self.node
         pid, _ = node.spawn(fn, args)
