@@ -641,17 +641,27 @@ class NetKernel:
 
     # -- incoming signals ---------------------------------------------------------
 
+    #: Signals a peer sent naming a target that is not on this node (dropped,
+    #: as BEAM drops them: forwarding would let a peer make this node reach
+    #: any other node, and no node sends such signals).
+    foreign_signals_dropped: int = 0
+
     def _dispatch(self, conn: Connection, control: tuple[Any, ...]) -> None:
         node = self.node
+        here = node.name
         match control:
             case (Op.SEND, Pid() as to, msg):
                 proc = node.process(to)
                 if proc is not None:
                     proc.put(msg)
+                elif to.node != here:
+                    self._foreign(conn, control, to)
             case (Op.SEND_NAME, str() as name, msg):
                 proc = node.named(name)
                 if proc is not None:
                     proc.put(msg)
+            case (Op.LINK | Op.UNLINK | Op.EXIT | Op.LINK_EXIT, _, Pid() as local, *_) if local.node != here:
+                self._foreign(conn, control, local)
             case (Op.LINK, Pid() as remote, Pid() as local):
                 proc = node.process(local)
                 if proc is None:
@@ -669,12 +679,18 @@ class NetKernel:
             case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
                 conn.links.discard((local, remote))
                 node.link_exit(remote, local, reason)
+            case (Op.MONITOR | Op.DEMONITOR, Pid(), Pid() as target, Ref()) if target.node != here:
+                self._foreign(conn, control, target)
+            case (Op.MONITOR | Op.DEMONITOR, Pid(), (str(), str() as at) as target, Ref()) if at != here:
+                self._foreign(conn, control, target)
             case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
                 self._incoming_monitor(conn, watcher, target, ref)
             case (Op.DEMONITOR, Pid(), _, Ref() as ref):
                 local = conn.monitors_in.pop(ref, None)
                 if local is not None:
                     node.remove_monitor(local, ref)
+            case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
+                self._foreign(conn, control, watcher)
             case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
                 conn.monitors_out.pop(ref, None)
                 node.deliver_down(watcher, ref, item, reason)
@@ -687,6 +703,8 @@ class NetKernel:
                 dict() as opts,
             ):
                 self._incoming_spawn(conn, ref, requester, fn, args, opts)
+            case (Op.SPAWN_REPLY, Ref(), Pid() as requester, _) if requester.node != here:
+                self._foreign(conn, control, requester)
             case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
                 self._spawn_reply(conn, ref, requester, result)
             case (Op.NODES, list() as addresses):
@@ -695,6 +713,19 @@ class NetKernel:
                         self._join_mesh(address)
             case _:
                 raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
+
+    def _foreign(self, conn: Connection, control: tuple[Any, ...], target: Any) -> None:
+        """Drop a signal whose target is not on this node, and count it."""
+        n = self.foreign_signals_dropped = self.foreign_signals_dropped + 1
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a bounded log however many come
+            logger.debug(
+                "node %s: dropped a signal (op %s) from %s for %s, not a pid of this node (%d so far)",
+                self.node.name,
+                short(control[0]),
+                conn.name,
+                short(target),
+                n,
+            )
 
     def _incoming_monitor(self, conn: Connection, watcher: Pid, target: Any, ref: Ref) -> None:
         if isinstance(target, Pid):
