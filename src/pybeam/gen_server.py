@@ -179,6 +179,11 @@ class BadReturn(GenServerError):
 # -- helpers --------------------------------------------------------------------
 
 
+#: What a callback may raise that crashes the server (and runs terminate), as
+#: any class of exception does in OTP: sys.exit() in a callback included.
+_CRASHES: Final = (Exception, SystemExit, KeyboardInterrupt)
+
+
 async def _resolved(value: Any) -> Any:
     # Callbacks may be plain or async: await what needs it.
     if inspect.isawaitable(value):
@@ -485,7 +490,7 @@ async def _init_it(starter: Pid, tag: Ref, parent: Pid | None, mod: GenServer, a
         state = await _resolved(mod.init(arg))
     except Exit as e:
         fail("error", e.reason, e.reason)
-    except Exception as e:
+    except _CRASHES as e:
         crash = Crash.from_exception(e)
         logger.error(
             "GenServer %s (%s) crashed in init\n** Argument == %s\n** Reason == %s\n%s",
@@ -535,7 +540,7 @@ class _Loop:
                 await self.terminate(stop.reason, stop.reply_to, stop.reply)
             except Exit as e:
                 await self.terminate(e.reason)
-            except Exception as e:
+            except _CRASHES as e:
                 await self.terminate(Crash.from_exception(e))
 
     async def dispatch(self, msg: Any) -> None:
@@ -591,7 +596,7 @@ class _Loop:
             await _resolved(self.mod.terminate(reason, self.state))
         except Exit as e:
             reason = e.reason
-        except Exception as e:
+        except _CRASHES as e:
             reason = Crash.from_exception(e)
         finally:
             # As gen_server: a ("stop", reason, reply, state) replies after terminate.

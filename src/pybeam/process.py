@@ -221,6 +221,10 @@ class _Guard(Coroutine[Any, Any, Any]):
     def __repr__(self) -> str:
         return repr(self._coro)
 
+    def __getattr__(self, name: str) -> Any:
+        # cr_code, __qualname__...: what asyncio shows of a task's coroutine.
+        return getattr(self._coro, name)
+
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     # For a plain function (or one that returns an awaitable): it must run
