@@ -769,3 +769,31 @@ async def test_a_gen_server_crash_report_with_huge_state_and_reason_stays_small(
             await pybeam.gen_server.call(server, "w" * 5_000_000)
     assert "terminating" in caplog.text
     assert len(caplog.text) < 40_000
+
+
+class _Halt(BaseException):
+    pass
+
+
+async def _raises_base_exception() -> None:
+    raise _Halt("stop")
+
+
+async def _awaits_a_cancelled_future() -> None:
+    fut = asyncio.get_running_loop().create_future()
+    fut.cancel()
+    await fut
+
+
+async def test_any_other_base_exception_is_a_crash_too() -> None:
+    _, ref = pybeam.spawn_monitor(_raises_base_exception)
+    reason = await down_of(ref)
+    assert reason.kind.endswith("_Halt") and reason.message == "stop"
+    # A CancelledError the process did not receive as a kill is a crash, not "killed".
+    _, ref = pybeam.spawn_monitor(_awaits_a_cancelled_future)
+    reason = await down_of(ref)
+    assert isinstance(reason, Crash) and reason.kind.endswith("CancelledError")
+    pid = spawn(sleeper)
+    ref = pybeam.monitor(pid)
+    pybeam.exit(pid, "kill")
+    assert await down_of(ref) == "killed"

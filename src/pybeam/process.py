@@ -126,22 +126,31 @@ class Process(Mailbox):
             if not task.cancelled():
                 task.exception()
             return
-        if task.cancelled():
-            reason: Any = KILLED
-        else:
+        reason: Any
+        exc: BaseException | None
+        if not task.cancelled():
             exc = task.exception()
             if type(exc) is _Halted:
                 exc = exc.exc
-            if exc is None:
-                reason = NORMAL
-            elif isinstance(exc, Exit):
-                reason = exc.reason
-            else:
-                reason = Crash.from_exception(exc)
-                if not self.adopted:
-                    logger.error(
-                        "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
-                    )
+        elif task.cancelling():
+            exc = None  # cancelled from outside (the event loop shutting down, say)
+        else:
+            # The function let out a CancelledError nobody asked for (it
+            # awaited a future someone else cancelled): a crash like any other.
+            try:
+                task.result()
+            except asyncio.CancelledError as e:
+                exc = e
+        if exc is None:
+            reason = KILLED if task.cancelled() else NORMAL
+        elif isinstance(exc, Exit):
+            reason = exc.reason
+        else:
+            reason = Crash.from_exception(exc)
+            if not self.adopted:
+                logger.error(
+                    "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
+                )
         # The task has already ended: nothing to cancel.
         self.node.terminate(self, reason, cancel=False)
 
