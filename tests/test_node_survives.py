@@ -150,6 +150,8 @@ async def test_every_link_and_monitor_hears_of_an_exit_reason_too_large_to_send(
         assert await rpc.call(n1, node_here, timeout=10) == n1
         log = c.logs(n1)
         assert len(log) < 100_000 and _no_long_line(log) < 10_000
+        # Found too large once, not once per link and monitor.
+        assert log.count("cannot be sent") == 1, log
 
 
 async def echo() -> None:

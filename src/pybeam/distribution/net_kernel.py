@@ -124,8 +124,8 @@ def _sendable(of: Any, node: str, error: Exception) -> Crash:
             f"over the {error.max_frame:,}-byte frame limit",
         )
     else:
-        crash = Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {error}")
-    logger.warning("%s: sending %s instead", clip(crash.message, 1000), crash.kind)
+        why = clip(str(error), 1000)
+        crash = Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {why}")
     return crash
 
 
@@ -585,11 +585,35 @@ class NetKernel:
         self._out(to.node, (Op.UNLINK, sender, to))
 
     def exit(self, sender: Pid, to: Pid, reason: Any, from_link: bool) -> None:
-        op = Op.LINK_EXIT if from_link else Op.EXIT
-        try:
-            self._out(to.node, (op, sender, to, reason))
-        except (codec.EncodeError, SystemLimit) as e:
-            self._out(to.node, (op, sender, to, _sendable(sender, to.node, e)))
+        self._out_reason(to.node, (Op.LINK_EXIT if from_link else Op.EXIT, sender, to), reason, sender)
+
+    #: The last exit reason that could not be sent, and why, until the end of
+    #: this loop iteration: a process that ends with a huge reason and has
+    #: many links and monitors elsewhere is encoded once, not once for each.
+    _unsendable: tuple[Any, Exception] | None = None
+
+    def _out_reason(self, node: str, head: tuple[Any, ...], reason: Any, of: Any) -> None:
+        """Send the signal ``head + (reason,)``; if the reason cannot travel,
+        the Crash that says so instead (see :func:`_sendable`)."""
+        bad = self._unsendable
+        if bad is None or bad[0] is not reason:
+            try:
+                self._out(node, (*head, reason))
+                return
+            except (codec.EncodeError, SystemLimit) as e:
+                if bad is None:
+                    asyncio.get_running_loop().call_soon(self._forget_unsendable)
+                bad = self._unsendable = (reason, e)
+                logger.warning(
+                    "node %s: the exit reason of %s cannot be sent: %s",
+                    self.node.name,
+                    short(of),
+                    clip(str(e), 1000),
+                )
+        self._out(node, (*head, _sendable(of, node, bad[1])))
+
+    def _forget_unsendable(self) -> None:
+        self._unsendable = None
 
     def monitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
         if isinstance(target, Pid):
@@ -602,10 +626,7 @@ class NetKernel:
         self._out(node, (Op.DEMONITOR, watcher, target, ref))
 
     def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
-        try:
-            self._out(watcher.node, (Op.DOWN, watcher, ref, item, reason))
-        except (codec.EncodeError, SystemLimit) as e:
-            self._out(watcher.node, (Op.DOWN, watcher, ref, item, _sendable(item, watcher.node, e)))
+        self._out_reason(watcher.node, (Op.DOWN, watcher, ref, item), reason, item)
 
     def spawn_request(
         self,
