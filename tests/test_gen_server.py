@@ -719,3 +719,24 @@ async def test_pending_call_raises_node_down_when_the_node_dies(cluster: Any) ->
         assert error.node == node
         with pytest.raises(NodeDown):
             await gen_server.call(pid, "again", timeout=30)
+
+
+async def test_sys_exit_in_a_callback_crashes_the_server_through_terminate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    me = pybeam.self()
+
+    class Exiting(pybeam.GenServer):
+        def handle_cast(self, request: Any, state: Any) -> Any:
+            raise SystemExit(request)
+
+        def terminate(self, reason: Any, state: Any) -> None:
+            send(me, ("terminated", reason))
+
+    server = await gen_server.start(Exiting)
+    ref = pybeam.monitor(server)
+    with caplog.at_level(logging.ERROR, logger="pybeam"):
+        gen_server.cast(server, 7)
+        assert await receive(("terminated", ANY), timeout=5) == ("terminated", Crash("SystemExit", "7"))
+        assert (await receive(("DOWN", ref, ANY, ANY, ANY), timeout=5))[4] == Crash("SystemExit", "7")
+    assert "terminating" in caplog.text  # the server's own crash report

@@ -638,3 +638,162 @@ async def test_finished_processes_are_freed_without_the_cycle_collector() -> Non
         assert live() - before < 5
     finally:
         gc.enable()
+
+
+# -- a process's SystemExit or KeyboardInterrupt ends the process, not the node -------
+
+
+def _sys_exit() -> None:
+    import sys
+
+    sys.exit(3)
+
+
+async def _interrupted() -> None:
+    await asyncio.sleep(0)
+    raise KeyboardInterrupt
+
+
+def _builtins_exit() -> None:
+    exit(4)  # the site builtin, as a careless script would call it
+
+
+def _argparse_error() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--count", type=int)
+    parser.parse_args(["--count", "many"])
+
+
+class _ExitingServer(pybeam.GenServer):
+    def handle_call(self, request: Any, from_: Any, state: Any) -> Any:
+        raise SystemExit(request)
+
+
+def _survives(scenario: Any) -> Any:
+    """Run ``scenario`` on a fresh loop and node; fail (rather than end pytest)
+    if something escapes the event loop."""
+    try:
+        return pybeam.run(scenario)
+    except BaseException as e:
+        pytest.fail(f"the node stopped: {e!r} escaped the event loop")
+
+
+@pytest.mark.parametrize(
+    ("fn", "kind", "message"),
+    [
+        (_sys_exit, "SystemExit", "3"),
+        (_interrupted, "KeyboardInterrupt", ""),
+        (_builtins_exit, "SystemExit", "4"),
+        (_argparse_error, "SystemExit", "2"),
+    ],
+)
+def test_system_exit_and_keyboard_interrupt_end_the_process_not_the_node(
+    fn: Any, kind: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> Any:
+        _, ref = pybeam.spawn_monitor(fn)
+        reason = await down_of(ref)
+        # The node still runs processes, and a linked one gets the same reason.
+        me = pybeam.self()
+        pybeam.trap_exit(True)
+        linked = pybeam.spawn_link(fn)
+        exit_msg = await receive(("EXIT", linked, ANY), timeout=5)
+        pid = spawn(echo)
+        send(pid, ("echo", me, "still here"))
+        return reason, exit_msg[2], await receive(("reply", ANY), timeout=5)
+
+    with caplog.at_level(logging.ERROR, logger="pybeam"):
+        reason, linked_reason, reply = _survives(scenario)
+    assert reason == Crash(kind, message)
+    assert linked_reason == reason
+    assert reply == ("reply", "still here")
+    assert kind in caplog.text  # a crash report, as for any other exception
+
+
+def test_a_gen_server_callback_calling_sys_exit_ends_only_the_server() -> None:
+    async def scenario() -> Any:
+        server = await pybeam.gen_server.start(_ExitingServer)
+        ref = pybeam.monitor(server)
+        with pytest.raises(pybeam.gen_server.CallExit):
+            await pybeam.gen_server.call(server, 5)
+        reason = await down_of(ref)
+        return reason, await pybeam.gen_server.call(await pybeam.gen_server.start(_Echo), "hi")
+
+    reason, reply = _survives(scenario)
+    assert reason == Crash("SystemExit", "5")
+    assert reply == "hi"
+
+
+class _Echo(pybeam.GenServer):
+    def handle_call(self, request: Any, from_: Any, state: Any) -> Any:
+        return ("reply", request, state)
+
+
+def test_sys_exit_in_an_adopted_process_still_exits_the_program() -> None:
+    # main is the program's own task, not one pybeam runs: sys.exit there
+    # means what it means in any Python program.
+    async def main() -> None:
+        pybeam.self()
+        _sys_exit()
+
+    with pytest.raises(SystemExit) as info:
+        pybeam.run(main)
+    assert info.value.code == 3
+
+
+def _raise_huge(size: int) -> None:
+    raise ValueError("x" * size)
+
+
+async def test_a_crash_report_of_a_huge_exception_stays_small(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="pybeam"):
+        _, ref = pybeam.spawn_monitor(_raise_huge, 10_000_000)
+        reason = await down_of(ref)
+    assert len(reason.message) == 10_000_000  # the reason itself is whole
+    assert "characters omitted" in caplog.text
+    assert len(caplog.text) < 20_000
+
+
+async def test_a_gen_server_crash_report_with_huge_state_and_reason_stays_small(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Huge(pybeam.GenServer):
+        def handle_call(self, request: Any, from_: Any, state: Any) -> Any:
+            raise ValueError("y" * 5_000_000)
+
+    with caplog.at_level(logging.ERROR, logger="pybeam"):
+        server = await pybeam.gen_server.start(Huge, ["z" * 5_000_000] * 3)
+        with pytest.raises(pybeam.gen_server.CallExit):
+            await pybeam.gen_server.call(server, "w" * 5_000_000)
+    assert "terminating" in caplog.text
+    assert len(caplog.text) < 40_000
+
+
+class _Halt(BaseException):
+    pass
+
+
+async def _raises_base_exception() -> None:
+    raise _Halt("stop")
+
+
+async def _awaits_a_cancelled_future() -> None:
+    fut = asyncio.get_running_loop().create_future()
+    fut.cancel()
+    await fut
+
+
+async def test_any_other_base_exception_is_a_crash_too() -> None:
+    _, ref = pybeam.spawn_monitor(_raises_base_exception)
+    reason = await down_of(ref)
+    assert reason.kind.endswith("_Halt") and reason.message == "stop"
+    # A CancelledError the process did not receive as a kill is a crash, not "killed".
+    _, ref = pybeam.spawn_monitor(_awaits_a_cancelled_future)
+    reason = await down_of(ref)
+    assert isinstance(reason, Crash) and reason.kind.endswith("CancelledError")
+    pid = spawn(sleeper)
+    ref = pybeam.monitor(pid)
+    pybeam.exit(pid, "kill")
+    assert await down_of(ref) == "killed"

@@ -22,6 +22,7 @@ from typing import Any
 from . import gen_server, kernel
 from .errors import BadArg
 from .gen_server import GenServer, Name, ServerRef, is_normal_exit
+from .logtext import short
 from .supervisor import (
     ChildInfo,
     ChildNotFound,
@@ -129,17 +130,19 @@ class _DynamicSupervisor(GenServer):
                 )
                 if again or not is_normal_exit(reason):
                     logger.error(
-                        "DynamicSupervisor %s: child %r (%r) terminated with reason %r%s",
+                        "DynamicSupervisor %s: child %s (%r) terminated with reason %s%s",
                         _label(state.name),
-                        spec.id,
+                        short(spec.id),
                         pid,
-                        reason,
+                        short(reason),
                         "; restarting" if again else "",
                     )
                 if again:
                     return await self.restart(state, spec)
                 return ("noreply", state)
-        logger.warning("DynamicSupervisor %s received an unexpected message: %r", _label(state.name), msg)
+        logger.warning(
+            "DynamicSupervisor %s received an unexpected message: %s", _label(state.name), short(msg)
+        )
         return ("noreply", state)
 
     async def restart(self, state: _State, spec: ChildSpec) -> Any:
@@ -157,7 +160,10 @@ class _DynamicSupervisor(GenServer):
             # Try again through the mailbox, each attempt counting towards the
             # intensity (see supervisor.restart).
             logger.error(
-                "DynamicSupervisor %s: child %r failed to restart: %r", _label(state.name), spec.id, value
+                "DynamicSupervisor %s: child %s failed to restart: %s",
+                _label(state.name),
+                short(spec.id),
+                short(value),
             )
             ref = kernel.make_ref()
             state.restarting[ref] = spec

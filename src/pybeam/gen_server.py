@@ -39,12 +39,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import reprlib
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard
 
 from . import kernel
 from .errors import BadArg, Exit, NodeDown, NoProc, PybeamError
+from .logtext import clip, short
 from .pattern import ANY
 from .terms import NOCONNECTION, NOPROC, NORMAL, Crash, Pid, Ref
 
@@ -171,22 +171,17 @@ class BadReturn(GenServerError):
     crashes with this (as OTP's ``{bad_return_value, Value}``)."""
 
     def __init__(self, callback: str, value: Any) -> None:
-        super().__init__(f"{callback} returned a bad value: {_short(value)}")
+        super().__init__(f"{callback} returned a bad value: {short(value)}")
         self.callback = callback
         self.value = value
 
 
 # -- helpers --------------------------------------------------------------------
 
-_repr = reprlib.Repr()
-_repr.maxlevel = 4
-_repr.maxstring = _repr.maxother = 200
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 16
 
-
-def _short(value: Any) -> str:
-    """A repr short enough for a log line, however large the value."""
-    return _repr.repr(value)
+#: What a callback may raise that crashes the server (and runs terminate), as
+#: any class of exception does in OTP: sys.exit() in a callback included.
+_CRASHES: Final = (Exception, SystemExit, KeyboardInterrupt)
 
 
 async def _resolved(value: Any) -> Any:
@@ -495,15 +490,15 @@ async def _init_it(starter: Pid, tag: Ref, parent: Pid | None, mod: GenServer, a
         state = await _resolved(mod.init(arg))
     except Exit as e:
         fail("error", e.reason, e.reason)
-    except Exception as e:
+    except _CRASHES as e:
         crash = Crash.from_exception(e)
         logger.error(
-            "GenServer %s (%s) crashed in init\n** Argument == %s\n** Reason == %r\n%s",
+            "GenServer %s (%s) crashed in init\n** Argument == %s\n** Reason == %s\n%s",
             label,
             type(mod).__qualname__,
-            _short(arg),
-            crash,
-            crash.traceback.rstrip(),
+            short(arg),
+            short(crash),
+            clip(crash.traceback.rstrip()),
         )
         fail("error", crash, crash)
     if state is IGNORE:
@@ -545,7 +540,7 @@ class _Loop:
                 await self.terminate(stop.reason, stop.reply_to, stop.reply)
             except Exit as e:
                 await self.terminate(e.reason)
-            except Exception as e:
+            except _CRASHES as e:
                 await self.terminate(Crash.from_exception(e))
 
     async def dispatch(self, msg: Any) -> None:
@@ -601,7 +596,7 @@ class _Loop:
             await _resolved(self.mod.terminate(reason, self.state))
         except Exit as e:
             reason = e.reason
-        except Exception as e:
+        except _CRASHES as e:
             reason = Crash.from_exception(e)
         finally:
             # As gen_server: a ("stop", reason, reply, state) replies after terminate.
@@ -619,14 +614,14 @@ class _Loop:
         trace = reason.traceback.rstrip() if isinstance(reason, Crash) and reason.traceback else ""
         logger.error(
             "GenServer %s (%s) terminating\n** Last message in was %s\n** When server state == %s"
-            "\n** Reason for termination == %r%s%s",
+            "\n** Reason for termination == %s%s%s",
             self.label,
             type(self.mod).__qualname__,
-            _short(last),
-            _short(self.state),
-            reason,
+            short(last),
+            short(self.state),
+            short(reason),
             client,
-            "\n" + trace if trace else "",
+            "\n" + clip(trace) if trace else "",
         )
 
 
@@ -654,11 +649,11 @@ class GenServer:
         """Handle a :func:`call`. Return ``("reply", reply, state)``,
         ``("noreply", state)`` (and :func:`reply` later), ``("stop", reason,
         reply, state)`` or ``("stop", reason, state)``."""
-        raise NotImplementedError(f"{type(self).__qualname__} has no handle_call for {_short(request)}")
+        raise NotImplementedError(f"{type(self).__qualname__} has no handle_call for {short(request)}")
 
     def handle_cast(self, request: Any, state: Any) -> Any:
         """Handle a :func:`cast`: return ``("noreply", state)`` or ``("stop", reason, state)``."""
-        raise NotImplementedError(f"{type(self).__qualname__} has no handle_cast for {_short(request)}")
+        raise NotImplementedError(f"{type(self).__qualname__} has no handle_cast for {short(request)}")
 
     def handle_info(self, msg: Any, state: Any) -> Any:
         """Handle any other message: return ``("noreply", state)`` or ``("stop", reason, state)``."""
@@ -666,7 +661,7 @@ class GenServer:
             "GenServer %r (%s) received an unexpected message: %s",
             kernel.self(),
             type(self).__qualname__,
-            _short(msg),
+            short(msg),
         )
         return ("noreply", state)
 

@@ -20,11 +20,13 @@ import contextvars
 import itertools
 import logging
 import secrets
+import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import BadArg, NoProc
+from .logtext import clip
 from .pattern import ANY, compile_pattern
 from .process import Process, _current, start
 from .terms import NOCONNECTION, NOPROC, Pid, Ref
@@ -58,6 +60,11 @@ def current_node() -> Node:
         node._bind(loop)
         _default_nodes[loop] = node
     return node
+
+
+def _failed(signal: str, pid: Pid, target: Any, error: Exception) -> None:
+    tb = "".join(traceback.format_exception(error))
+    logger.error("the %s from exited %r to %r failed:\n%s", signal, pid, target, clip(tb.rstrip()))
 
 
 class RemoteRouter(Protocol):
@@ -313,18 +320,29 @@ class Node:
             self._names.pop(proc.name, None)
             proc.name = None
         proc.clear()
+        # Each signal on its own: one that fails (a bug, a distribution
+        # error) must not keep the others from their links and monitors.
         if proc.monitors:
-            for ref, target in proc.monitors.items():
-                self._drop_monitor(pid, target, ref)
-            proc.monitors = None
+            monitors, proc.monitors = proc.monitors, None
+            for ref, target in monitors.items():
+                try:
+                    self._drop_monitor(pid, target, ref)
+                except Exception as e:
+                    _failed("demonitor", pid, target, e)
         if proc.links:
             links, proc.links = proc.links, None
             for other in links:
-                self.link_exit(pid, other, reason)
+                try:
+                    self.link_exit(pid, other, reason)
+                except Exception as e:
+                    _failed("link exit", pid, other, e)
         if proc.monitored_by:
             watchers, proc.monitored_by = proc.monitored_by, None
             for ref, (watcher, item) in watchers.items():
-                self.deliver_down(watcher, ref, item, reason)
+                try:
+                    self.deliver_down(watcher, ref, item, reason)
+                except Exception as e:
+                    _failed("DOWN", pid, watcher, e)
         if cancel:
             proc.cancel_task()
 

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from . import kernel, net, rpc
 from .errors import BadArg, NotDistributed, PybeamError
+from .logtext import short
 from .pattern import ANY
 from .terms import Pid, Ref, Term
 
@@ -316,7 +317,7 @@ class _Scope:
             case ("wait_timeout", Ref() as ref):
                 self.reply_waiters(ref)
             case _:
-                logger.debug("pg %s: ignoring %r", self.scope, msg)
+                logger.debug("pg %s: ignoring %s", self.scope, short(msg))
 
     def call(self, caller: Pid, ref: Ref, request: tuple[Any, ...]) -> Any:
         match request:

@@ -21,10 +21,11 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import Exit
+from .logtext import clip
 from .mailbox import Mailbox
 from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
 
@@ -125,20 +126,31 @@ class Process(Mailbox):
             if not task.cancelled():
                 task.exception()
             return
-        if task.cancelled():
-            reason: Any = KILLED
-        else:
+        reason: Any
+        exc: BaseException | None
+        if not task.cancelled():
             exc = task.exception()
-            if exc is None:
-                reason = NORMAL
-            elif isinstance(exc, Exit):
-                reason = exc.reason
-            else:
-                reason = Crash.from_exception(exc)
-                if not self.adopted:
-                    logger.error(
-                        "Error in process %r with exit value:\n%s", self.pid, reason.traceback.rstrip()
-                    )
+            if type(exc) is _Halted:
+                exc = exc.exc
+        elif task.cancelling():
+            exc = None  # cancelled from outside (the event loop shutting down, say)
+        else:
+            # The function let out a CancelledError nobody asked for (it
+            # awaited a future someone else cancelled): a crash like any other.
+            try:
+                task.result()
+            except asyncio.CancelledError as e:
+                exc = e
+        if exc is None:
+            reason = KILLED if task.cancelled() else NORMAL
+        elif isinstance(exc, Exit):
+            reason = exc.reason
+        else:
+            reason = Crash.from_exception(exc)
+            if not self.adopted:
+                logger.error(
+                    "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
+                )
         # The task has already ended: nothing to cancel.
         self.node.terminate(self, reason, cancel=False)
 
@@ -156,13 +168,84 @@ def _is_async_function(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
+class _Halted(Exception):
+    """Carries a SystemExit or KeyboardInterrupt out of a process's task.
+
+    asyncio re-raises those two out of the event loop when a task raises
+    them, which would stop the whole node; as an ordinary exception the task
+    just ends, and :meth:`Process.task_done` unwraps it into the reason.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+
+# What asyncio lets escape from a task's step (the rest it stores in the task).
+_HALTING = (SystemExit, KeyboardInterrupt)
+
+
+def _halted(exc: BaseException) -> _Halted:
+    # The guard's own frame is noise in the crash report's traceback.
+    tb = exc.__traceback__
+    if tb is not None:
+        exc.__traceback__ = tb.tb_next
+    return _Halted(exc)
+
+
+class _Guard(Coroutine[Any, Any, Any]):
+    """The coroutine a process's task runs: the function's own coroutine,
+    with SystemExit and KeyboardInterrupt turned into :class:`_Halted`.
+
+    A plain object forwarding ``send``/``throw`` rather than a wrapping
+    ``async def``: it costs one small object per process instead of a
+    coroutine frame, which matters for idle processes.
+    """
+
+    __slots__ = ("_coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._coro.send(value)
+        except _HALTING as e:
+            raise _halted(e) from None
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        try:
+            if val is None and tb is None:
+                return self._coro.throw(typ)
+            return self._coro.throw(typ, val, tb)
+        except _HALTING as e:
+            raise _halted(e) from None
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()
+
+    def __repr__(self) -> str:
+        return repr(self._coro)
+
+    def __getattr__(self, name: str) -> Any:
+        # cr_code, __qualname__...: what asyncio shows of a task's coroutine.
+        return getattr(self._coro, name)
+
+
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     # For a plain function (or one that returns an awaitable): it must run
-    # inside the process's task, not in the spawner's.
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    # inside the process's task, not in the spawner's. Its own frame is the
+    # guard here (see _Guard).
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+    except _HALTING as e:
+        raise _Halted(e) from None
 
 
 def start(
@@ -170,11 +253,22 @@ def start(
 ) -> None:
     """Run ``fn(*args)`` as ``proc``'s task; its end becomes the exit reason.
 
-    The task is the function's own coroutine (no wrapper frame, to keep idle
-    processes small) run in a context where ``proc`` is the current process.
+    Every exception ends the process with a reason, SystemExit and
+    KeyboardInterrupt included: in a process they end the process, never
+    the node (as ``exit/1`` in BEAM). The task runs the function's own
+    coroutine behind a small :class:`_Guard` (no wrapper frame, to keep idle
+    processes small), in a context where ``proc`` is the current process.
     """
     ctx = contextvars.copy_context()
     ctx.run(_current.set, proc)
-    coro = fn(*args) if _is_async_function(fn) else _call(fn, args)
+    coro: Coroutine[Any, Any, Any] = _Guard(fn(*args)) if _is_async_function(fn) else _call(fn, args)
     task = proc.task = loop.create_task(coro, context=ctx)
-    task.add_done_callback(proc.task_done, context=ctx)
+    task.add_done_callback(_task_done, context=ctx)
+
+
+def _task_done(task: asyncio.Task[Any]) -> None:
+    # Runs in the process's context: a plain function rather than the bound
+    # method proc.task_done saves an object per live process.
+    proc = _current.get()
+    assert proc is not None
+    proc.task_done(task)

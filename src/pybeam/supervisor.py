@@ -41,6 +41,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 from . import gen_server, kernel
 from .errors import BadArg, PybeamError
 from .gen_server import GenServer, Name, ServerRef, is_normal_exit
+from .logtext import short
 from .pattern import ANY
 from .terms import Crash, Pid, Ref
 
@@ -344,7 +345,9 @@ class _Supervisor(GenServer):
         for spec in specs:
             ok, value = await _start_child(spec)
             if not ok:
-                logger.error("Supervisor %s: child %r failed to start: %r", _label(name), spec.id, value)
+                logger.error(
+                    "Supervisor %s: child %s failed to start: %s", _label(name), short(spec.id), short(value)
+                )
                 await self.terminate("shutdown", state)  # the started ones, last first
                 return ("stop", ("shutdown", ("failed_to_start_child", spec.id, value)))
             if value is None and spec.restart == "temporary":
@@ -430,7 +433,7 @@ class _Supervisor(GenServer):
                 if child is not None:
                     return await self.child_exited(state, child, reason)
                 return ("noreply", state)  # not a child (any more): as OTP, ignore
-        logger.warning("Supervisor %s received an unexpected message: %r", _label(state.name), msg)
+        logger.warning("Supervisor %s received an unexpected message: %s", _label(state.name), short(msg))
         return ("noreply", state)
 
     async def child_exited(self, state: _State, child: _Child, reason: Any) -> Any:
@@ -439,10 +442,10 @@ class _Supervisor(GenServer):
         again = restart == "permanent" or (restart == "transient" and not is_normal_exit(reason))
         if again or not is_normal_exit(reason):
             logger.error(
-                "Supervisor %s: child %r terminated with reason %r%s",
+                "Supervisor %s: child %s terminated with reason %s%s",
                 _label(state.name),
-                child.spec.id,
-                reason,
+                short(child.spec.id),
+                short(reason),
                 "; restarting" if again else "",
             )
         if again:
@@ -483,7 +486,10 @@ class _Supervisor(GenServer):
                 # counting towards the intensity, so that a child that cannot
                 # start ends the supervisor rather than loop here.
                 logger.error(
-                    "Supervisor %s: child %r failed to restart: %r", _label(state.name), c.spec.id, value
+                    "Supervisor %s: child %s failed to restart: %s",
+                    _label(state.name),
+                    short(c.spec.id),
+                    short(value),
                 )
                 c.retry = True
                 gen_server.cast(kernel.self(), ("$try_again_restart", c.spec.id))

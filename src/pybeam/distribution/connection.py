@@ -23,14 +23,16 @@ import asyncio
 import logging
 import struct
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
 from .. import codec
+from ..logtext import clip, short
 from .framing import DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter, StreamClosed
 from .handshake import PeerInfo
 
-__all__ = ["DEFAULT_TICKTIME", "Connection", "Op", "ProtocolError"]
+__all__ = ["DEFAULT_TICKTIME", "Connection", "Op", "ProtocolError", "SystemLimit", "encode_control"]
 
 logger = logging.getLogger("pybeam.distribution")
 
@@ -62,6 +64,40 @@ class Op:
 
 class ProtocolError(Exception):
     """The peer sent something that is not a well-formed control message."""
+
+
+class SystemLimit(ValueError):
+    """A control message too large for a frame (BEAM's ``system_limit``).
+
+    Raised to whoever tried to send it, before anything is queued: the
+    message, or the term in it, must be made smaller (or the node's
+    ``max_frame`` larger, on both sides).
+    """
+
+    def __init__(self, size: int, max_frame: int) -> None:
+        super().__init__(
+            f"system_limit: the term is {size:,} bytes encoded, over the {max_frame:,}-byte frame limit"
+        )
+        self.size = size
+        self.max_frame = max_frame
+
+
+#: Bytes of a frame not available to control messages: its length prefix and
+#: the array header of its batch.
+_FRAME_OVERHEAD: Final = 8
+
+
+def encode_control(control: tuple[Any, ...], max_frame: int) -> bytes:
+    """Encode a control message for a connection whose frames are at most ``max_frame``.
+
+    The one place a term's size is checked before it travels: raises
+    :class:`pybeam.codec.EncodeError` if it holds something that cannot
+    travel and :class:`SystemLimit` if it is too large for a frame.
+    """
+    data = codec.encode(control)
+    if len(data) > max_frame - _FRAME_OVERHEAD:
+        raise SystemLimit(len(data), max_frame)
+    return data
 
 
 def _array_header(n: int) -> bytes:
@@ -136,16 +172,14 @@ class Connection:
         """Queue a control message; it leaves at the end of this loop iteration.
 
         Raises :class:`pybeam.codec.EncodeError` if it holds something that
-        cannot travel, and ValueError if it is larger than a frame may be.
-        Queued to a closed connection, it is dropped (as BEAM drops messages
-        to a node that went down).
+        cannot travel, and :class:`SystemLimit` if it is larger than a frame
+        may be. Queued to a closed connection, it is dropped (as BEAM drops
+        messages to a node that went down).
         """
-        data = codec.encode(control)
-        if len(data) > self.max_frame - 8:
-            raise ValueError(f"message of {len(data)} bytes is over the {self.max_frame}-byte frame limit")
+        data = encode_control(control, self.max_frame)
         if self.closed:
             return
-        if self._out_size + len(data) > self.max_frame - 8 or len(self._out) >= _MAX_BATCH:
+        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) >= _MAX_BATCH:
             self._flush()
         self._out.append(data)
         self._out_size += len(data)
@@ -216,13 +250,14 @@ class Connection:
                 f"connection closed by peer mid-frame: {e}" if e.mid_frame else "connection closed by peer"
             )
         except (FrameError, codec.DecodeError, ProtocolError) as e:
-            reason = f"bad input from {self.name}: {e}"
+            reason = f"bad input from {self.name}: {clip(str(e), 1000)}"
             logger.warning("closing connection to %s: %s", self.name, reason)
         except (ConnectionError, OSError) as e:
             reason = f"connection lost: {e}"
         except Exception as e:  # a bug must not take the node down: drop this connection
-            reason = f"internal error handling a message from {self.name}: {e!r}"
-            logger.exception("closing connection to %s", self.name)
+            reason = f"internal error handling a message from {self.name}: {short(e)}"
+            tb = "".join(traceback.format_exception(e)).rstrip()
+            logger.error("closing connection to %s:\n%s", self.name, clip(tb))
         finally:
             self.close(reason)
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
+from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, handshake
-from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError
+from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemLimit, encode_control
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
@@ -107,18 +108,25 @@ def resolve_function(name: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _sendable(reason: Any) -> Any:
-    """An exit reason that can cross to another node.
+def _sendable(of: Any, node: str, error: Exception) -> Crash:
+    """The exit reason sent instead of one that cannot cross to ``node``.
 
     A process may end with any Python value, but a link's exit or a DOWN is
     sent while the process ends, where an error would help nobody: the far
-    side gets a Crash that says what could not be sent instead.
+    side gets a Crash that says what could not be sent instead (``of`` is
+    the process the reason was about), ``system_limit`` for a reason too
+    large for a frame, as BEAM answers.
     """
-    try:
-        codec.encode(reason)
-    except codec.EncodeError as e:
-        return Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {e}")
-    return reason
+    if isinstance(error, SystemLimit):
+        crash = Crash(
+            "system_limit",
+            f"the exit reason of {of!r} is too large to send to {node}: {error.size:,} bytes encoded, "
+            f"over the {error.max_frame:,}-byte frame limit",
+        )
+    else:
+        why = clip(str(error), 1000)
+        crash = Crash("pybeam.codec.EncodeError", f"the exit reason cannot be sent to another node: {why}")
+    return crash
 
 
 def _parse_address(node: str) -> tuple[str, str, int | None]:
@@ -519,7 +527,7 @@ class NetKernel:
             return
         if control[0] not in _CONNECTING_OPS or self._stopping:
             return
-        codec.encode(control)  # refuse what cannot travel now, not when connected
+        encode_control(control, self.options.max_frame)  # refuse what cannot travel now, not when connected
         pending = self._pending.get(node)
         if pending is None:
             try:
@@ -577,7 +585,35 @@ class NetKernel:
         self._out(to.node, (Op.UNLINK, sender, to))
 
     def exit(self, sender: Pid, to: Pid, reason: Any, from_link: bool) -> None:
-        self._out(to.node, (Op.LINK_EXIT if from_link else Op.EXIT, sender, to, _sendable(reason)))
+        self._out_reason(to.node, (Op.LINK_EXIT if from_link else Op.EXIT, sender, to), reason, sender)
+
+    #: The last exit reason that could not be sent, and why, until the end of
+    #: this loop iteration: a process that ends with a huge reason and has
+    #: many links and monitors elsewhere is encoded once, not once for each.
+    _unsendable: tuple[Any, Exception] | None = None
+
+    def _out_reason(self, node: str, head: tuple[Any, ...], reason: Any, of: Any) -> None:
+        """Send the signal ``head + (reason,)``; if the reason cannot travel,
+        the Crash that says so instead (see :func:`_sendable`)."""
+        bad = self._unsendable
+        if bad is None or bad[0] is not reason:
+            try:
+                self._out(node, (*head, reason))
+                return
+            except (codec.EncodeError, SystemLimit) as e:
+                if bad is None:
+                    asyncio.get_running_loop().call_soon(self._forget_unsendable)
+                bad = self._unsendable = (reason, e)
+                logger.warning(
+                    "node %s: the exit reason of %s cannot be sent: %s",
+                    self.node.name,
+                    short(of),
+                    clip(str(e), 1000),
+                )
+        self._out(node, (*head, _sendable(of, node, bad[1])))
+
+    def _forget_unsendable(self) -> None:
+        self._unsendable = None
 
     def monitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
         if isinstance(target, Pid):
@@ -590,7 +626,7 @@ class NetKernel:
         self._out(node, (Op.DEMONITOR, watcher, target, ref))
 
     def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
-        self._out(watcher.node, (Op.DOWN, watcher, ref, item, _sendable(reason)))
+        self._out_reason(watcher.node, (Op.DOWN, watcher, ref, item), reason, item)
 
     def spawn_request(
         self,
@@ -626,17 +662,27 @@ class NetKernel:
 
     # -- incoming signals ---------------------------------------------------------
 
+    #: Signals a peer sent naming a target that is not on this node (dropped,
+    #: as BEAM drops them: forwarding would let a peer make this node reach
+    #: any other node, and no node sends such signals).
+    foreign_signals_dropped: int = 0
+
     def _dispatch(self, conn: Connection, control: tuple[Any, ...]) -> None:
         node = self.node
+        here = node.name
         match control:
             case (Op.SEND, Pid() as to, msg):
                 proc = node.process(to)
                 if proc is not None:
                     proc.put(msg)
+                elif to.node != here:
+                    self._foreign(conn, control, to)
             case (Op.SEND_NAME, str() as name, msg):
                 proc = node.named(name)
                 if proc is not None:
                     proc.put(msg)
+            case (Op.LINK | Op.UNLINK | Op.EXIT | Op.LINK_EXIT, _, Pid() as local, *_) if local.node != here:
+                self._foreign(conn, control, local)
             case (Op.LINK, Pid() as remote, Pid() as local):
                 proc = node.process(local)
                 if proc is None:
@@ -654,12 +700,18 @@ class NetKernel:
             case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
                 conn.links.discard((local, remote))
                 node.link_exit(remote, local, reason)
+            case (Op.MONITOR | Op.DEMONITOR, Pid(), Pid() as target, Ref()) if target.node != here:
+                self._foreign(conn, control, target)
+            case (Op.MONITOR | Op.DEMONITOR, Pid(), (str(), str() as at) as target, Ref()) if at != here:
+                self._foreign(conn, control, target)
             case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
                 self._incoming_monitor(conn, watcher, target, ref)
             case (Op.DEMONITOR, Pid(), _, Ref() as ref):
                 local = conn.monitors_in.pop(ref, None)
                 if local is not None:
                     node.remove_monitor(local, ref)
+            case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
+                self._foreign(conn, control, watcher)
             case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
                 conn.monitors_out.pop(ref, None)
                 node.deliver_down(watcher, ref, item, reason)
@@ -672,6 +724,8 @@ class NetKernel:
                 dict() as opts,
             ):
                 self._incoming_spawn(conn, ref, requester, fn, args, opts)
+            case (Op.SPAWN_REPLY, Ref(), Pid() as requester, _) if requester.node != here:
+                self._foreign(conn, control, requester)
             case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
                 self._spawn_reply(conn, ref, requester, result)
             case (Op.NODES, list() as addresses):
@@ -680,6 +734,19 @@ class NetKernel:
                         self._join_mesh(address)
             case _:
                 raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
+
+    def _foreign(self, conn: Connection, control: tuple[Any, ...], target: Any) -> None:
+        """Drop a signal whose target is not on this node, and count it."""
+        n = self.foreign_signals_dropped = self.foreign_signals_dropped + 1
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a bounded log however many come
+            logger.debug(
+                "node %s: dropped a signal (op %s) from %s for %s, not a pid of this node (%d so far)",
+                self.node.name,
+                short(control[0]),
+                conn.name,
+                short(target),
+                n,
+            )
 
     def _incoming_monitor(self, conn: Connection, watcher: Pid, target: Any, ref: Ref) -> None:
         if isinstance(target, Pid):
@@ -705,9 +772,11 @@ class NetKernel:
         try:
             fn = resolve_function(fn_name)
         except Exception as e:
-            logger.warning("node %s cannot spawn %s for %r: %r", self.node.name, fn_name, requester, e)
+            # Bounded: the name is the peer's, as large as a frame.
+            why = f"cannot spawn {short(fn_name)}: {short(e)}"
+            logger.warning("node %s %s for %r", self.node.name, why, requester)
             if opts.get("reply", True):
-                conn.send((Op.SPAWN_REPLY, ref, requester, ("error", f"cannot spawn {fn_name}: {e!r}")))
+                conn.send((Op.SPAWN_REPLY, ref, requester, ("error", why)))
             return
         node = self.node
         pid, _ = node.spawn(fn, args)
