@@ -49,7 +49,7 @@ def untrusted(value: object, limit: int = UNTRUSTED_SHOWN) -> str:
             return repr(value)
         return f"{value[:limit]!r}... ({len(value)} chars)"
     text = _repr.repr(value)
-    return text if len(text) <= 2 * limit else text[: 2 * limit] + "..."
+    return text if len(text) <= 2 * limit else text[: 2 * limit - 3] + "..."
 
 
 def fd_limit() -> int:
