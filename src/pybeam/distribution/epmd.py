@@ -33,8 +33,8 @@ mapper goes on serving the others. Requests are decoded strictly
 
 Limits, so that a flood of connections cannot exhaust the file descriptors of
 the process the mapper lives in (often a node's): at most ``max_requests``
-connections waiting for or sending their request (one more closes the oldest
-of them; default :func:`default_max_requests`), and at most
+connections waiting for their request or for its answer to be read (one more
+closes the oldest of them; default :func:`default_max_requests`), and at most
 ``max_registrations`` live registrations (one more is refused, so the nodes
 already registered keep their names; default :func:`default_max_registrations`).
 Refusals are logged with untrusted text escaped, and rate-limited.
@@ -182,6 +182,17 @@ async def _send(writer: asyncio.StreamWriter, term: Any) -> None:
     await writer.drain()
 
 
+async def _reply(writer: asyncio.StreamWriter, term: Any) -> None:
+    """Send the mapper's answer; a client that does not read it within
+    REQUEST_TIMEOUT loses its connection (abort: closing would wait to flush)."""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await _send(writer, term)
+    except TimeoutError:
+        writer.transport.abort()
+        raise ConnectionResetError("the client did not read the reply") from None
+
+
 class EpmdServer:
     """A port mapper. ``port=None`` means :func:`epmd_port`; ``port=0`` picks a free one.
 
@@ -291,7 +302,6 @@ class EpmdServer:
             writer.close()
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
-        task = asyncio.current_task()
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 payload = await read_frame(reader, REQUEST_MAX_FRAME)
@@ -309,15 +319,14 @@ class EpmdServer:
             )
             writer.transport.abort()  # it may not read either: do not wait to flush
             return
-        self._requests.release(task)  # the request is in; what follows is bounded apart
         match request:
             case ("register", name, port) if _valid_name(name) and _valid_port(port):
                 await self._register(name, port, reader, writer, peer)
             case ("lookup", name) if _valid_name(name):
                 entry = self._registered.get(name)
-                await _send(writer, ("port", entry[0]) if entry else ("error", "not_found"))
+                await _reply(writer, ("port", entry[0]) if entry else ("error", "not_found"))
             case ("names",):
-                await _send(writer, ("names", self.registered()))
+                await _reply(writer, ("names", self.registered()))
             case _:
                 self._refusals.log(
                     logging.WARNING, "port mapper: bad request from %s: %s", peer, _abbrev(request)
@@ -327,7 +336,7 @@ class EpmdServer:
         self, name: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
     ) -> None:
         if name in self._registered:
-            await _send(writer, ("error", "name_taken"))
+            await _reply(writer, ("error", "name_taken"))
             return
         if len(self._registered) >= self.max_registrations:
             self._refusals.log(
@@ -336,14 +345,16 @@ class EpmdServer:
                 guard.untrusted(name),
                 self.max_registrations,
             )
-            await _send(writer, ("error", "full"))
+            await _reply(writer, ("error", "full"))
             return
         creation = self._next_creation(name)
         self._registered[name] = (port, creation)
+        # From here the registration cap bounds this connection, not the request cap.
+        self._requests.release(asyncio.current_task())
         shown = guard.untrusted(name)
         log.info("port mapper: %s registered port %d (creation %d)", shown, port, creation)
         try:
-            await _send(writer, ("ok", creation))
+            await _reply(writer, ("ok", creation))
             # The registration lives while the connection does: wait for it to end.
             if await reader.read(1):
                 self._refusals.log(
