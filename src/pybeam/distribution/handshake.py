@@ -422,6 +422,9 @@ async def accept(
     before the old connection died; here the node can compare ``peer_creation``
     with the creation of the live connection instead (different creation: a new
     incarnation, so accept and drop the old connection once this one is up).
+    The net kernel applies the simultaneous-connect rule in ``proven``, after
+    the peer's proof: a peer without the cookie is then refused for that, at
+    once, rather than told to wait for an attempt of ours.
 
     Raises :class:`HandshakeError`; the writer is closed on failure.
     """
