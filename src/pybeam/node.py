@@ -136,6 +136,8 @@ class Node:
     its creation from it. ``cookie`` defaults to ``$PYBEAM_COOKIE`` or
     ``~/.pybeam.cookie``; ``ticktime`` is ``net_ticktime`` in seconds;
     a ``hidden`` node is left out of ``nodes()`` and of the full mesh.
+    ``max_handshakes`` caps the incoming connections that have not proved the
+    cookie yet (see the security model in docs/distribution.md).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class Node:
         max_frame: int | None = None,
         connect_timeout: float | None = None,
         creation: int | None = None,
+        max_handshakes: int | None = None,
     ) -> None:
         if name is not None and (name.count("@") != 1 or name.startswith("@") or name.endswith("@")):
             raise BadArg(f"node name must look like 'name@host', got {name!r}")
@@ -169,6 +172,7 @@ class Node:
             "hidden": hidden,
             "max_frame": max_frame,
             "connect_timeout": connect_timeout,
+            "max_handshakes": max_handshakes,
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None

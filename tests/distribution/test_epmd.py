@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pybeam import codec
+from pybeam import Pid, codec
 from pybeam.distribution import epmd
 from pybeam.distribution.epmd import EpmdError, EpmdServer, alive_name, ensure_epmd, lookup, names, register
 from pybeam.distribution.framing import encode_frame, read_frame
@@ -275,3 +276,64 @@ async def test_standalone_mapper_process() -> None:
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+# -- strangers at the mapper -------------------------------------------------------------
+
+
+async def test_registrations_are_capped_and_the_registered_keep_their_names() -> None:
+    async with EpmdServer(port=0, max_registrations=3) as server:
+        held = [await register(f"n{i}", 5000 + i, server.port) for i in range(3)]
+        with pytest.raises(EpmdError) as info:
+            await register("one_too_many", 5100, server.port)
+        assert info.value.reason == "full"
+        assert sorted(server.registered()) == [("n0", 5000), ("n1", 5001), ("n2", 5002)]
+        assert await lookup("n1", server.port) == 5001  # lookups still served
+        await held[0].close()
+        async with await register("one_too_many", 5100, server.port):
+            assert await lookup("one_too_many", server.port) == 5100
+        for reg in held[1:]:
+            await reg.close()
+
+
+async def test_connections_without_a_request_are_capped_oldest_first() -> None:
+    async with EpmdServer(port=0, max_requests=4) as server:
+        silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(10)]
+        # The six oldest were closed to make room; the four newest wait for their request.
+        for i, (reader, _) in enumerate(silent[:6]):
+            assert await hung_up(reader), i
+        assert await lookup("nobody", server.port) is None  # a real client still gets in
+        for _, writer in silent:
+            writer.close()
+        with pytest.raises(ValueError):
+            EpmdServer(port=0, max_registrations=0)
+
+
+@pytest.mark.parametrize(
+    "request_term",
+    [
+        ("lookup", Pid("x@y", 1, 1)),
+        ("register", "a", 5000, {"extra": 1}),
+        ("names", [1, 2]),
+        ("lookup", 2**70),
+    ],
+)
+async def test_requests_are_decoded_strictly(
+    mapper: EpmdServer, request_term: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pybeam.distribution.epmd"):
+        reader, writer = await raw_request(mapper.port, request_term)
+        assert await hung_up(reader)
+        writer.close()
+    assert any("malformed request" in r.getMessage() for r in caplog.records)
+    assert mapper.registered() == []
+
+
+async def test_untrusted_names_are_escaped_in_the_log(
+    mapper: EpmdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="pybeam.distribution.epmd"):
+        async with await register("evil\nFORGED line", 5000, mapper.port):
+            pass
+    assert caplog.records
+    assert not any("\n" in r.getMessage() for r in caplog.records)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pybeam import codec
+from pybeam import Pid, codec
 from pybeam.distribution.framing import encode_frame, read_frame
 from pybeam.distribution.handshake import (
     HANDSHAKE_MAX_FRAME,
@@ -44,11 +44,18 @@ class Acceptor:
     flags: dict[str, Any] = field(default_factory=lambda: {"hidden": False})
     port: int = 0
     seen: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    #: What ``proven`` answers, and whom it was asked about (after their proof).
+    proven_decision: str = "ok"
+    proven_seen: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
     results: asyncio.Queue[PeerInfo | BaseException] = field(default_factory=asyncio.Queue)
 
     def accept_peer(self, name: str, creation: int, flags: Mapping[str, Any]) -> str:
         self.seen.append((name, creation, dict(flags)))
         return self.decision
+
+    def proven(self, name: str, creation: int, flags: Mapping[str, Any]) -> str:
+        self.proven_seen.append((name, creation, dict(flags)))
+        return self.proven_decision
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -59,6 +66,7 @@ class Acceptor:
                 my_creation=self.creation,
                 cookie=self.cookie,
                 accept_peer=self.accept_peer,
+                proven=self.proven,
                 flags=self.flags,
                 timeout=self.timeout,
             )
@@ -390,3 +398,101 @@ def test_handshake_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# -- before the cookie is proven, a stranger gets nothing ------------------------------
+
+
+async def test_proven_is_asked_only_once_the_proof_checks_out(net: Net) -> None:
+    acceptor = await net.start(Acceptor())
+    with pytest.raises(HandshakeError):
+        await initiate_to(net, acceptor.port, cookie="WRONG")
+    assert isinstance(await acceptor.result(), HandshakeError)
+    assert acceptor.seen == [(A, 3, {"hidden": True})]  # asked, as a claim
+    assert acceptor.proven_seen == []  # never recorded as proven
+    peer, _ = await initiate_to(net, acceptor.port)
+    assert peer.name == B
+    assert acceptor.proven_seen == [(A, 3, {"hidden": True})]
+
+
+@pytest.mark.parametrize("decision", ["duplicate", "not_allowed"])
+async def test_proven_can_still_refuse(net: Net, decision: str) -> None:
+    acceptor = await net.start(Acceptor(proven_decision=decision))
+    with pytest.raises(HandshakeError) as info:
+        await initiate_to(net, acceptor.port)
+    assert info.value.reason == decision
+    server_side = await acceptor.result()
+    assert isinstance(server_side, HandshakeError) and server_side.reason == decision
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # Terms the general codec would build, at a cost a stranger chooses.
+        encode_frame(codec.encode(("hello", PROTOCOL_VERSION, A, 3, bytes(32), {"pid": Pid("x@y", 1, 1)}))),
+        encode_frame(codec.encode(("hello", PROTOCOL_VERSION, A, 3, bytes(32), {"deep": {"er": 1}}))),
+        encode_frame(
+            codec.encode(("hello", PROTOCOL_VERSION, A, 3, bytes(32), {f"{i}": i for i in range(17)}))
+        ),
+        encode_frame(codec.encode(("hello", PROTOCOL_VERSION, A, 3, bytes(32), {"x": "y" * 5000}))),
+        struct.pack(">I", HANDSHAKE_MAX_FRAME + 1),
+    ],
+)
+async def test_handshake_frames_are_decoded_strictly(net: Net, frame: bytes) -> None:
+    assert HANDSHAKE_MAX_FRAME <= 4096
+    acceptor = await net.start(Acceptor())
+    reader, writer = await net.connect(acceptor.port)
+    writer.write(frame)
+    server_side = await acceptor.result()
+    assert isinstance(server_side, HandshakeError) and server_side.reason == "protocol"
+    assert acceptor.seen == []
+    await assert_closed(reader)
+
+
+async def test_own_flags_must_pass_the_peers_strict_decoding(net: Net) -> None:
+    reader, writer = await net.connect(await net.listen(assert_closed_handler))
+    with pytest.raises(ValueError, match="flags"):
+        await initiate(reader, writer, my_name=A, my_creation=1, cookie=COOKIE, flags={"k": [1]})
+
+
+async def assert_closed_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, TimeoutError):
+        await assert_closed(reader)
+
+
+async def test_a_trickling_peer_is_cut_off_at_the_timeout(net: Net) -> None:
+    # A slowloris: a valid hello, one byte at a time, never complete in time.
+    acceptor = await net.start(Acceptor(timeout=0.5))
+    reader, writer = await net.connect(acceptor.port)
+    data = encode_frame(codec.encode(hello()))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def trickle() -> None:
+        with contextlib.suppress(OSError):
+            for byte in data:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+    task = asyncio.ensure_future(trickle())
+    try:
+        server_side = await acceptor.result()
+        assert isinstance(server_side, HandshakeError) and server_side.reason == "timeout"
+        await assert_closed(reader)
+        assert loop.time() - start < 2.0
+    finally:
+        task.cancel()
+
+
+async def test_names_in_errors_are_escaped(net: Net) -> None:
+    acceptor = await net.start(Acceptor())
+    reader, writer = await net.connect(acceptor.port)
+    await send_term(writer, hello(name="evil\nFORGED\x1b[2J" + "x" * 200))
+    assert (await recv_term(reader))[0] == "challenge"
+    await send_term(writer, ("proof", bytes(32)))
+    assert await recv_term(reader) == ("refused", "cookie")
+    server_side = await acceptor.result()
+    assert isinstance(server_side, HandshakeError)
+    text = str(server_side)
+    assert "\n" not in text and "\x1b" not in text and "evil\\nFORGED" in text
+    assert len(text) < 250

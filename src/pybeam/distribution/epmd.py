@@ -13,8 +13,9 @@ Wire protocol: a TCP connection, frames (:mod:`pybeam.distribution.framing`) hol
 terms (:mod:`pybeam.codec`). A client sends one request:
 
 ``("register", name, port)``
-    Reply ``("ok", creation)``, or ``("error", "name_taken")`` if a live
-    connection holds that name. The registration lasts exactly as long as this
+    Reply ``("ok", creation)``, ``("error", "name_taken")`` if a live
+    connection holds that name, or ``("error", "full")`` if the mapper already
+    holds ``max_registrations`` names. The registration lasts exactly as long as this
     connection: the node keeps it open, and the mapper frees the name when it
     closes (the mapper closes it too if the client sends anything more).
     ``creation`` is a per-name counter in 1..2**32-1: it starts at a random value
@@ -27,7 +28,16 @@ terms (:mod:`pybeam.codec`). A client sends one request:
 
 Anything else (junk, an oversized frame, a wrong request, silence for
 :data:`REQUEST_TIMEOUT` seconds) is logged and that one connection closed; the
-mapper goes on serving the others.
+mapper goes on serving the others. Requests are decoded strictly
+(:mod:`pybeam.distribution.strict`): a flat tuple of a few small scalars.
+
+Limits, so that a flood of connections cannot exhaust the file descriptors of
+the process the mapper lives in (often a node's): at most ``max_requests``
+connections waiting for their request or for its answer to be read (one more
+closes the oldest of them; default :func:`default_max_requests`), and at most
+``max_registrations`` live registrations (one more is refused, so the nodes
+already registered keep their names; default :func:`default_max_registrations`).
+Refusals are logged with untrusted text escaped, and rate-limited.
 
 The mapper listens on 127.0.0.1, port ``$PYBEAM_EPMD_PORT`` or
 :data:`DEFAULT_PORT` (4370; Erlang's epmd has 4369 and we must not meet it).
@@ -63,6 +73,7 @@ from typing import Any, Final
 
 from pybeam import codec
 
+from . import guard, strict
 from .framing import FrameError, StreamClosed, encode_frame, read_frame
 
 __all__ = [
@@ -73,6 +84,8 @@ __all__ = [
     "EpmdServer",
     "Registration",
     "alive_name",
+    "default_max_registrations",
+    "default_max_requests",
     "ensure_epmd",
     "epmd_port",
     "lookup",
@@ -98,11 +111,26 @@ MAX_NAME_LENGTH: Final = 255
 MAX_CREATION: Final = 0xFFFF_FFFF
 #: How many freed names the mapper remembers the last creation of.
 _MAX_REMEMBERED: Final = 1024
+#: What a request may hold: ("register", name, port), ("lookup", name), ("names",).
+_REQUEST_LIMITS: Final = strict.Limits(max_items=3, max_str=4 * MAX_NAME_LENGTH, max_bytes=0, max_keys=0)
+
+
+def default_max_requests() -> int:
+    """Default cap on connections whose request is not in yet: a sixteenth of the
+    file descriptor limit, within 16..64."""
+    return guard.default_cap(16, 16, 64)
+
+
+def default_max_registrations() -> int:
+    """Default cap on live registrations (each holds a connection): an eighth of
+    the file descriptor limit, within 16..256."""
+    return guard.default_cap(8, 16, 256)
 
 
 class EpmdError(Exception):
     """A port mapper request failed. :attr:`reason` is ``"unreachable"`` (nothing
-    listens there), ``"timeout"``, ``"name_taken"``, ``"protocol"`` (a malformed
+    listens there), ``"timeout"``, ``"name_taken"``, ``"full"`` (the mapper
+    holds as many names as it allows), ``"protocol"`` (a malformed
     reply, or the connection dropped) or ``"not_a_mapper"`` (from :func:`ensure_epmd`:
     something else holds the port)."""
 
@@ -146,13 +174,23 @@ def _valid_port(port: object) -> bool:
 
 
 def _abbrev(term: object) -> str:
-    text = repr(term)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return guard.untrusted(term)
 
 
 async def _send(writer: asyncio.StreamWriter, term: Any) -> None:
     writer.write(encode_frame(codec.encode(term)))
     await writer.drain()
+
+
+async def _reply(writer: asyncio.StreamWriter, term: Any) -> None:
+    """Send the mapper's answer; a client that does not read it within
+    REQUEST_TIMEOUT loses its connection (abort: closing would wait to flush)."""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await _send(writer, term)
+    except TimeoutError:
+        writer.transport.abort()
+        raise ConnectionResetError("the client did not read the reply") from None
 
 
 class EpmdServer:
@@ -162,9 +200,22 @@ class EpmdServer:
     After start, :attr:`port` is the port actually bound.
     """
 
-    def __init__(self, port: int | None = None, host: str = DEFAULT_HOST) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = DEFAULT_HOST,
+        *,
+        max_requests: int | None = None,
+        max_registrations: int | None = None,
+    ) -> None:
         self.host = host
         self.port = epmd_port(port)
+        if max_registrations is not None and max_registrations < 1:
+            raise ValueError(f"max_registrations must be at least 1, got {max_registrations}")
+        self.max_registrations = max_registrations or default_max_registrations()
+        # Connections whose request is not in yet: the part a stranger can pile up.
+        self._requests = guard.ConnectionCap(default_max_requests() if max_requests is None else max_requests)
+        self._refusals = guard.RefusalLog(log, what="refused port mapper requests")
         self._server: asyncio.Server | None = None
         self._closing = False
         # Live connections, so close() can end them (asyncio.Server does not).
@@ -228,6 +279,12 @@ class EpmdServer:
             writer.close()
             return
         self._conns[task] = writer
+        if self._requests.admit(task, writer.transport.abort):
+            self._refusals.log(
+                logging.WARNING,
+                "port mapper: more than %d connections without a request: closed the oldest",
+                self._requests.limit,
+            )
         peer = writer.get_extra_info("peername")
         try:
             await self._serve_one(reader, writer, peer)
@@ -240,6 +297,7 @@ class EpmdServer:
             # A bug here must cost one connection, not the mapper.
             log.exception("port mapper: error serving %s", peer)
         finally:
+            self._requests.release(task)
             del self._conns[task]
             writer.close()
 
@@ -247,46 +305,65 @@ class EpmdServer:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 payload = await read_frame(reader, REQUEST_MAX_FRAME)
-            request = codec.decode(payload)
+            request = strict.decode(payload, _REQUEST_LIMITS)
         except StreamClosed as e:
             if e.mid_frame:
-                log.warning("port mapper: %s closed in the middle of a request", peer)
+                self._refusals.log(logging.WARNING, "port mapper: %s closed in the middle of a request", peer)
             return
         except (FrameError, codec.DecodeError) as e:
-            log.warning("port mapper: malformed request from %s: %s", peer, e)
+            self._refusals.log(logging.WARNING, "port mapper: malformed request from %s: %s", peer, e)
             return
         except TimeoutError:
-            log.warning("port mapper: no request from %s within %s s", peer, REQUEST_TIMEOUT)
+            self._refusals.log(
+                logging.WARNING, "port mapper: no request from %s within %s s", peer, REQUEST_TIMEOUT
+            )
+            writer.transport.abort()  # it may not read either: do not wait to flush
             return
         match request:
             case ("register", name, port) if _valid_name(name) and _valid_port(port):
                 await self._register(name, port, reader, writer, peer)
             case ("lookup", name) if _valid_name(name):
                 entry = self._registered.get(name)
-                await _send(writer, ("port", entry[0]) if entry else ("error", "not_found"))
+                await _reply(writer, ("port", entry[0]) if entry else ("error", "not_found"))
             case ("names",):
-                await _send(writer, ("names", self.registered()))
+                await _reply(writer, ("names", self.registered()))
             case _:
-                log.warning("port mapper: bad request from %s: %s", peer, _abbrev(request))
+                self._refusals.log(
+                    logging.WARNING, "port mapper: bad request from %s: %s", peer, _abbrev(request)
+                )
 
     async def _register(
         self, name: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
     ) -> None:
         if name in self._registered:
-            await _send(writer, ("error", "name_taken"))
+            await _reply(writer, ("error", "name_taken"))
+            return
+        if len(self._registered) >= self.max_registrations:
+            self._refusals.log(
+                logging.WARNING,
+                "port mapper: refused to register %s: %d names are registered already",
+                guard.untrusted(name),
+                self.max_registrations,
+            )
+            await _reply(writer, ("error", "full"))
             return
         creation = self._next_creation(name)
         self._registered[name] = (port, creation)
-        log.info("port mapper: %s registered port %d (creation %d)", name, port, creation)
+        # From here the registration cap bounds this connection, not the request cap.
+        self._requests.release(asyncio.current_task())
+        shown = guard.untrusted(name)
+        log.info("port mapper: %s registered port %d (creation %d)", shown, port, creation)
         try:
-            await _send(writer, ("ok", creation))
+            await _reply(writer, ("ok", creation))
             # The registration lives while the connection does: wait for it to end.
             if await reader.read(1):
-                log.warning("port mapper: %s sent data after registering; dropping it", peer)
+                self._refusals.log(
+                    logging.WARNING, "port mapper: %s sent data after registering; dropping it", peer
+                )
         finally:
             del self._registered[name]
             self._remember(name, creation)
-            log.info("port mapper: %s unregistered", name)
+            log.info("port mapper: %s unregistered", shown)
 
     def _next_creation(self, name: str) -> int:
         last = self._freed.pop(name, None)
@@ -411,6 +488,9 @@ async def register(
         case ("error", "name_taken"):
             writer.close()
             raise EpmdError("name_taken", f"the name {alive!r} is already registered with the port mapper")
+        case ("error", "full"):
+            writer.close()
+            raise EpmdError("full", "the port mapper holds as many registrations as it allows")
     writer.close()
     raise _bad_reply(reply)
 
@@ -490,8 +570,8 @@ class Registration:
         await self.close()
 
 
-async def _serve(port: int, host: str) -> int:
-    server = EpmdServer(port, host)
+async def _serve(port: int, host: str, max_requests: int | None, max_registrations: int | None) -> int:
+    server = EpmdServer(port, host, max_requests=max_requests, max_registrations=max_registrations)
     try:
         await server.start()
     except OSError as e:
@@ -529,6 +609,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--names", action="store_true", help="list the running mapper's names and exit")
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=None,
+        help="connections waiting for their request, at most; one more closes the oldest "
+        f"(default {default_max_requests()})",
+    )
+    parser.add_argument(
+        "--max-registrations",
+        type=int,
+        default=None,
+        help=f"live registrations, at most (default {default_max_registrations()})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log registrations")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -541,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.names:
         return asyncio.run(_print_names(port, args.host))
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(port, args.host))
+        return asyncio.run(_serve(port, args.host, args.max_requests, args.max_registrations))
     return 0
 
 

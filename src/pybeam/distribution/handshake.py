@@ -5,7 +5,11 @@ other's name, creation and flags, and then hand the stream over to the
 connection layer. Every message is one frame (:mod:`pybeam.distribution.framing`)
 holding one term (:mod:`pybeam.codec`); frames are at most
 :data:`HANDSHAKE_MAX_FRAME` bytes, so junk sent to a node's port cannot make it
-allocate much.
+allocate much. Received frames are decoded by :mod:`pybeam.distribution.strict`,
+not by the general codec: a flat tuple of scalars and at most one flat dict of
+str keys (the flags), with bounded sizes, so a stranger cannot make a node
+build costly terms (e.g. dicts of pids with colliding hashes) before it has
+proved anything.
 
 Wire protocol, version :data:`PROTOCOL_VERSION`. A is the initiator (it
 connected), B the acceptor::
@@ -18,10 +22,13 @@ connected), B the acceptor::
                                                      node it expected or claims A's name)
     B -> A  ("ok", b_proof)                         if a_proof is right
             ("refused", "cookie")                    otherwise; B closes
+            ("refused", "duplicate" | "not_allowed") if a_proof is right but B's
+                                                     node says so now; B closes
     A checks b_proof; if it is wrong A closes.
 
 Nonces are 32 random bytes, fresh per handshake. Flags are a dict with str keys
-(e.g. ``{"hidden": True}``); unknown keys are ignored, for forward compatibility.
+(e.g. ``{"hidden": True}``) and scalar values (at most 16 entries, keys of at
+most 64 bytes); unknown keys are ignored, for forward compatibility.
 The proofs are HMAC-SHA256 keyed with the cookie (UTF-8) over a role label and
 the exact bytes of the two messages that opened the session::
 
@@ -70,7 +77,9 @@ from typing import Any, Final, Literal
 
 from pybeam import codec
 
+from . import strict
 from .framing import FrameError, FrameTooLarge, StreamClosed, encode_frame, read_frame
+from .guard import untrusted
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -89,9 +98,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION: Final = 1
-#: Largest handshake frame: names and flags are small, and this bounds what a
-#: stranger can make us read before we know who they are.
-HANDSHAKE_MAX_FRAME: Final = 64 * 1024
+#: Largest handshake frame. A hello holds a name (at most 1020 bytes of UTF-8),
+#: a nonce and a few flags; this bounds what a stranger can make us read
+#: before we know who they are.
+HANDSHAKE_MAX_FRAME: Final = 4096
 #: Seconds for the whole handshake, like Erlang's ``net_setuptime``.
 DEFAULT_TIMEOUT: Final = 7.0
 NONCE_SIZE: Final = 32
@@ -110,7 +120,7 @@ Reason = Literal[
     "cookie", "version", "duplicate", "not_allowed", "timeout", "protocol", "closed", "wrong_peer"
 ]
 
-#: The acceptor's verdict on a peer, before the cookie is checked (see :func:`accept`).
+#: The acceptor's verdict on a peer, before and after the cookie is checked (see :func:`accept`).
 Decision = Literal["ok", "duplicate", "not_allowed"]
 #: ``accept_peer(peer_name, peer_creation, peer_flags) -> "ok" | "duplicate" | "not_allowed"``
 AcceptPeer = Callable[[str, int, Mapping[str, Any]], str]
@@ -203,6 +213,11 @@ def _check_own(
     own = dict(flags or {})
     if not _valid_flags(own):
         raise ValueError("flag names must be str")
+    # What we send must pass the peer's strict decoding (see strict).
+    try:
+        strict.decode(codec.encode(("flags", own)))
+    except (codec.EncodeError, codec.DecodeError) as e:
+        raise ValueError(f"flags must be a small dict of str keys to scalar values: {e}") from None
     return own
 
 
@@ -246,15 +261,15 @@ class _Session:
         except ConnectionError as e:
             raise self.error("closed", f"connection lost: {e}") from None
         try:
-            return payload, codec.decode(payload)
+            return payload, strict.decode(payload)
         except codec.DecodeError as e:
-            raise self.error("protocol", f"undecodable frame: {e}") from None
+            raise self.error("protocol", f"malformed handshake message: {e}") from None
 
     def refused(self, reason: object) -> HandshakeError:
         """The error for a ("refused", reason) from the peer."""
         if isinstance(reason, str) and reason in _REFUSALS:
             return self.error(_REFUSALS[reason], f"refused by peer: {reason}")
-        return self.error("protocol", f"refused by peer for an unknown reason {reason!r}")
+        return self.error("protocol", f"refused by peer for an unknown reason {untrusted(reason)}")
 
     def unexpected(self, msg: object) -> HandshakeError:
         # Show only the start of the term: it may be large, and it is not ours to log.
@@ -262,8 +277,7 @@ class _Session:
 
 
 def _abbrev(msg: object) -> str:
-    text = repr(msg)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return untrusted(msg)
 
 
 async def _run(session: _Session, flow: Coroutine[Any, Any, PeerInfo], timeout: float) -> PeerInfo:
@@ -273,6 +287,9 @@ async def _run(session: _Session, flow: Coroutine[Any, Any, PeerInfo], timeout: 
             peer = await flow
     except TimeoutError:
         err = session.error("timeout", f"no complete handshake within {timeout} s")
+        # Not close(): with a peer that does not read, close() would keep the
+        # socket open until our unsent bytes drained, which may be never.
+        session.writer.transport.abort()
     except HandshakeError as e:
         err = e
     except BaseException:
@@ -341,7 +358,7 @@ async def _initiator_steps(
         # See "Reflection" in the module docstring.
         raise s.error("wrong_peer", "the peer claims to be this node")
     if expected_peer is not None and name != expected_peer:
-        raise s.error("wrong_peer", f"expected {expected_peer!r} but {name!r} answered")
+        raise s.error("wrong_peer", f"expected {expected_peer!r} but {untrusted(name)} answered")
 
     s.state = State.SEND_PROOF
     await s.send(("proof", _proof(cookie, _INITIATOR_LABEL, hello, challenge)))
@@ -352,7 +369,9 @@ async def _initiator_steps(
         case ("ok", proof):
             expected = _proof(cookie, _ACCEPTOR_LABEL, hello, challenge)
             if type(proof) is not bytes or not hmac.compare_digest(proof, expected):
-                raise s.error("cookie", f"{name} accepted us but its proof is wrong: different cookie")
+                raise s.error(
+                    "cookie", f"{untrusted(name)} accepted us but its proof is wrong: different cookie"
+                )
         case ("refused", reason):
             raise s.refused(reason)
         case _:
@@ -368,6 +387,7 @@ async def accept(
     my_creation: int,
     cookie: str,
     accept_peer: AcceptPeer,
+    proven: AcceptPeer | None = None,
     flags: Mapping[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> PeerInfo:
@@ -378,9 +398,16 @@ async def accept(
     ``"ok"`` to go on, ``"not_allowed"`` to refuse the peer, or ``"duplicate"``
     when the node already has (or is setting up) a connection to that peer.
     Anything else is a bug and raises :class:`ValueError`. It runs *before* the
-    peer has proved the cookie, so it must only decide, never act: a node that
-    wants to drop an old connection to an earlier incarnation of the peer should
-    do it after :func:`accept` returns.
+    peer has proved the cookie, when the name is only a claim: it must only
+    decide, never record or act, or a stranger could use any name to change
+    the node's state.
+
+    ``proven``, if given, is called the same way once the peer's proof has
+    checked out and before we answer ``"ok"``: the first moment the name is
+    known to be the peer's. Its answer means the same; ``"ok"`` from it may
+    record the peer (e.g. reserve the name so that a second incoming attempt is
+    a duplicate), since from then on only a failure to send ``"ok"`` can stop
+    the handshake.
 
     Simultaneous connect, as Erlang resolves it (``net_kernel``'s
     ``accept_pending`` and ``dist_util``'s ``mark_pending``): when A and B
@@ -395,13 +422,18 @@ async def accept(
     before the old connection died; here the node can compare ``peer_creation``
     with the creation of the live connection instead (different creation: a new
     incarnation, so accept and drop the old connection once this one is up).
+    The net kernel applies the simultaneous-connect rule in ``proven``, after
+    the peer's proof: a peer without the cookie is then refused for that, at
+    once, rather than told to wait for an attempt of ours.
 
     Raises :class:`HandshakeError`; the writer is closed on failure.
     """
     own_flags = _check_own(my_name, my_creation, cookie, flags)
     session = _Session(reader, writer, "acceptor")
     return await _run(
-        session, _acceptor_steps(session, my_name, my_creation, cookie, accept_peer, own_flags), timeout
+        session,
+        _acceptor_steps(session, my_name, my_creation, cookie, accept_peer, proven, own_flags),
+        timeout,
     )
 
 
@@ -411,6 +443,7 @@ async def _acceptor_steps(
     my_creation: int,
     cookie: str,
     accept_peer: AcceptPeer,
+    proven: AcceptPeer | None,
     flags: dict[str, Any],
 ) -> PeerInfo:
     s.state = State.AWAIT_HELLO
@@ -433,13 +466,7 @@ async def _acceptor_steps(
         # See "Reflection" in the module docstring.
         await s.refuse("not_allowed")
         raise s.error("not_allowed", "the peer claims to be this node")
-    decision = accept_peer(name, creation, peer_flags)
-    refusal = _DECISIONS.get(decision)
-    if refusal is not None:
-        await s.refuse(refusal)
-        raise s.error(refusal, f"{name} refused by this node")
-    if decision != "ok":
-        raise ValueError(f"accept_peer returned {decision!r}, not 'ok', 'duplicate' or 'not_allowed'")
+    await _decide(s, accept_peer, name, creation, peer_flags)
 
     s.state = State.SEND_CHALLENGE
     nonce = secrets.token_bytes(NONCE_SIZE)
@@ -452,12 +479,25 @@ async def _acceptor_steps(
             expected = _proof(cookie, _INITIATOR_LABEL, hello, challenge)
             if type(proof) is not bytes or not hmac.compare_digest(proof, expected):
                 await s.refuse("cookie")
-                raise s.error("cookie", f"{name}'s proof is wrong: different cookie")
+                raise s.error("cookie", f"{untrusted(name)}'s proof is wrong: different cookie")
         case ("refused", reason):
             raise s.refused(reason)
         case _:
             raise s.unexpected(msg)
+    if proven is not None:
+        await _decide(s, proven, name, creation, peer_flags)
 
     s.state = State.SEND_OK
     await s.send(("ok", _proof(cookie, _ACCEPTOR_LABEL, hello, challenge)))
     return PeerInfo(name, creation, peer_flags)
+
+
+async def _decide(s: _Session, policy: AcceptPeer, name: str, creation: int, flags: dict[str, Any]) -> None:
+    """Ask the node's policy about the peer; refuse it and raise unless the answer is "ok"."""
+    decision = policy(name, creation, flags)
+    refusal = _DECISIONS.get(decision)
+    if refusal is not None:
+        await s.refuse(refusal)
+        raise s.error(refusal, f"{untrusted(name)} refused by this node")
+    if decision != "ok":
+        raise ValueError(f"accept_peer returned {decision!r}, not 'ok', 'duplicate' or 'not_allowed'")

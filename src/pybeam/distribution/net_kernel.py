@@ -33,7 +33,7 @@ from .. import codec
 from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
-from . import epmd, handshake
+from . import epmd, guard, handshake
 from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemLimit, encode_control
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
@@ -63,6 +63,16 @@ class DistOptions:
     hidden: bool = False
     max_frame: int = DEFAULT_MAX_FRAME
     connect_timeout: float = handshake.DEFAULT_TIMEOUT
+    #: Incoming connections that have not proved the cookie yet, at most; one
+    #: more closes the oldest. None: :func:`default_max_handshakes`.
+    max_handshakes: int | None = None
+
+
+def default_max_handshakes() -> int:
+    """The default cap on unauthenticated incoming connections: an eighth of the
+    file descriptor limit, within 16..256, so most descriptors stay for
+    authenticated connections and everything else the node does."""
+    return guard.default_cap(8, 16, 256)
 
 
 @dataclass
@@ -159,11 +169,18 @@ class NetKernel:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._abandoned: set[Ref] = set()
         self._node_cookies: dict[str, str] = {}
-        #: Peers whose incoming handshake we have let through and that are not
-        #: up yet: dialling them now would make a second connection.
+        #: Peers whose incoming handshake has proved the cookie and that are
+        #: not up yet: dialling them now would make a second connection. Only
+        #: proven names go here: a stranger's claim must not keep a node out.
         self._accepting: dict[str, asyncio.Future[bool]] = {}
-        #: When each peer's last incoming handshake failed (time.monotonic()).
+        #: When a proven incoming handshake of a peer we are connecting to
+        #: failed before coming up (time.monotonic()); pruned as it ages.
         self._incoming_failed: dict[str, float] = {}
+        #: Incoming connections still in their handshake (not proven yet).
+        cap = options.max_handshakes
+        self._handshakes = guard.ConnectionCap(default_max_handshakes() if cap is None else cap)
+        #: Refused handshakes: a flood of them must not flood the log.
+        self._refusals = guard.RefusalLog(logger, what="refused incoming connections")
         self._stopping = False
 
     # -- life cycle -------------------------------------------------------------
@@ -218,6 +235,7 @@ class NetKernel:
             conn.close("node stopping")
         for task in list(self._tasks):
             task.cancel()
+        self._handshakes.drop_all()
         await self._close_listeners()
 
     async def _close_listeners(self) -> None:
@@ -382,40 +400,72 @@ class NetKernel:
             pending.done.set_result(False)
 
     def _accept_peer(self, peer: str, creation: int, flags: Any) -> str:
+        """Whether to go on with an incoming handshake from ``peer``. Asked before
+        its proof, when the name is only a claim: decide, record nothing."""
         if peer == self.node.name or self._stopping:
             return "not_allowed"
-        if peer in self._pending and self.node.name > peer:
-            return "duplicate"  # simultaneous connect: ours wins (see handshake.accept)
         if peer in self._accepting:
             return "duplicate"  # that peer is already coming in on another connection
         return "ok"
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        claimed: list[str] = []
+    def _peer_proven(self, peer: str, creation: int, flags: Any) -> str:
+        """Asked once ``peer`` has proved the cookie, before it is told "ok"."""
+        decision = self._accept_peer(peer, creation, flags)
+        if decision == "ok" and peer in self._pending and self.node.name > peer:
+            # Simultaneous connect: ours wins (see handshake.accept). Decided
+            # only now, so that a peer without our cookie is refused for that
+            # and fails at once, rather than being told to wait for our attempt.
+            return "duplicate"
+        return decision
 
-        def accept_peer(peer: str, creation: int, flags: Any) -> str:
-            claimed.append(peer)
-            decision = self._accept_peer(peer, creation, flags)
-            if decision == "ok" and peer not in self._accepting:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshakes.admit(writer, writer.transport.abort):
+            self._refusals.log(
+                logging.WARNING,
+                "node %s: more than %d connections without a proven cookie: closed the oldest",
+                self.node.name,
+                self._handshakes.limit,
+            )
+        reserved: list[str] = []
+
+        def proven(peer: str, creation: int, flags: Any) -> str:
+            self._handshakes.release(writer)  # authenticated: no longer the cap's business
+            decision = self._peer_proven(peer, creation, flags)
+            if decision == "ok":
                 self._accepting[peer] = asyncio.get_running_loop().create_future()
-                accepting.append(peer)
+                reserved.append(peer)
             return decision
 
-        accepting: list[str] = []
         try:
-            await self._handshake_in(reader, writer, accept_peer, claimed)
+            await self._handshake_in(reader, writer, proven)
         finally:
-            for peer in accepting:
+            self._handshakes.release(writer)
+            for peer in reserved:
                 fut = self._accepting.pop(peer, None)
+                up = peer in self._conns
+                if not up:
+                    self._note_incoming_failed(peer)
                 if fut is not None and not fut.done():
-                    fut.set_result(peer in self._conns)
+                    fut.set_result(up)
+
+    def _note_incoming_failed(self, peer: str) -> None:
+        # Our own attempt to this peer may be waiting on this one
+        # (_peer_attempt_wins): it gives up when it sees this. Recorded for
+        # proven peers we are connecting to only, and pruned, so the table
+        # stays as small as our own pending connects.
+        now = time.monotonic()
+        horizon = now - self.options.connect_timeout
+        for name, when in list(self._incoming_failed.items()):
+            if when < horizon:
+                del self._incoming_failed[name]
+        if peer in self._pending:
+            self._incoming_failed[peer] = now
 
     async def _handshake_in(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        accept_peer: Callable[[str, int, Any], str],
-        claimed: list[str],
+        proven: Callable[[str, int, Any], str],
     ) -> None:
         try:
             peer = await handshake.accept(
@@ -424,20 +474,20 @@ class NetKernel:
                 my_name=self.node.name,
                 my_creation=self.node.creation,
                 cookie=self.cookie,
-                accept_peer=accept_peer,
+                accept_peer=self._accept_peer,
+                proven=proven,
                 flags=self._flags(),
                 timeout=self.options.connect_timeout,
             )
         except HandshakeError as e:
-            level = logging.WARNING if e.reason in ("cookie", "protocol", "version") else logging.DEBUG
-            logger.log(level, "refused a connection to %s: %s", self.node.name, e)
-            if claimed and e.reason != "duplicate":
-                # Our own attempt to this peer may be waiting on this one
-                # (_peer_attempt_wins): it gives up when it sees this.
-                self._incoming_failed[claimed[0]] = time.monotonic()
+            # The error's text escapes whatever the peer chose (names, terms).
+            if e.reason in ("cookie", "protocol", "version"):
+                self._refusals.log(logging.WARNING, "node %s refused a connection: %s", self.node.name, e)
+            else:
+                logger.debug("node %s refused a connection: %s", self.node.name, e)
             return
         except (OSError, ValueError) as e:
-            logger.info("incoming connection failed: %s", e)
+            self._refusals.log(logging.INFO, "incoming connection failed: %s", e)
             writer.close()
             return
         self._install(peer, reader, writer)
