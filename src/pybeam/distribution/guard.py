@@ -4,8 +4,8 @@ Anyone who can reach a node's port (or the port mapper's) can open
 connections and say things before proving anything. This module holds the
 small tools that bound what that costs:
 
-- :func:`untrusted` makes text a stranger chose safe to put in a log line
-  (escaped, so it cannot forge lines or terminal escapes, and bounded).
+- :func:`~pybeam.logtext.untrusted` (re-exported here) makes text a stranger
+  chose safe to put in a log line.
 - :class:`RefusalLog` logs the first few refusals of each interval and then
   one summary line with the count, so a flood cannot fill the disk.
 - :class:`ConnectionCap` holds at most N unauthenticated connections; one more
@@ -19,37 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import reprlib
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Final
+from typing import Any
+
+from ..logtext import untrusted
 
 __all__ = ["ConnectionCap", "RefusalLog", "default_cap", "fd_limit", "untrusted"]
-
-#: Characters of untrusted text shown in a log line.
-UNTRUSTED_SHOWN: Final = 64
-
-_repr = reprlib.Repr()
-_repr.maxstring = UNTRUSTED_SHOWN
-_repr.maxother = UNTRUSTED_SHOWN
-_repr.maxlevel = 2
-_repr.maxtuple = _repr.maxlist = _repr.maxdict = 6
-
-
-def untrusted(value: object, limit: int = UNTRUSTED_SHOWN) -> str:
-    """``value`` (a name or term a stranger sent) as safe log text.
-
-    A str comes out as its ``repr``, so newlines, terminal escapes and other
-    unprintable characters are escaped and the quotes show where it ends; past
-    ``limit`` characters it is cut and its length given. Anything else gets a
-    bounded :mod:`reprlib` form.
-    """
-    if type(value) is str:
-        if len(value) <= limit:
-            return repr(value)
-        return f"{value[:limit]!r}... ({len(value)} chars)"
-    text = _repr.repr(value)
-    return text if len(text) <= 2 * limit else text[: 2 * limit - 3] + "..."
 
 
 def fd_limit() -> int:
