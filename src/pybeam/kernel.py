@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, overload
 
+from .arguments import check_delay, check_timeout
 from .errors import BadArg, Exit
 from .mailbox import NO_DEFAULT
 from .node import current_node
@@ -113,8 +114,11 @@ def receive(
     With ``pattern`` (a predicate or a pattern, see :mod:`pybeam.pattern`) it
     takes the first message that matches and leaves the others in order.
     ``timeout`` is in seconds (0 polls); when it passes, ``default`` is
-    returned, or ``TimeoutError`` raised if no default was given.
+    returned, or ``TimeoutError`` raised if no default was given. A timeout
+    that is not None or a number >= 0 is a :class:`BadArg`.
     """
+    if timeout is not None and (type(timeout) is not int or timeout < 0):
+        timeout = check_timeout(timeout)
     proc = _current.get()
     if proc is None or (proc.adopted and not proc.alive):
         proc = _me()
@@ -221,8 +225,8 @@ def registered() -> list[str]:
 
 
 def send_after(delay: float, dest: Any, msg: Any) -> Ref:
-    """Send ``msg`` to ``dest`` after ``delay`` seconds; returns a timer ref."""
-    return current_node().send_after(delay, dest, msg)
+    """Send ``msg`` to ``dest`` after ``delay`` seconds (a number >= 0); returns a timer ref."""
+    return current_node().send_after(check_delay(delay), dest, msg)
 
 
 def cancel_timer(ref: Ref) -> float | bool:

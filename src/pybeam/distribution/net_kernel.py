@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib
 import logging
 import sys
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..node import set_distribution_factory
+from ..nodename import check_node_name, parse_address
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, handshake
 from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError
@@ -121,15 +123,10 @@ def _sendable(reason: Any) -> Any:
     return reason
 
 
-def _parse_address(node: str) -> tuple[str, str, int | None]:
-    """``name@host[:port]`` -> (node name, host, port or None)."""
-    alive, at, rest = node.partition("@")
-    if not at or not alive or not rest:
-        raise ValueError(f"node name must look like 'name@host' or 'name@host:port', got {node!r}")
-    host, colon, port = rest.rpartition(":")
-    if colon and port.isdigit() and host:
-        return f"{alive}@{host}", host, int(port)
-    return node, rest, None
+def _parse_address(node: object, arg: str = "node") -> tuple[str, str, int | None]:
+    """``name@host[:port]`` -> (node name, host, port or None); :class:`BadArg`
+    (a ``ValueError``) naming the problem if it is no valid address."""
+    return parse_address(node, arg)
 
 
 class NetKernel:
@@ -146,6 +143,9 @@ class NetKernel:
         self._reregister_task: asyncio.Task[None] | None = None
         self._conns: dict[str, Connection] = {}
         self._pending: dict[str, _Pending] = {}
+        #: Where each peer was last reached, was told to be (``connect`` with a
+        #: port) or is said to be by the mesh. Tried first when connecting; one
+        #: that fails is forgotten and the port mapper asked (see _reach).
         self._addresses: dict[str, tuple[str, int]] = {}
         self._node_monitors: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -163,7 +163,9 @@ class NetKernel:
     async def start(self) -> int:
         """Listen, register with the port mapper; returns the node's creation."""
         opts = self.options
-        self._server = await asyncio.start_server(self._accept, opts.host, opts.port)
+        # In a clean context: every accepted connection's task inherits the
+        # context the server was started in (see _background).
+        self._server = await _background(asyncio.start_server(self._accept, opts.host, opts.port))
         self.port = self._server.sockets[0].getsockname()[1]
         try:
             self._epmd_server = await epmd.ensure_epmd(opts.epmd_port)
@@ -171,7 +173,7 @@ class NetKernel:
         except BaseException:
             await self._close_listeners()
             raise
-        self._reregister_task = asyncio.ensure_future(self._keep_registered())
+        self._reregister_task = _background(self._keep_registered())
         return self._registration.creation
 
     async def _keep_registered(self) -> None:
@@ -227,7 +229,7 @@ class NetKernel:
             self._epmd_server = None
 
     def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        task = _background(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -242,11 +244,15 @@ class NetKernel:
         return node in self._conns
 
     async def connect(self, node: str) -> bool:
-        """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up."""
+        """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up.
+
+        A port given here is tried first from now on, for as long as it works:
+        once connecting there fails, the port mapper is asked instead.
+        """
         name, host, port = _parse_address(node)
         if name == self.node.name:
             return True
-        if port is not None:
+        if port is not None and name not in self._conns:
             self._addresses[name] = (host, port)
         if name in self._conns:
             return True
@@ -256,7 +262,7 @@ class NetKernel:
 
     def disconnect(self, node: str) -> bool:
         """Close the connection to ``node``; False if there was none."""
-        conn = self._conns.get(node)
+        conn = self._conns.get(_parse_address(node)[0])
         if conn is None:
             return False
         conn.close("disconnected")
@@ -294,18 +300,65 @@ class NetKernel:
     def _start_connect(self, name: str) -> _Pending:
         pending = _Pending(done=asyncio.get_running_loop().create_future())
         self._pending[name] = pending
-        pending.task = asyncio.ensure_future(self._connect(name, pending))
+        # Not in the context of the process whose signal started it: the
+        # connection outlives it (see _background).
+        pending.task = _background(self._connect(name, pending))
         return pending
 
     async def _resolve(self, name: str) -> tuple[str, int]:
-        known = self._addresses.get(name)
-        if known is not None:
-            return known
+        """Where the port mapper on the node's host says ``name`` listens."""
         host = name.partition("@")[2]
         port = await epmd.lookup(name, self.options.epmd_port, host=host)
         if port is None:
             raise OSError(f"node {name} is not registered with the port mapper on {host}")
         return host, port
+
+    async def _reach(self, name: str) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
+        """Dial ``name`` and shake hands: at its known address first, else (or
+        if that fails) where the port mapper says.
+
+        A node restarted with the same name listens on a new port: an address
+        that fails is forgotten at once, and the mapper, which the new
+        incarnation registered with, is asked.
+        """
+        known = self._addresses.get(name)
+        if known is None:
+            return await self._dial(name, *await self._resolve(name))
+        try:
+            return await self._dial(name, *known)
+        except HandshakeError as e:
+            if e.reason in ("duplicate", "cookie", "not_allowed", "version"):
+                raise  # the node we meant answered there: asking elsewhere changes nothing
+            failure: Exception = e
+        except (OSError, TimeoutError) as e:
+            failure = e
+        if self._addresses.get(name) == known:
+            del self._addresses[name]
+        try:
+            fresh = await self._resolve(name)
+        except (OSError, TimeoutError, epmd.EpmdError, ValueError):
+            raise failure from None
+        if fresh == known:
+            raise failure
+        logger.info("node %s: %s moved from port %d to %d", self.node.name, name, known[1], fresh[1])
+        return await self._dial(name, *fresh)
+
+    async def _dial(
+        self, name: str, host: str, port: int
+    ) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
+        opts = self.options
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+        peer = await handshake.initiate(
+            reader,
+            writer,
+            my_name=self.node.name,
+            my_creation=self.node.creation,
+            cookie=self._node_cookies.get(name, self.cookie),
+            expected_peer=name,
+            flags=self._flags(),
+            timeout=opts.connect_timeout,
+        )
+        return peer, reader, writer
 
     async def _peer_attempt_wins(self, name: str, pending: _Pending, started: float) -> bool:
         """Our attempt lost a simultaneous connect: wait for the peer's attempt,
@@ -342,18 +395,7 @@ class NetKernel:
             if name in self._conns:
                 return
         try:
-            host, port = await self._resolve(name)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
-            peer = await handshake.initiate(
-                reader,
-                writer,
-                my_name=self.node.name,
-                my_creation=self.node.creation,
-                cookie=self._node_cookies.get(name, self.cookie),
-                expected_peer=name,
-                flags=self._flags(),
-                timeout=opts.connect_timeout,
-            )
+            peer, reader, writer = await self._reach(name)
         except HandshakeError as e:
             if e.reason == "duplicate" and await self._peer_attempt_wins(name, pending, started):
                 return
@@ -361,6 +403,10 @@ class NetKernel:
             self._connect_failed(name, pending)
         except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
             logger.info("cannot connect to %s: %s", name, e)
+            self._connect_failed(name, pending)
+        except Exception:
+            # A bug must not leave the signals queued and connect() waiting forever.
+            logger.exception("node %s: connecting to %s failed", self.node.name, name)
             self._connect_failed(name, pending)
         else:
             self._install(peer, reader, writer)
@@ -452,10 +498,13 @@ class NetKernel:
         )
         self._conns[peer.name] = conn
         port = peer.flags.get("port")
-        if type(port) is int:
-            host = peer.name.partition("@")[2]
-            self._addresses.setdefault(peer.name, (host, port))
-        conn.start()
+        if type(port) is int and 0 < port <= 65535:
+            # The port this incarnation listens on (it said so itself): a
+            # restarted node replaces what we knew of the earlier one.
+            self._addresses[peer.name] = (peer.name.partition("@")[2], port)
+        # Its read task and ticks must not hold the context of whatever
+        # process's signal led here (see _background).
+        contextvars.Context().run(conn.start)
         pending = self._pending.pop(peer.name, None)
         if pending is not None:
             for control in pending.queue:
@@ -522,11 +571,9 @@ class NetKernel:
         codec.encode(control)  # refuse what cannot travel now, not when connected
         pending = self._pending.get(node)
         if pending is None:
-            try:
-                _parse_address(node)
-            except ValueError:
-                self._undeliverable(control)
-                return
+            # A malformed node is the caller's error (send to {Name, BadNode}
+            # is badarg in BEAM), raised before any network activity.
+            check_node_name(node)
             pending = self._start_connect(node)
         pending.queue.append(control)
 
@@ -767,8 +814,19 @@ class NetKernel:
         if name in self._conns or name in self._pending or name in self._accepting:
             return
         if port is not None:
-            self._addresses.setdefault(name, (host, port))
+            # The peer that told us is connected to it now: fresher than ours.
+            self._addresses[name] = (host, port)
         self._start_connect(name)
+
+
+def _background(coro: Any) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task in an empty context.
+
+    A task inherits the context it is created in: one started by a signal
+    would hold the sending process as its current process (and keep it
+    alive) long after that process ended.
+    """
+    return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
 
 
 def _make_net_kernel(node: Node, options: dict[str, Any]) -> NetKernel:
