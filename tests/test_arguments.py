@@ -93,9 +93,9 @@ def _no_network_activity(node: pybeam.Node) -> None:
     assert not kernel._conns
 
 
-async def _raises(what: str, thunk: Callable[[], Any]) -> None:
+async def _raises(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     try:
-        result = thunk()
+        result = fn(*args, **kwargs)
         if isinstance(result, Awaitable):
             # Old code could wait forever here: bound it, so the test fails instead.
             await asyncio.wait_for(result, 10)
@@ -108,19 +108,19 @@ async def _raises(what: str, thunk: Callable[[], Any]) -> None:
 async def test_every_api_refuses_a_malformed_node_before_connecting(beam_node: pybeam.Node) -> None:
     me = pybeam.self()
     for bad in BAD_ADDRESSES:
-        await _raises(f"connect({bad!r})", lambda bad=bad: net.connect(bad))
-        await _raises(f"ping({bad!r})", lambda bad=bad: net.ping(bad))
-        await _raises(f"disconnect({bad!r})", lambda bad=bad: net.disconnect(bad))
+        await _raises(f"connect({bad!r})", net.connect, bad)
+        await _raises(f"ping({bad!r})", net.ping, bad)
+        await _raises(f"disconnect({bad!r})", net.disconnect, bad)
     for bad in [*BAD_NAMES, "a@127.0.0.1:4370"]:
-        await _raises(f"spawn_request({bad!r})", lambda bad=bad: net.spawn_request(bad, echo_back, 1))
-        await _raises(f"spawn_on({bad!r})", lambda bad=bad: net.spawn_on(bad, echo_back, 1))
-        await _raises(f"rpc.call({bad!r})", lambda bad=bad: rpc.call(bad, echo_back, 1))
-        await _raises(f"rpc.cast({bad!r})", lambda bad=bad: rpc.cast(bad, echo_back, 1))
-        await _raises(f"rpc.multicall([{bad!r}])", lambda bad=bad: rpc.multicall([bad], echo_back, 1))
+        await _raises(f"spawn_request({bad!r})", net.spawn_request, bad, echo_back, 1)
+        await _raises(f"spawn_on({bad!r})", net.spawn_on, bad, echo_back, 1)
+        await _raises(f"rpc.call({bad!r})", rpc.call, bad, echo_back, 1)
+        await _raises(f"rpc.cast({bad!r})", rpc.cast, bad, echo_back, 1)
+        await _raises(f"rpc.multicall([{bad!r}])", rpc.multicall, [bad], echo_back, 1)
         if isinstance(bad, str):
             # As BEAM: sending to {Name, BadNode} is badarg.
-            await _raises(f"send(('x', {bad!r}))", lambda bad=bad: pybeam.send(("x", bad), "hi"))
-            await _raises(f"monitor(('x', {bad!r}))", lambda bad=bad: pybeam.monitor(("x", bad)))
+            await _raises(f"send(('x', {bad!r}))", pybeam.send, ("x", bad), "hi")
+            await _raises(f"monitor(('x', {bad!r}))", pybeam.monitor, ("x", bad))
         _no_network_activity(beam_node)
     assert pybeam.process_info(me)["monitors"] == []  # type: ignore[index]
     assert pybeam.process_info(me)["message_queue_len"] == 0  # type: ignore[index]
@@ -138,9 +138,9 @@ async def test_connect_to_an_impossible_port_returns_at_once(beam_node: pybeam.N
 BAD_TIMEOUTS: list[Any] = [-1, -0.5, "5", True, False, math.nan, [1], b"1"]
 
 
-async def _bad_timeout(what: str, thunk: Callable[[], Any], arg: str = "timeout") -> None:
+async def _bad_timeout(what: str, arg: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     with pytest.raises(ValueError, match=arg) as info:
-        result = thunk()
+        result = fn(*args, **kwargs)
         if isinstance(result, Awaitable):
             await asyncio.wait_for(result, 10)
     assert arg in str(info.value), f"{what}: {info.value}"
@@ -155,18 +155,15 @@ async def test_timeouts_are_none_or_a_number_of_seconds(beam_node: pybeam.Node) 
     me = beam_node.name
     server = await Echo.start()
     for bad in BAD_TIMEOUTS:
-        await _bad_timeout(f"rpc.call {bad!r}", lambda bad=bad: rpc.call(me, echo_back, 1, timeout=bad))
-        await _bad_timeout(
-            f"multicall {bad!r}", lambda bad=bad: rpc.multicall([me], echo_back, 1, timeout=bad)
-        )
-        await _bad_timeout(
-            f"gen_server.call {bad!r}", lambda bad=bad: gen_server.call(server, 1, timeout=bad)
-        )
-        await _bad_timeout(f"gen_server.stop {bad!r}", lambda bad=bad: gen_server.stop(server, timeout=bad))
-        await _bad_timeout(f"gen_server.start {bad!r}", lambda bad=bad: Echo.start(timeout=bad))
-        await _bad_timeout(f"receive {bad!r}", lambda bad=bad: pybeam.receive(timeout=bad))
-        await _bad_timeout(f"send_after {bad!r}", lambda bad=bad: pybeam.send_after(bad, me, 1), "delay")
-    await _bad_timeout("send_after inf", lambda: pybeam.send_after(math.inf, me, 1), "delay")
+        t = "timeout"
+        await _bad_timeout(f"rpc.call {bad!r}", t, rpc.call, me, echo_back, 1, timeout=bad)
+        await _bad_timeout(f"multicall {bad!r}", t, rpc.multicall, [me], echo_back, 1, timeout=bad)
+        await _bad_timeout(f"gen_server.call {bad!r}", t, gen_server.call, server, 1, timeout=bad)
+        await _bad_timeout(f"gen_server.stop {bad!r}", t, gen_server.stop, server, timeout=bad)
+        await _bad_timeout(f"gen_server.start {bad!r}", t, Echo.start, timeout=bad)
+        await _bad_timeout(f"receive {bad!r}", t, pybeam.receive, timeout=bad)
+        await _bad_timeout(f"send_after {bad!r}", "delay", pybeam.send_after, bad, me, 1)
+    await _bad_timeout("send_after inf", "delay", pybeam.send_after, math.inf, me, 1)
     # What is valid still is, and nothing was left running or queued.
     assert await rpc.call(me, echo_back, 1, timeout=5) == 1
     assert await rpc.call(me, echo_back, 2, timeout=None) == 2
@@ -178,7 +175,7 @@ async def test_timeouts_are_none_or_a_number_of_seconds(beam_node: pybeam.Node) 
 
 async def test_multicall_wants_a_list_of_nodes(beam_node: pybeam.Node) -> None:
     with pytest.raises(ValueError, match="list of node names"):
-        await rpc.multicall(beam_node.name, echo_back, 1)  # type: ignore[arg-type]
+        await rpc.multicall(beam_node.name, echo_back, 1)
     with pytest.raises(ValueError, match=r"nodes\[1\]"):
         await rpc.multicall([beam_node.name, "bad"], echo_back, 1)
     _no_network_activity(beam_node)
