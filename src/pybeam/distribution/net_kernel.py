@@ -168,8 +168,10 @@ class NetKernel:
         self._server = await _background(asyncio.start_server(self._accept, opts.host, opts.port))
         self.port = self._server.sockets[0].getsockname()[1]
         try:
-            self._epmd_server = await epmd.ensure_epmd(opts.epmd_port)
-            self._registration = await epmd.register(self.node.name, self.port, opts.epmd_port)
+            # Clean contexts too: the mapper's server and the registration's
+            # watch on its socket are tasks that outlive this call.
+            self._epmd_server = await _background(epmd.ensure_epmd(opts.epmd_port))
+            self._registration = await _background(epmd.register(self.node.name, self.port, opts.epmd_port))
         except BaseException:
             await self._close_listeners()
             raise
@@ -283,6 +285,8 @@ class NetKernel:
         """
         if not cookie:
             raise ValueError("a cookie cannot be empty")
+        if node is not None:
+            check_node_name(node)
         if node is None:
             self.cookie = cookie
         else:
