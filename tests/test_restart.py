@@ -225,3 +225,31 @@ async def test_a_node_restarted_before_its_old_connection_is_seen_down(
         await eventually(lambda: name not in net.nodes(), 30)
         await eventually(lambda: pong(name), 30, what="reconnected to the second incarnation")
         assert await answers_as(name, second.pid)
+
+
+async def test_after_a_lost_connection_the_port_mapper_is_asked_first(epmd_port: int, launch: Launch) -> None:
+    # The dead incarnation's port is taken by something that accepts and never
+    # answers: dialling it first would wait out the whole connect timeout.
+    cookie = secrets.token_hex(16)
+    async with pybeam.Node(
+        f"a_{secrets.token_hex(3)}@127.0.0.1", cookie=cookie, epmd_port=epmd_port, connect_timeout=60.0
+    ):
+        name = f"b_{secrets.token_hex(3)}@127.0.0.1"
+        first = launch(name, cookie)
+        await eventually(lambda: pong(name), 30)
+        old_port = await epmd.lookup(name, epmd_port)
+        assert old_port is not None
+        sigkill(first)
+        await eventually(lambda: name not in net.nodes(), 30)
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", old_port)
+        try:
+            second = launch(name, cookie)
+
+            async def registered_again() -> bool:
+                return await epmd.lookup(name, epmd_port) not in (None, old_port)
+
+            await eventually(registered_again, 30)
+            assert await asyncio.wait_for(net.ping(name), 20) == "pong"
+            assert await answers_as(name, second.pid)
+        finally:
+            silent.close()

@@ -147,6 +147,9 @@ class NetKernel:
         #: port) or is said to be by the mesh. Tried first when connecting; one
         #: that fails is forgotten and the port mapper asked (see _reach).
         self._addresses: dict[str, tuple[str, int]] = {}
+        #: Peers whose connection was lost and not made again: for them the
+        #: port mapper is asked first (they may have restarted elsewhere).
+        self._lost: set[str] = set()
         self._node_monitors: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._abandoned: set[Ref] = set()
@@ -318,34 +321,43 @@ class NetKernel:
         return host, port
 
     async def _reach(self, name: str) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
-        """Dial ``name`` and shake hands: at its known address first, else (or
-        if that fails) where the port mapper says.
+        """Dial ``name`` and shake hands at its known address and where the
+        port mapper says it is, in turn, until one answers.
 
-        A node restarted with the same name listens on a new port: an address
-        that fails is forgotten at once, and the mapper, which the new
-        incarnation registered with, is asked.
+        The known address comes first, unless the connection to ``name`` was
+        lost since: the node may have restarted under the same name, on a new
+        port (it registered that with the mapper). A known address that fails
+        is forgotten at once.
         """
         known = self._addresses.get(name)
-        if known is None:
-            return await self._dial(name, *await self._resolve(name))
-        try:
-            return await self._dial(name, *known)
-        except HandshakeError as e:
-            if e.reason in ("duplicate", "cookie", "not_allowed", "version"):
-                raise  # the node we meant answered there: asking elsewhere changes nothing
-            failure: Exception = e
-        except (OSError, TimeoutError) as e:
-            failure = e
-        if self._addresses.get(name) == known:
-            del self._addresses[name]
-        try:
-            fresh = await self._resolve(name)
-        except (OSError, TimeoutError, epmd.EpmdError, ValueError):
-            raise failure from None
-        if fresh == known:
-            raise failure
-        logger.info("node %s: %s moved from port %d to %d", self.node.name, name, known[1], fresh[1])
-        return await self._dial(name, *fresh)
+        order = ("mapper", "known") if known is None or name in self._lost else ("known", "mapper")
+        failure: Exception | None = None
+        tried: set[tuple[str, int]] = set()
+        for source in order:
+            if source == "known":
+                address = known
+            else:
+                try:
+                    address = await self._resolve(name)
+                except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
+                    failure = failure or e
+                    continue
+            if address is None or address in tried:
+                continue
+            tried.add(address)
+            try:
+                return await self._dial(name, *address)
+            except HandshakeError as e:
+                if e.reason in ("duplicate", "cookie", "not_allowed", "version"):
+                    raise  # the node we meant answered there: asking elsewhere changes nothing
+                failure = e
+            except (OSError, TimeoutError) as e:
+                failure = e
+            if address == known and self._addresses.get(name) == known:
+                del self._addresses[name]
+                self._lost.discard(name)
+        assert failure is not None
+        raise failure
 
     async def _dial(
         self, name: str, host: str, port: int
@@ -501,6 +513,7 @@ class NetKernel:
             max_frame=self.options.max_frame,
         )
         self._conns[peer.name] = conn
+        self._lost.discard(peer.name)
         port = peer.flags.get("port")
         if type(port) is int and 0 < port <= 65535:
             # The port this incarnation listens on (it said so itself): a
@@ -543,6 +556,8 @@ class NetKernel:
     def _closed(self, conn: Connection, reason: str) -> None:
         if self._conns.get(conn.name) is conn:
             del self._conns[conn.name]
+            if conn.name in self._addresses:
+                self._lost.add(conn.name)
         logger.info("node %s: connection to %s down: %s", self.node.name, conn.name, reason)
         node = self.node
         links, conn.links = conn.links, set()
