@@ -193,9 +193,11 @@ async def test_a_subscription_made_for_a_cancelled_caller_is_undone(beam_node: p
 # -- contexts ------------------------------------------------------------------------------------
 
 
-def _context_of(task: asyncio.Task[Any]) -> contextvars.Context:
-    (ctx,) = [r for r in gc.get_referents(task) if isinstance(r, contextvars.Context)]
-    return ctx
+def _contexts_of(task: asyncio.Task[Any]) -> list[contextvars.Context]:
+    """The contexts a task holds: its own, and its first done-callback's."""
+    found = [r for r in gc.get_referents(task) if isinstance(r, contextvars.Context)]
+    assert found
+    return found
 
 
 async def test_a_connection_holds_no_process_context(cluster: Callable[..., LocalCluster]) -> None:
@@ -219,9 +221,9 @@ async def test_a_connection_holds_no_process_context(cluster: Callable[..., Loca
         conn = kernel._conns[node]
         assert conn._read_task is not None
         for task in [conn._read_task, *kernel._tasks]:
-            ctx = _context_of(task)
-            assert ctx.get(_current) is None, task
-            assert ctx.get(_marker) is None, task
+            for ctx in _contexts_of(task):
+                assert ctx.get(_current) is None, task
+                assert ctx.get(_marker) is None, task
         gc.collect()
         assert kept and kept[0]() is None, "the ended process's context is kept alive"
 
@@ -231,3 +233,26 @@ class _Marker:
 
 
 _marker: contextvars.ContextVar[_Marker | None] = contextvars.ContextVar("marker", default=None)
+
+
+async def test_a_service_holds_no_context_of_the_process_that_started_it(beam_node: pybeam.Node) -> None:
+    kept: list[weakref.ref[_Marker]] = []
+
+    async def first_user() -> None:
+        marker = _Marker()
+        _marker.set(marker)
+        kept.append(weakref.ref(marker))
+        global_.ensure_started()
+        pg.ensure_started()
+
+    pybeam.spawn(first_user)
+    await eventually(lambda: bool(kept) and pybeam.whereis(pg.DEFAULT_SCOPE) is not None)
+    for name in (global_.NAME, pg.DEFAULT_SCOPE):
+        pid = pybeam.whereis(name)
+        assert pid is not None
+        proc = beam_node.process(pid)
+        assert proc is not None and proc.task is not None
+        for ctx in _contexts_of(proc.task):
+            assert ctx.get(_marker) is None, name
+    gc.collect()
+    assert kept[0]() is None, "the first user's context is kept alive by a service"

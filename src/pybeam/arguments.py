@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 from .errors import BadArg
 from .nodename import check_node_name
 
-__all__ = ["check_args", "check_delay", "check_nodes", "check_timeout"]
+__all__ = ["check_delay", "check_nodes", "check_timeout"]
 
 
 def _seconds(value: object, arg: str, allow_none: bool) -> float:
@@ -43,15 +42,6 @@ def check_delay(value: object, arg: str = "delay") -> float:
     if math.isinf(seconds):
         raise BadArg(f"{arg} must be a finite number of seconds, got {value!r}")
     return seconds
-
-
-def check_args(value: object, arg: str = "args") -> tuple[Any, ...]:
-    """``value`` (a tuple or list of arguments) as a tuple."""
-    if type(value) is tuple:
-        return value
-    if isinstance(value, list | tuple):
-        return tuple(value)
-    raise BadArg(f"{arg} must be a tuple or list of arguments, got {type(value).__name__} {value!r:.100}")
 
 
 def check_nodes(value: object, arg: str = "nodes") -> list[str]:

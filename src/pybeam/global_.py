@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,7 @@ from . import errand, kernel, net, rpc
 from .arguments import check_delay
 from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, NodeDown, NotDistributed, PybeamError
+from .node import current_node
 from .terms import KILL, NOPROC, Pid, Ref, Term
 
 __all__ = [
@@ -148,7 +150,9 @@ def ensure_started() -> Pid:
         return pid
     state = _Server()
     state.node = kernel.node_name()
-    pid = kernel.spawn(_serve, state)
+    # In an empty context: a service must not inherit (and keep alive) the
+    # context of whichever process happened to start it.
+    pid, _ = contextvars.Context().run(current_node().spawn, _serve, (state,))
     # Registered before anything can run: a node is one thread, so two callers
     # cannot both find the name free.
     kernel.register(NAME, pid)
