@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 
+_INF = float("inf")
+
+
 def _me() -> Process:
     proc = _current.get()
     if proc is None or (proc.adopted and not proc.alive):
@@ -117,8 +120,8 @@ def receive(
     returned, or ``TimeoutError`` raised if no default was given. A timeout
     that is not None or a number >= 0 is a :class:`BadArg`.
     """
-    if timeout is not None and (type(timeout) is not int or timeout < 0):
-        timeout = check_timeout(timeout)
+    if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
+        timeout = check_timeout(timeout)  # BadArg, or None for infinity
     proc = _current.get()
     if proc is None or (proc.adopted and not proc.alive):
         proc = _me()

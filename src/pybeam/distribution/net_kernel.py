@@ -259,6 +259,7 @@ class NetKernel:
             return True
         if port is not None and name not in self._conns:
             self._addresses[name] = (host, port)
+            self._lost.discard(name)  # the caller says where it is now
         if name in self._conns:
             return True
         pending = self._pending.get(name) or self._start_connect(name)
@@ -835,6 +836,7 @@ class NetKernel:
         if port is not None:
             # The peer that told us is connected to it now: fresher than ours.
             self._addresses[name] = (host, port)
+            self._lost.discard(name)
         self._start_connect(name)
 
 
