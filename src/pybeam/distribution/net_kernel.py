@@ -73,6 +73,9 @@ class _Pending:
     queue: list[tuple[Any, ...]] = field(default_factory=list)
     done: asyncio.Future[bool] | None = None
     task: asyncio.Task[None] | None = None
+    #: When our attempt lost a simultaneous connect and the queue started to
+    #: share the fate of the peer's attempt (time.monotonic()), if it did.
+    deferred: float | None = None
 
 
 def function_name(fn: Callable[..., Any] | str) -> str:
@@ -147,8 +150,9 @@ class NetKernel:
         #: port) or is said to be by the mesh. Tried first when connecting; one
         #: that fails is forgotten and the port mapper asked (see _reach).
         self._addresses: dict[str, tuple[str, int]] = {}
-        #: Peers whose connection was lost and not made again: for them the
-        #: port mapper is asked first (they may have restarted elsewhere).
+        #: Peers whose connection was lost (not closed by disconnect()) and not
+        #: made again: for them the port mapper is asked first (they may have
+        #: restarted elsewhere).
         self._lost: set[str] = set()
         self._node_monitors: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -272,6 +276,8 @@ class NetKernel:
         if conn is None:
             return False
         conn.close("disconnected")
+        # Closed by us, not lost: the node is still where it was.
+        self._lost.discard(conn.name)
         return True
 
     def monitor_nodes(self, pid: Pid, flag: bool) -> None:
@@ -386,6 +392,7 @@ class NetKernel:
         be under way (wait for it), or not have reached us yet (wait for it
         to arrive, within the connect timeout)."""
         assert pending.done is not None
+        pending.deferred = started
         deadline = started + self.options.connect_timeout
         while not pending.done.done():
             now = time.monotonic()
@@ -525,6 +532,14 @@ class NetKernel:
         contextvars.Context().run(conn.start)
         pending = self._pending.pop(peer.name, None)
         if pending is not None:
+            deferred = pending.deferred
+            if deferred is not None and self._incoming_failed.get(peer.name, float("-inf")) >= deferred:
+                # The peer's attempt the queue waited on failed (_peer_attempt_wins
+                # had not woken up to see it yet): this connection is a later
+                # one, and what was queued shares that failure.
+                for control in pending.queue:
+                    self._undeliverable(control)
+                pending.queue = []
             for control in pending.queue:
                 self._route(conn, control)
             if pending.done is not None and not pending.done.done():
