@@ -41,6 +41,7 @@ from .distribution import epmd
 from .distribution.cookie import CookieError
 from .errors import Exit, NodeDown, PybeamError
 from .node import Node
+from .nodename import parse_address
 from .process import Process
 from .runtime import new_event_loop
 
@@ -375,8 +376,11 @@ class _Console(code.InteractiveConsole):
 
 
 async def _rpc_main(args: argparse.Namespace) -> int:
-    target: str = args.node
-    host = target.partition("@")[2] or "127.0.0.1"
+    address: str = args.node
+    try:
+        target, host, _ = parse_address(address)
+    except ValueError as e:
+        return _error("rpc", str(e))
     name = args.name or f"rpc_{secrets.token_hex(4)}@{host}"
     call_args = [parse_arg(a) for a in args.args]
     try:
@@ -385,7 +389,7 @@ async def _rpc_main(args: argparse.Namespace) -> int:
         return _error("rpc", str(e))
     try:
         async with node:
-            if not await net.connect(target):
+            if not await net.connect(address):
                 return _error(
                     "rpc",
                     f"node {target} cannot be reached (is it running, registered with this port "

@@ -43,6 +43,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard
 
 from . import kernel
+from .arguments import check_timeout
 from .errors import BadArg, Exit, NodeDown, NoProc, PybeamError
 from .logtext import clip, short
 from .pattern import ANY
@@ -290,6 +291,7 @@ async def call(server: ServerRef, request: Any, timeout: float | None = DEFAULT_
     reached or goes down, and :class:`CallExit` (with the server's exit reason)
     when it exits before replying.
     """
+    check_timeout(timeout)
     target, node = await _resolve(server)
     me = kernel.self()
     if target == me:
@@ -355,10 +357,15 @@ async def stop(server: ServerRef, reason: Any = NORMAL, timeout: float | None = 
     if it did not exit in time (it is left running), :class:`CallExit` if it
     exited with another reason (``terminate`` raised, say).
     """
+    check_timeout(timeout)
     target, node = await _resolve(server)
     ref = kernel.monitor(target)
     kernel.send(target, ("$gen_stop", reason))
-    msg = await kernel.receive(("DOWN", ref, ANY, ANY, ANY), timeout=timeout, default=None)
+    try:
+        msg = await kernel.receive(("DOWN", ref, ANY, ANY, ANY), timeout=timeout, default=None)
+    except BaseException:
+        kernel.demonitor(ref, flush=True)  # cancelled: no DOWN left behind
+        raise
     if msg is None:
         kernel.demonitor(ref, flush=True)
         raise CallTimeout(server, timeout, "stop")
@@ -401,6 +408,15 @@ async def start_link(
     return await _start(server, arg, name, timeout, link=True)
 
 
+def _kill_flush(pid: Pid, mref: Ref, link: bool) -> None:
+    """proc_lib's kill_flush: end a server whose start we gave up on, without
+    the caller dying of the kill or keeping its DOWN."""
+    if link:
+        kernel.unlink(pid)
+    kernel.exit(pid, "kill")
+    kernel.demonitor(mref, flush=True)
+
+
 async def _start(
     server: type[GenServer] | GenServer, arg: Any, name: Name, timeout: float | None, link: bool
 ) -> Pid:
@@ -408,6 +424,7 @@ async def _start(
     if not isinstance(mod, GenServer):
         raise BadArg(f"not a GenServer class or instance: {server!r}")
     _check_name(name)
+    check_timeout(timeout)
     me = kernel.self()
     tag = kernel.make_ref()
     if link:
@@ -423,13 +440,13 @@ async def _start(
             or (len(m) == 5 and m[0] == "DOWN" and m[1] == mref)
         )
 
-    msg = await kernel.receive(answer, timeout=timeout, default=None)
+    try:
+        msg = await kernel.receive(answer, timeout=timeout, default=None)
+    except BaseException:
+        _kill_flush(pid, mref, link)  # cancelled: undone as a timeout is
+        raise
     if msg is None:
-        # proc_lib's kill_flush: the caller must not die of the kill.
-        if link:
-            kernel.unlink(pid)
-        kernel.exit(pid, "kill")
-        kernel.demonitor(mref, flush=True)
+        _kill_flush(pid, mref, link)
         raise StartTimeout(timeout)
     if msg[0] == "DOWN":
         # Killed (or gone) before init returned.

@@ -27,9 +27,11 @@ owner's changes in the order they were made. Other servers drop an owner's
 claims when its node goes down (nodedown) or its server dies.
 
 *Registration under a lock.* ``register_name`` (and ``unregister_name``,
-``re_register_name``) runs in the caller's process, as OTP's does: it locks
-the name on the server of every connected node (each grants it to one
-requester at a time, and releases it if the requester dies), checks that no
+``re_register_name``) runs in a short-lived process of the caller's node (an
+errand, so that a cancelled caller leaves no lock behind: the errand is
+killed): it locks the name on the server of every connected node (each
+grants it to one requester at a time, and releases it if the requester
+dies), checks that no
 server knows a holder, asks the owner to write the claim, and returns once
 every locked server has applied it (acknowledged). Two requesters racing for
 a name each get a lock on some servers and not others: both release, wait a
@@ -62,14 +64,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import kernel, net, rpc
+from . import errand, kernel, net, rpc
+from .arguments import check_delay
 from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, NodeDown, NotDistributed, PybeamError
+from .node import current_node
 from .terms import KILL, NOPROC, Pid, Ref, Term
 
 __all__ = [
@@ -145,7 +150,9 @@ def ensure_started() -> Pid:
         return pid
     state = _Server()
     state.node = kernel.node_name()
-    pid = kernel.spawn(_serve, state)
+    # In an empty context: a service must not inherit (and keep alive) the
+    # context of whichever process happened to start it.
+    pid, _ = contextvars.Context().run(current_node().spawn, _serve, (state,))
     # Registered before anything can run: a node is one thread, so two callers
     # cannot both find the name free.
     kernel.register(NAME, pid)
@@ -157,8 +164,10 @@ def ensure_started() -> Pid:
 async def start(timeout: float = 5.0) -> Pid:
     """Start this node's server if needed, and wait (at most ``timeout``
     seconds) until it has the names of every node connected now."""
+    check_delay(timeout, "timeout")
     pid = ensure_started()
-    await _call(pid, ("wait_synced", timeout))
+    # In an errand: cancelled, no reply is left to come to the caller.
+    await errand.run(_call, pid, ("wait_synced", timeout))
     return pid
 
 
@@ -356,7 +365,18 @@ class _Lock:
 
 
 async def _transaction(name: Term, body: Callable[[_Lock], Awaitable[T]]) -> T:
-    """Run ``body(lock)`` with ``name`` locked on every connected node's server."""
+    """Run ``body(lock)`` with ``name`` locked on every connected node's server.
+
+    The lock is taken by an errand process (see :mod:`pybeam.errand`): if
+    the caller is cancelled, the errand is killed, and every server releases
+    the lock as it does for any requester that dies; nothing of the
+    transaction is left in the caller's mailbox. (A change the owner had
+    already been asked to make is made.)
+    """
+    return await errand.run(_locked, name, body)
+
+
+async def _locked(name: Term, body: Callable[[_Lock], Awaitable[T]]) -> T:
     me = kernel.self()
     attempt = 0
     while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, overload
 
+from .arguments import check_delay, check_timeout
 from .errors import BadArg, Exit
 from .mailbox import NO_DEFAULT
 from .node import current_node
@@ -45,6 +46,9 @@ __all__ = [
     "unregister",
     "whereis",
 ]
+
+
+_INF = float("inf")
 
 
 def _me() -> Process:
@@ -113,8 +117,11 @@ def receive(
     With ``pattern`` (a predicate or a pattern, see :mod:`pybeam.pattern`) it
     takes the first message that matches and leaves the others in order.
     ``timeout`` is in seconds (0 polls); when it passes, ``default`` is
-    returned, or ``TimeoutError`` raised if no default was given.
+    returned, or ``TimeoutError`` raised if no default was given. A timeout
+    that is not None or a number >= 0 is a :class:`BadArg`.
     """
+    if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
+        timeout = check_timeout(timeout)  # BadArg, or None for infinity
     proc = _current.get()
     if proc is None or (proc.adopted and not proc.alive):
         proc = _me()
@@ -221,8 +228,8 @@ def registered() -> list[str]:
 
 
 def send_after(delay: float, dest: Any, msg: Any) -> Ref:
-    """Send ``msg`` to ``dest`` after ``delay`` seconds; returns a timer ref."""
-    return current_node().send_after(delay, dest, msg)
+    """Send ``msg`` to ``dest`` after ``delay`` seconds (a number >= 0); returns a timer ref."""
+    return current_node().send_after(check_delay(delay), dest, msg)
 
 
 def cancel_timer(ref: Ref) -> float | bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, overload
 
+from . import kernel
 from .distribution.net_kernel import NetKernel, function_name, resolve_function
 from .errors import BadArg, NodeDown, NotDistributed, SpawnError
 from .kernel import _me, receive
 from .node import Node, current_node
-from .pattern import ANY
-from .terms import NOCONNECTION, Pid, Ref
+from .nodename import check_node_name, parse_address
+from .pattern import ANY, compile_pattern
+from .terms import KILL, NOCONNECTION, Pid, Ref
 
 __all__ = [
     "connect",
@@ -44,13 +46,16 @@ def _kernel(node: Node | None = None) -> NetKernel:
 async def connect(node: str) -> bool:
     """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up.
 
-    False if it cannot be reached or refuses us (a wrong cookie, say).
+    False if it cannot be reached or refuses us (a wrong cookie, say);
+    :class:`BadArg` (a ``ValueError``) if ``node`` is no valid address.
     """
+    parse_address(node)
     return await _kernel().connect(node)
 
 
 def disconnect(node: str) -> bool:
     """Close the connection to ``node`` (both sides see nodedown); False if none."""
+    parse_address(node)
     return _kernel().disconnect(node)
 
 
@@ -101,6 +106,7 @@ def spawn_request(
     ``link`` and ``monitor`` are set up atomically with the spawn. ``fn`` is
     a module-level function (sync or async) or ``"module:function"``.
     """
+    check_node_name(node)
     me = _me()
     local = me.node
     try:
@@ -139,6 +145,32 @@ def spawn_request_abandon(ref: Ref) -> bool:
     return isinstance(dist, NetKernel) and dist.abandon_spawn(ref)
 
 
+def _undo_spawn(ref: Ref, pid: Pid | None = None) -> None:
+    """The caller gave up on spawn request ``ref`` (timed out, or cancelled):
+    stop what it started and leave nothing of it in the caller's mailbox.
+
+    Synchronous, so that a cancelled caller can run it before it re-raises.
+    ``pid``: what the request spawned, if its reply has been taken already.
+    """
+    if pid is None:
+        if spawn_request_abandon(ref):
+            return  # the reply is still to come: the net kernel kills what it started
+        me = _me()
+        reply = compile_pattern(("spawn_reply", ref, ANY, ANY))
+        late = next((m for m in me.messages() if reply(m)), None)
+        if late is None:
+            return
+        me.remove_matching(reply)
+        if late[2] != "ok":
+            return
+        pid = late[3]
+    assert pid is not None
+    # Unlinked first: the kill must not come back to the caller as a link's exit.
+    kernel.unlink(pid)
+    kernel.demonitor(ref, flush=True)
+    kernel.exit(pid, KILL)
+
+
 @overload
 async def spawn_on(
     node: str, fn: Callable[..., Any] | str, *args: Any, link: bool = ..., monitor: Literal[False] = ...
@@ -160,10 +192,15 @@ async def spawn_on(
     ``fn`` is a module-level function (sync or async) or ``"module:function"``:
     the other node imports it by that name, so it must be importable there.
     Raises :class:`NodeDown` if ``node`` cannot be reached and
-    :class:`SpawnError` if it cannot find the function.
+    :class:`SpawnError` if it cannot find the function. Cancelled while
+    waiting, it kills what it may have spawned.
     """
     ref = spawn_request(node, fn, *args, link=link, monitor=monitor)
-    _, _, status, value = await receive(("spawn_reply", ref, ANY, ANY))
+    try:
+        _, _, status, value = await receive(("spawn_reply", ref, ANY, ANY))
+    except BaseException:
+        _undo_spawn(ref)
+        raise
     if status == "ok":
         return (value, ref) if monitor else value
     if value == NOCONNECTION:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from .errors import BadArg, NoProc
 from .logtext import clip
+from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
 from .process import Process, _current, start
 from .terms import NOCONNECTION, NOPROC, Pid, Ref
@@ -156,8 +157,8 @@ class Node:
         creation: int | None = None,
         max_handshakes: int | None = None,
     ) -> None:
-        if name is not None and (name.count("@") != 1 or name.startswith("@") or name.endswith("@")):
-            raise BadArg(f"node name must look like 'name@host', got {name!r}")
+        if name is not None:
+            check_node_name(name, "name")
         self.name = name or DEFAULT_NAME
         self.creation = creation if creation is not None else (secrets.randbits(32) or 1)
         self.distributed = name is not None if distributed is None else distributed
@@ -375,8 +376,11 @@ class Node:
                 proc = self._names.get(name)
                 if proc is not None:
                     proc.put(msg)
-            elif self.remote is not None:
-                self.remote.send_name(name, node, msg)
+            else:
+                # As BEAM: sending to {Name, BadNode} is badarg, connected or not.
+                check_node_name(node, "dest's node")
+                if self.remote is not None:
+                    self.remote.send_name(name, node, msg)
         else:
             raise BadArg(f"cannot send to {dest!r}: not a pid, a name or a (name, node) pair")
 
@@ -449,6 +453,8 @@ class Node:
             item: Any = (name, node)
             local = self._names.get(name) if node == self.name else None
             remote = node != self.name
+            if remote:
+                check_node_name(node, "the monitored name's node")
         elif type(target) is Pid:
             item = target
             local = self._procs.get(target)

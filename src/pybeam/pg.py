@@ -38,14 +38,18 @@ by where it was started.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import logging
 from typing import Any, Literal
 
-from . import kernel, net, rpc
+from . import errand, kernel, net, rpc
+from .arguments import check_delay
 from .errors import BadArg, NotDistributed, PybeamError
 from .logtext import short
-from .pattern import ANY
+from .node import current_node
+from .pattern import ANY, compile_pattern
 from .terms import Pid, Ref, Term
 
 __all__ = [
@@ -87,7 +91,9 @@ def ensure_started(scope: str = DEFAULT_SCOPE) -> Pid:
             raise BadArg(f"{scope!r} is registered by a process that is not a pg scope")
         return pid
     state = _Scope(scope)
-    pid = kernel.spawn(_serve, state)
+    # In an empty context: a service must not inherit (and keep alive) the
+    # context of whichever process happened to start it.
+    pid, _ = contextvars.Context().run(current_node().spawn, _serve, (state,))
     # Registered before anything else runs (a node is one thread): two callers
     # cannot both start the scope.
     kernel.register(scope, pid)
@@ -99,8 +105,9 @@ def ensure_started(scope: str = DEFAULT_SCOPE) -> Pid:
 async def start(scope: str = DEFAULT_SCOPE, timeout: float = 5.0) -> Pid:
     """Start ``scope`` on this node if needed, and wait (at most ``timeout``
     seconds) until it has the members of every node connected now."""
+    check_delay(timeout, "timeout")
     pid = ensure_started(scope)
-    await _call(pid, ("wait_synced", timeout))
+    await _ask(pid, ("wait_synced", timeout))
     return pid
 
 
@@ -113,7 +120,7 @@ async def join(group: Term, pids: Pid | list[Pid], scope: str = DEFAULT_SCOPE) -
     """
     plist = _local_pids(pids)
     _check_group(group)
-    result: Literal["ok"] = await _call(ensure_started(scope), ("join_local", group, plist))
+    result: Literal["ok"] = await _ask(ensure_started(scope), ("join_local", group, plist))
     return result
 
 
@@ -126,7 +133,7 @@ async def leave(
     """
     plist = _local_pids(pids)
     _check_group(group)
-    result: Literal["ok", "not_joined"] = await _call(ensure_started(scope), ("leave_local", group, plist))
+    result: Literal["ok", "not_joined"] = await _ask(ensure_started(scope), ("leave_local", group, plist))
     return result
 
 
@@ -160,7 +167,7 @@ async def monitor_scope(scope: str = DEFAULT_SCOPE) -> tuple[Ref, dict[Term, lis
     ``(ref, "join", group, pids)`` and ``(ref, "leave", group, pids)`` for
     every change, until :func:`demonitor` or until the scope process ends.
     """
-    result: tuple[Ref, dict[Term, list[Pid]]] = await _call(ensure_started(scope), ("monitor_scope",))
+    result: tuple[Ref, dict[Term, list[Pid]]] = await _subscribe(ensure_started(scope), ("monitor_scope",))
     return result
 
 
@@ -168,14 +175,14 @@ async def monitor(group: Term, scope: str = DEFAULT_SCOPE) -> tuple[Ref, list[Pi
     """Subscribe the caller to the changes of ``group``: returns ``(ref,
     members)``, then ``(ref, "join" | "leave", group, pids)`` messages."""
     _check_group(group)
-    result: tuple[Ref, list[Pid]] = await _call(ensure_started(scope), ("monitor", group))
+    result: tuple[Ref, list[Pid]] = await _subscribe(ensure_started(scope), ("monitor", group))
     return result
 
 
 async def demonitor(ref: Ref, scope: str = DEFAULT_SCOPE) -> bool:
     """Stop a subscription and drop its messages already in the caller's
     mailbox; False if ``ref`` was not an active subscription."""
-    done: bool = await _call(ensure_started(scope), ("demonitor", ref))
+    done: bool = await _ask(ensure_started(scope), ("demonitor", ref))
     if done:
         while await kernel.receive((ref, ANY, ANY, ANY), timeout=0, default=None) is not None:
             pass
@@ -205,6 +212,26 @@ def _check_group(group: Term) -> None:
         hash(group)
     except TypeError:
         raise BadArg(f"a group must be a hashable term, got {group!r}") from None
+
+
+async def _ask(server: Pid, request: Any) -> Any:
+    """:func:`_call` in an errand (see :mod:`pybeam.errand`): cancelled, the
+    caller leaves no monitor and no reply to come behind."""
+    return await errand.run(_call, server, request)
+
+
+async def _subscribe(server: Pid, request: tuple[Any, ...]) -> Any:
+    """A monitor request for the caller, made by an errand. Cancelled before
+    the scope process got it, the errand is dead and it is ignored; after,
+    the caller's ``$forget`` (which follows it) undoes the subscription and
+    drops what it already sent the caller."""
+    token = kernel.make_ref()
+    me = kernel.self()
+    try:
+        return await errand.run(_call, server, (*request, me, token))
+    except asyncio.CancelledError:
+        kernel.send(server, ("$forget", token))
+        raise
 
 
 async def _call(server: Pid, request: Any) -> Any:
@@ -264,6 +291,9 @@ class _Scope:
         #: subscribers to one group: monitor ref -> (pid, group), and by group
         self.group_monitors: dict[Ref, tuple[Pid, Term]] = {}
         self.monitored_groups: dict[Term, list[tuple[Pid, Ref]]] = {}
+        #: the token of each subscription (monitor ref -> token), by which a
+        #: subscriber that was cancelled while subscribing undoes it
+        self.token_of: dict[Ref, Ref] = {}
         #: callers of start() waiting for syncs: (caller, tag, nodes left, timer)
         self.waiters: list[tuple[Pid, Ref, set[str], Ref]] = []
 
@@ -307,6 +337,8 @@ class _Scope:
                 reply = self.call(caller, ref, request)
                 if reply is not _NO_REPLY:
                     kernel.send(caller, ("$reply", ref, reply))
+            case ("$forget", Ref() as token):
+                self.forget(token)
             case ("DOWN", Ref() as ref, "process", _, _):
                 self.down(ref)
             case ("nodeup", str() as node):
@@ -355,25 +387,24 @@ class _Scope:
                 self.leave_local(group, left)
                 self.broadcast(("leave", self.pid, left, [group]))
                 return "ok"
-            case ("monitor_scope",):
-                mref = kernel.monitor(caller)
-                self.scope_monitors[mref] = caller
+            case ("monitor_scope", Pid() as subscriber, Ref() as token):
+                if not kernel.is_alive(caller):
+                    return _NO_REPLY  # the errand of a cancelled subscriber
+                mref = kernel.monitor(subscriber)
+                self.scope_monitors[mref] = subscriber
+                self.token_of[mref] = token
                 return mref, {g: list(all_) for g, (all_, _) in self.groups.items()}
-            case ("monitor", group):
-                mref = kernel.monitor(caller)
-                self.group_monitors[mref] = (caller, group)
-                self.monitored_groups.setdefault(group, []).append((caller, mref))
+            case ("monitor", group, Pid() as subscriber, Ref() as token):
+                if not kernel.is_alive(caller):
+                    return _NO_REPLY
+                mref = kernel.monitor(subscriber)
+                self.group_monitors[mref] = (subscriber, group)
+                self.monitored_groups.setdefault(group, []).append((subscriber, mref))
+                self.token_of[mref] = token
                 members = self.groups.get(group)
                 return mref, [] if members is None else list(members[0])
             case ("demonitor", Ref() as mref):
-                if self.scope_monitors.pop(mref, None) is not None:
-                    kernel.demonitor(mref, flush=True)
-                    return True
-                if mref in self.group_monitors:
-                    kernel.demonitor(mref, flush=True)
-                    self.drop_group_monitor(mref)
-                    return True
-                return False
+                return self.unsubscribe(mref)
             case ("wait_synced", timeout):
                 unsynced = set(net.nodes()) - self.synced_nodes()
                 if not unsynced:
@@ -427,7 +458,32 @@ class _Scope:
         for peer in self.remote:
             kernel.send(peer, msg)
 
+    def unsubscribe(self, mref: Ref) -> bool:
+        if self.scope_monitors.pop(mref, None) is not None:
+            kernel.demonitor(mref, flush=True)
+            self.token_of.pop(mref, None)
+            return True
+        if mref in self.group_monitors:
+            kernel.demonitor(mref, flush=True)
+            self.drop_group_monitor(mref)
+            return True
+        return False
+
+    def forget(self, token: Ref) -> None:
+        """Undo the subscription made with ``token`` by a subscriber cancelled
+        while making it: it never learnt the ref, so what was sent under it
+        cannot be matched by it and is taken out of its mailbox."""
+        mref = next((m for m, t in self.token_of.items() if t == token), None)
+        if mref is None:
+            return
+        subscriber = self.scope_monitors.get(mref) or self.group_monitors[mref][0]
+        self.unsubscribe(mref)
+        proc = current_node().process(subscriber)
+        if proc is not None:
+            proc.remove_matching(compile_pattern((mref, ANY, ANY, ANY)))
+
     def drop_group_monitor(self, mref: Ref) -> None:
+        self.token_of.pop(mref, None)
         entry = self.group_monitors.pop(mref, None)
         if entry is None:
             return
@@ -490,6 +546,8 @@ class _Scope:
             return
         if self.scope_monitors.pop(ref, None) is None:
             self.drop_group_monitor(ref)
+        else:
+            self.token_of.pop(ref, None)
 
     def reply_waiters(self, timed_out: Ref | None = None) -> None:
         if not self.waiters:

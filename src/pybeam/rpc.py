@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import kernel, net
+from .arguments import check_nodes, check_timeout
 from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, Exit, NodeDown, PybeamError
+from .nodename import check_node_name
 from .pattern import ANY
-from .terms import NOCONNECTION, Crash, Ref
+from .terms import NOCONNECTION, Crash, Pid, Ref
 
 __all__ = ["RemoteError", "RpcError", "RpcTimeout", "call", "cast", "multicall"]
 
@@ -86,17 +88,6 @@ def _outcome(node: str, fn: str, reason: Any) -> Any:
             return RpcError(f"{fn} on {node} exited with {reason!r}")
 
 
-async def _abandon(ref: Ref) -> None:
-    """Give up on a spawn request whose reply we no longer wait for; if the
-    reply came after all, undo what it started and leave no message behind."""
-    if net.spawn_request_abandon(ref):
-        return
-    late = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=0, default=None)
-    if late is not None and late[2] == "ok":
-        kernel.demonitor(ref, flush=True)
-        kernel.exit(late[3], "kill")
-
-
 async def call(
     node: str, fn: Callable[..., Any] | str, *args: Any, timeout: float | None = DEFAULT_TIMEOUT
 ) -> Any:
@@ -105,29 +96,37 @@ async def call(
     ``fn`` is a module-level function (sync or async) or ``"module:function"``.
     Raises :class:`RemoteError` if it raised there, :class:`NodeDown` if the
     node cannot be reached or goes down, :class:`RpcTimeout` after ``timeout``
-    seconds (None: wait as long as it takes).
+    seconds (None: wait as long as it takes). Cancelled, it kills the remote
+    process and leaves nothing of the call in the caller's mailbox.
     """
+    check_node_name(node)
     name = _name(fn)
+    seconds = check_timeout(timeout)
     loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
+    deadline = None if seconds is None else loop.time() + seconds
 
     def left() -> float | None:
         return None if deadline is None else max(deadline - loop.time(), 0.0)
 
     ref = net.spawn_request(node, _EXECUTE, name, args, monitor=True)
-    reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
+    pid: Pid | None = None
+    try:
+        reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
+        if reply is not None and reply[2] == "ok":
+            pid = reply[3]
+            down = await kernel.receive(("DOWN", ref, "process", ANY, ANY), timeout=left(), default=None)
+    except BaseException:
+        net._undo_spawn(ref, pid)
+        raise
     if reply is None:
-        await _abandon(ref)
+        net._undo_spawn(ref)
         raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
     if reply[2] != "ok":
         if reply[3] == NOCONNECTION:
             raise NodeDown(node)
         raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
-    pid = reply[3]
-    down = await kernel.receive(("DOWN", ref, "process", ANY, ANY), timeout=left(), default=None)
     if down is None:
-        kernel.demonitor(ref, flush=True)
-        kernel.exit(pid, "kill")
+        net._undo_spawn(ref, pid)
         raise RpcTimeout(f"{name} on {node} did not return within {timeout}s")
     outcome = _outcome(node, name, down[4])
     if isinstance(outcome, BaseException):
@@ -137,6 +136,7 @@ async def call(
 
 def cast(node: str, fn: Callable[..., Any] | str, *args: Any) -> None:
     """Run ``fn(*args)`` on ``node`` without waiting for anything (``rpc:cast``)."""
+    check_node_name(node)
     net.spawn_request(node, _EXECUTE, _name(fn), args, reply=False)
 
 
@@ -147,15 +147,34 @@ async def multicall(
 
     ``results`` holds, in the order of ``nodes``, each answering node's result
     (or the :class:`RemoteError` it raised); ``bad_nodes`` the nodes that could
-    not be reached, went down or did not answer in time.
+    not be reached, went down or did not answer in time. Cancelled, it kills
+    the remote processes and leaves nothing of the calls in the caller's mailbox.
     """
+    targets = check_nodes(nodes)
     name = _name(fn)
-    waiting = {net.spawn_request(node, _EXECUTE, name, args, monitor=True): node for node in nodes}
+    seconds = check_timeout(timeout)
+    waiting: dict[Ref, str] = {}
+    started: dict[Ref, Any] = {}
+    try:
+        for node in targets:
+            waiting[net.spawn_request(node, _EXECUTE, name, args, monitor=True)] = node
+        return await _gather(targets, name, seconds, waiting, started)
+    except BaseException:
+        for ref in waiting:
+            net._undo_spawn(ref, started.get(ref))
+        raise
+
+
+async def _gather(
+    nodes: list[str], name: str, timeout: float | None, waiting: dict[Ref, str], started: dict[Ref, Any]
+) -> tuple[list[Any], list[str]]:
+    """multicall's wait for the ``waiting`` calls (``started``: those whose
+    process runs). Kept up to date as replies come, so that a cancelled
+    multicall knows what it still has to undo."""
     outcomes: dict[str, Any] = {}
     bad: set[str] = set()
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    started: dict[Ref, Any] = {}
 
     def ours(msg: Any) -> bool:
         return (
@@ -173,23 +192,22 @@ async def multicall(
                 started[ref] = msg[3]
                 continue
             node = waiting.pop(ref)
+            started.pop(ref, None)
             if msg[3] == NOCONNECTION:
                 bad.add(node)
             else:
                 outcomes[node] = RpcError(f"node {node} could not spawn {name}: {msg[3]}")
             continue
         node = waiting.pop(ref)
+        started.pop(ref, None)
         outcome = _outcome(node, name, msg[4])
         if isinstance(outcome, NodeDown):
             bad.add(node)
         else:
             outcomes[node] = outcome
     for ref, node in waiting.items():
-        kernel.demonitor(ref, flush=True)
-        if ref in started:
-            kernel.exit(started[ref], "kill")
-        else:
-            await _abandon(ref)
+        net._undo_spawn(ref, started.get(ref))
         bad.add(node)
+    waiting.clear()
     results = [outcomes[n] for n in nodes if n in outcomes and n not in bad]
     return results, [n for n in nodes if n in bad]

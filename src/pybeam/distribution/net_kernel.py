@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib
 import logging
 import sys
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .. import codec
 from ..logtext import clip, short
 from ..node import set_distribution_factory
+from ..nodename import check_node_name, parse_address
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, guard, handshake
 from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemLimit, encode_control
@@ -82,6 +84,9 @@ class _Pending:
     queue: list[tuple[Any, ...]] = field(default_factory=list)
     done: asyncio.Future[bool] | None = None
     task: asyncio.Task[None] | None = None
+    #: When our attempt lost a simultaneous connect and the queue started to
+    #: share the fate of the peer's attempt (time.monotonic()), if it did.
+    deferred: float | None = None
 
 
 def function_name(fn: Callable[..., Any] | str) -> str:
@@ -139,15 +144,10 @@ def _sendable(of: Any, node: str, error: Exception) -> Crash:
     return crash
 
 
-def _parse_address(node: str) -> tuple[str, str, int | None]:
-    """``name@host[:port]`` -> (node name, host, port or None)."""
-    alive, at, rest = node.partition("@")
-    if not at or not alive or not rest:
-        raise ValueError(f"node name must look like 'name@host' or 'name@host:port', got {node!r}")
-    host, colon, port = rest.rpartition(":")
-    if colon and port.isdigit() and host:
-        return f"{alive}@{host}", host, int(port)
-    return node, rest, None
+def _parse_address(node: object, arg: str = "node") -> tuple[str, str, int | None]:
+    """``name@host[:port]`` -> (node name, host, port or None); :class:`BadArg`
+    (a ``ValueError``) naming the problem if it is no valid address."""
+    return parse_address(node, arg)
 
 
 class NetKernel:
@@ -164,7 +164,14 @@ class NetKernel:
         self._reregister_task: asyncio.Task[None] | None = None
         self._conns: dict[str, Connection] = {}
         self._pending: dict[str, _Pending] = {}
+        #: Where each peer was last reached, was told to be (``connect`` with a
+        #: port) or is said to be by the mesh. Tried first when connecting; one
+        #: that fails is forgotten and the port mapper asked (see _reach).
         self._addresses: dict[str, tuple[str, int]] = {}
+        #: Peers whose connection was lost (not closed by disconnect()) and not
+        #: made again: for them the port mapper is asked first (they may have
+        #: restarted elsewhere).
+        self._lost: set[str] = set()
         self._node_monitors: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._abandoned: set[Ref] = set()
@@ -188,15 +195,19 @@ class NetKernel:
     async def start(self) -> int:
         """Listen, register with the port mapper; returns the node's creation."""
         opts = self.options
-        self._server = await asyncio.start_server(self._accept, opts.host, opts.port)
+        # In a clean context: every accepted connection's task inherits the
+        # context the server was started in (see _background).
+        self._server = await _background(asyncio.start_server(self._accept, opts.host, opts.port))
         self.port = self._server.sockets[0].getsockname()[1]
         try:
-            self._epmd_server = await epmd.ensure_epmd(opts.epmd_port)
-            self._registration = await epmd.register(self.node.name, self.port, opts.epmd_port)
+            # Clean contexts too: the mapper's server and the registration's
+            # watch on its socket are tasks that outlive this call.
+            self._epmd_server = await _background(epmd.ensure_epmd(opts.epmd_port))
+            self._registration = await _background(epmd.register(self.node.name, self.port, opts.epmd_port))
         except BaseException:
             await self._close_listeners()
             raise
-        self._reregister_task = asyncio.ensure_future(self._keep_registered())
+        self._reregister_task = _background(self._keep_registered())
         return self._registration.creation
 
     async def _keep_registered(self) -> None:
@@ -253,7 +264,7 @@ class NetKernel:
             self._epmd_server = None
 
     def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        task = _background(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -268,12 +279,17 @@ class NetKernel:
         return node in self._conns
 
     async def connect(self, node: str) -> bool:
-        """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up."""
+        """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up.
+
+        A port given here is tried first from now on, for as long as it works:
+        once connecting there fails, the port mapper is asked instead.
+        """
         name, host, port = _parse_address(node)
         if name == self.node.name:
             return True
-        if port is not None:
+        if port is not None and name not in self._conns:
             self._addresses[name] = (host, port)
+            self._lost.discard(name)  # the caller says where it is now
         if name in self._conns:
             return True
         pending = self._pending.get(name) or self._start_connect(name)
@@ -282,10 +298,12 @@ class NetKernel:
 
     def disconnect(self, node: str) -> bool:
         """Close the connection to ``node``; False if there was none."""
-        conn = self._conns.get(node)
+        conn = self._conns.get(_parse_address(node)[0])
         if conn is None:
             return False
         conn.close("disconnected")
+        # Closed by us, not lost: the node is still where it was.
+        self._lost.discard(conn.name)
         return True
 
     def monitor_nodes(self, pid: Pid, flag: bool) -> None:
@@ -303,6 +321,8 @@ class NetKernel:
         """
         if not cookie:
             raise ValueError("a cookie cannot be empty")
+        if node is not None:
+            check_node_name(node)
         if node is None:
             self.cookie = cookie
         else:
@@ -320,18 +340,74 @@ class NetKernel:
     def _start_connect(self, name: str) -> _Pending:
         pending = _Pending(done=asyncio.get_running_loop().create_future())
         self._pending[name] = pending
-        pending.task = asyncio.ensure_future(self._connect(name, pending))
+        # Not in the context of the process whose signal started it: the
+        # connection outlives it (see _background).
+        pending.task = _background(self._connect(name, pending))
         return pending
 
     async def _resolve(self, name: str) -> tuple[str, int]:
-        known = self._addresses.get(name)
-        if known is not None:
-            return known
+        """Where the port mapper on the node's host says ``name`` listens."""
         host = name.partition("@")[2]
         port = await epmd.lookup(name, self.options.epmd_port, host=host)
         if port is None:
             raise OSError(f"node {name} is not registered with the port mapper on {host}")
         return host, port
+
+    async def _reach(self, name: str) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
+        """Dial ``name`` and shake hands at its known address and where the
+        port mapper says it is, in turn, until one answers.
+
+        The known address comes first, unless the connection to ``name`` was
+        lost since: the node may have restarted under the same name, on a new
+        port (it registered that with the mapper). A known address that fails
+        is forgotten at once.
+        """
+        known = self._addresses.get(name)
+        order = ("mapper", "known") if known is None or name in self._lost else ("known", "mapper")
+        failure: Exception | None = None
+        tried: set[tuple[str, int]] = set()
+        for source in order:
+            if source == "known":
+                address = known
+            else:
+                try:
+                    address = await self._resolve(name)
+                except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
+                    failure = failure or e
+                    continue
+            if address is None or address in tried:
+                continue
+            tried.add(address)
+            try:
+                return await self._dial(name, *address)
+            except HandshakeError as e:
+                if e.reason in ("duplicate", "cookie", "not_allowed", "version"):
+                    raise  # the node we meant answered there: asking elsewhere changes nothing
+                failure = e
+            except (OSError, TimeoutError) as e:
+                failure = e
+            if address == known and self._addresses.get(name) == known:
+                del self._addresses[name]
+                self._lost.discard(name)
+        assert failure is not None
+        raise failure
+
+    async def _dial(
+        self, name: str, host: str, port: int
+    ) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
+        opts = self.options
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+        peer = await handshake.initiate(
+            reader,
+            writer,
+            my_name=self.node.name,
+            my_creation=self.node.creation,
+            cookie=self._node_cookies.get(name, self.cookie),
+            expected_peer=name,
+            flags=self._flags(),
+            timeout=opts.connect_timeout,
+        )
+        return peer, reader, writer
 
     async def _peer_attempt_wins(self, name: str, pending: _Pending, started: float) -> bool:
         """Our attempt lost a simultaneous connect: wait for the peer's attempt,
@@ -342,6 +418,7 @@ class NetKernel:
         be under way (wait for it), or not have reached us yet (wait for it
         to arrive, within the connect timeout)."""
         assert pending.done is not None
+        pending.deferred = started
         deadline = started + self.options.connect_timeout
         while not pending.done.done():
             now = time.monotonic()
@@ -368,18 +445,7 @@ class NetKernel:
             if name in self._conns:
                 return
         try:
-            host, port = await self._resolve(name)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
-            peer = await handshake.initiate(
-                reader,
-                writer,
-                my_name=self.node.name,
-                my_creation=self.node.creation,
-                cookie=self._node_cookies.get(name, self.cookie),
-                expected_peer=name,
-                flags=self._flags(),
-                timeout=opts.connect_timeout,
-            )
+            peer, reader, writer = await self._reach(name)
         except HandshakeError as e:
             if e.reason == "duplicate" and await self._peer_attempt_wins(name, pending, started):
                 return
@@ -387,6 +453,10 @@ class NetKernel:
             self._connect_failed(name, pending)
         except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
             logger.info("cannot connect to %s: %s", name, e)
+            self._connect_failed(name, pending)
+        except Exception:
+            # A bug must not leave the signals queued and connect() waiting forever.
+            logger.exception("node %s: connecting to %s failed", self.node.name, name)
             self._connect_failed(name, pending)
         else:
             self._install(peer, reader, writer)
@@ -509,13 +579,25 @@ class NetKernel:
             max_frame=self.options.max_frame,
         )
         self._conns[peer.name] = conn
+        self._lost.discard(peer.name)
         port = peer.flags.get("port")
-        if type(port) is int:
-            host = peer.name.partition("@")[2]
-            self._addresses.setdefault(peer.name, (host, port))
-        conn.start()
+        if type(port) is int and 0 < port <= 65535:
+            # The port this incarnation listens on (it said so itself): a
+            # restarted node replaces what we knew of the earlier one.
+            self._addresses[peer.name] = (peer.name.partition("@")[2], port)
+        # Its read task and ticks must not hold the context of whatever
+        # process's signal led here (see _background).
+        contextvars.Context().run(conn.start)
         pending = self._pending.pop(peer.name, None)
         if pending is not None:
+            deferred = pending.deferred
+            if deferred is not None and self._incoming_failed.get(peer.name, float("-inf")) >= deferred:
+                # The peer's attempt the queue waited on failed (_peer_attempt_wins
+                # had not woken up to see it yet): this connection is a later
+                # one, and what was queued shares that failure.
+                for control in pending.queue:
+                    self._undeliverable(control)
+                pending.queue = []
             for control in pending.queue:
                 self._route(conn, control)
             if pending.done is not None and not pending.done.done():
@@ -548,6 +630,8 @@ class NetKernel:
     def _closed(self, conn: Connection, reason: str) -> None:
         if self._conns.get(conn.name) is conn:
             del self._conns[conn.name]
+            if conn.name in self._addresses:
+                self._lost.add(conn.name)
         logger.info("node %s: connection to %s down: %s", self.node.name, conn.name, reason)
         node = self.node
         links, conn.links = conn.links, set()
@@ -580,11 +664,9 @@ class NetKernel:
         encode_control(control, self.options.max_frame)  # refuse what cannot travel now, not when connected
         pending = self._pending.get(node)
         if pending is None:
-            try:
-                _parse_address(node)
-            except ValueError:
-                self._undeliverable(control)
-                return
+            # A malformed node is the caller's error (send to {Name, BadNode}
+            # is badarg in BEAM), raised before any network activity.
+            check_node_name(node)
             pending = self._start_connect(node)
         pending.queue.append(control)
 
@@ -886,8 +968,20 @@ class NetKernel:
         if name in self._conns or name in self._pending or name in self._accepting:
             return
         if port is not None:
-            self._addresses.setdefault(name, (host, port))
+            # The peer that told us is connected to it now: fresher than ours.
+            self._addresses[name] = (host, port)
+            self._lost.discard(name)
         self._start_connect(name)
+
+
+def _background(coro: Any) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task in an empty context.
+
+    A task inherits the context it is created in: one started by a signal
+    would hold the sending process as its current process (and keep it
+    alive) long after that process ended.
+    """
+    return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
 
 
 def _make_net_kernel(node: Node, options: dict[str, Any]) -> NetKernel:

@@ -1,0 +1,57 @@
+"""Run part of a caller's work in a short-lived process of its own.
+
+What an API sets up for a call (locks granted to it, monitors, requests whose
+replies are still on their way) belongs to the process that asked. Done by an
+*errand* process instead, a cancelled caller only has to end the errand: every
+server that monitors the errand (as ``global``'s lock servers do) cleans up
+as for any process that dies, and replies still on their way go to a dead
+pid, not into the caller's mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .errors import PybeamError
+from .node import current_node
+from .terms import KILLED
+
+__all__ = ["run"]
+
+T = TypeVar("T")
+
+
+async def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``await fn(*args)`` in a new process of the caller's node; its result or
+    exception is the caller's. Cancelled, the caller kills the errand."""
+    node = current_node()
+    result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+    async def errand() -> None:
+        try:
+            value = await fn(*args)
+        except Exception as e:
+            # The caller's to handle, not a crash of the errand to log.
+            if not result.done():
+                result.set_exception(e)
+            return
+        if not result.done():
+            result.set_result(value)
+
+    def ended(task: asyncio.Task[Any]) -> None:
+        if not result.done():
+            result.set_exception(PybeamError(f"the process running {fn.__qualname__} was killed"))
+
+    pid, _ = node.spawn(errand)
+    proc = node.process(pid)
+    assert proc is not None and proc.task is not None
+    proc.task.add_done_callback(ended)
+    try:
+        return await result
+    except asyncio.CancelledError:
+        proc = node.process(pid)
+        if proc is not None:
+            node.terminate(proc, KILLED)
+        raise
