@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -48,6 +49,23 @@ async def test_spawn_returns_pid_and_self_is_that_pid() -> None:
     assert isinstance(pid, Pid)
     assert await receive(timeout=5) == ("me", pid)
     assert pid != me
+
+
+_SPAWNER_STATE: contextvars.ContextVar[str] = contextvars.ContextVar("spawner_state", default="unset")
+
+
+async def test_a_process_inherits_no_context_variable_from_its_spawner() -> None:
+    async def child(parent: Pid) -> None:
+        send(parent, ("child sees", _SPAWNER_STATE.get()))
+
+    async def parent(test: Pid) -> None:
+        _SPAWNER_STATE.set("the parent's")
+        spawn(child, pybeam.self())
+        send(test, await receive())
+
+    _SPAWNER_STATE.set("the test's")
+    spawn(parent, pybeam.self())
+    assert await receive(timeout=5) == ("child sees", "unset")
 
 
 async def test_spawn_passes_arguments_and_runs_plain_functions() -> None:

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -150,9 +149,7 @@ def ensure_started() -> Pid:
         return pid
     state = _Server()
     state.node = kernel.node_name()
-    # In an empty context: a service must not inherit (and keep alive) the
-    # context of whichever process happened to start it.
-    pid, _ = contextvars.Context().run(current_node().spawn, _serve, (state,))
+    pid, _ = current_node().spawn(_serve, (state,))
     # Registered before anything can run: a node is one thread, so two callers
     # cannot both find the name free.
     kernel.register(NAME, pid)

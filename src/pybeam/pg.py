@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 from typing import Any, Literal
 
@@ -91,9 +90,7 @@ def ensure_started(scope: str = DEFAULT_SCOPE) -> Pid:
             raise BadArg(f"{scope!r} is registered by a process that is not a pg scope")
         return pid
     state = _Scope(scope)
-    # In an empty context: a service must not inherit (and keep alive) the
-    # context of whichever process happened to start it.
-    pid, _ = contextvars.Context().run(current_node().spawn, _serve, (state,))
+    pid, _ = current_node().spawn(_serve, (state,))
     # Registered before anything else runs (a node is one thread): two callers
     # cannot both start the scope.
     kernel.register(scope, pid)

@@ -258,8 +258,13 @@ def start(
     the node (as ``exit/1`` in BEAM). The task runs the function's own
     coroutine behind a small :class:`_Guard` (no wrapper frame, to keep idle
     processes small), in a context where ``proc`` is the current process.
+
+    The context starts empty: a process inherits no context variables from
+    its spawner, as a BEAM process inherits no process dictionary (and so
+    that per-process state kept in one, and the spawner itself, are not
+    shared or kept alive by the child).
     """
-    ctx = contextvars.copy_context()
+    ctx = contextvars.Context()
     ctx.run(_current.set, proc)
     coro: Coroutine[Any, Any, Any] = _Guard(fn(*args)) if _is_async_function(fn) else _call(fn, args)
     task = proc.task = loop.create_task(coro, context=ctx)
