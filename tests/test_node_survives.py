@@ -60,6 +60,8 @@ async def test_rpc_of_a_function_that_exits_the_interpreter_leaves_the_node_serv
         assert kind in str(info.value)
         assert await rpc.call(n1, node_here, timeout=10) == n1
         assert c.alive(n1)
+        # As erpc: the caller reports the failure, the called node does not.
+        assert "Error in process" not in c.logs(n1)
 
 
 # -- results and exit reasons too large for a frame ------------------------------------

@@ -60,7 +60,9 @@ async def _execute(fn_name: str, args: tuple[Any, ...]) -> None:
         result = resolve_function(fn_name)(*args)
         if inspect.isawaitable(result):
             result = await result
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
+        # SystemExit and KeyboardInterrupt too: in a process they are a
+        # crash like any other, and this one is the caller's to report.
         raise Exit(Crash.from_exception(e)) from None
     raise Exit(("rpc_return", result))
 
