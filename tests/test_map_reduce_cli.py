@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -127,3 +129,55 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert done.returncode == 2
     assert "usage:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def start_cli_and_wait_for_progress(path: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start a word count, return once its progress bar shows a map job done."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "examples.map_reduce",
+            "wordcount",
+            str(path),
+            "--nodes",
+            "1",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYBEAM_EPMD_PORT=str(port)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"map 1/" not in seen:
+        data = os.read(proc.stderr.fileno(), 4096)
+        assert data, f"the command ended before any progress: {seen.decode(errors='replace')}"
+        seen += data
+    return proc
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_interrupted_or_killed_in_the_middle_leaves_no_process_behind(
+    tmp_path: Path, signal_name: str
+) -> None:
+    path = tmp_path / "big.txt"
+    path.write_text("alpha beta gamma delta\n" * 800_000)  # 18 MB: a few seconds of work
+    port = free_port()
+    proc = start_cli_and_wait_for_progress(path, port)
+    assert nodes_using(port)  # the node and the private redis-server run
+    proc.send_signal(getattr(signal, signal_name))
+    _, err = proc.communicate(timeout=60)
+    if signal_name == "SIGINT":
+        assert proc.returncode == 130
+        assert err.decode().splitlines()[-1].endswith("map_reduce: interrupted")
+        assert b"Traceback" not in err
+    # A SIGKILLed parent runs nothing: its children stop by themselves (the
+    # nodes when their stdin closes, redis-server by PR_SET_PDEATHSIG).
+    deadline = time.monotonic() + 20
+    while nodes_using(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert nodes_using(port) == []
