@@ -299,3 +299,32 @@ async def test_word_count_equals_collections_counter_on_unicode_mixed_case_text(
         for i, node in enumerate(c.nodes):
             await add_worker(node, f"w{i}")
         assert await run_job(job, timeout=30) == Counter(text.split())
+
+
+async def test_a_job_that_crashes_every_worker_fails_with_the_crash(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    lines = [f"word{i % 10}" for i in range(1000)]
+    lines[500] = "poison"
+    job = new_job(tmp_path, redis_server, lines, "map_reduce_jobs", maps=4, reduces=2)
+    async with cluster(1) as c:
+        for i in range(5):
+            await add_worker(c.nodes[0], f"w{i}")
+        with pytest.raises(
+            MapReduceError, match=r"map job \d crashed 3 workers; the last with .*ZeroDivisionError"
+        ):
+            await run_job(job, timeout=30)
+
+
+async def test_the_training_word_count_map_gives_the_same_answer(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # map_reduce_jobs.map emits (word, 1) per word, as the training's does.
+    text = generated_text(8, 20_000)
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    job = Job(f"t{secrets.token_hex(4)}", str(path), "map_reduce_jobs", redis_server.url, maps=5, reduces=3)
+    async with cluster(2) as c:
+        for i, node in enumerate(c.nodes):
+            await add_worker(node, f"w{i}")
+        assert await run_job(job, timeout=30) == Counter(text.split())

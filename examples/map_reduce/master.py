@@ -15,7 +15,10 @@ writes the same values twice. What the master watches for:
   for ``redis_patience`` seconds;
 - data missing from Redis (``missing``: it restarted, and kept nothing): the
   master starts the whole job over as a new *run*, with keys of its own, so
-  that nothing of the old run can mix into the new one.
+  that nothing of the old run can mix into the new one;
+- a job that crashes every worker it is given (a bug in the job module, or
+  input it cannot take): after ``MAX_CRASHES`` crashes the job fails with the
+  crash, rather than killing every worker in turn.
 
 Workers are found in the process group ``worker.GROUP``: those there at the
 start and those that join later (a node that comes back after a partition
@@ -39,7 +42,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 import pybeam
-from pybeam import Pid, Ref, gen_server, pg, receive, send, supervisor
+from pybeam import Crash, Pid, Ref, gen_server, pg, receive, send, supervisor
 
 from . import storage
 from .worker import GROUP
@@ -50,6 +53,8 @@ logger = logging.getLogger("map_reduce")
 
 #: Seconds before a job that failed on Redis is handed out again.
 RETRY_DELAY = 0.1
+#: Workers one job may crash before the job fails.
+MAX_CRASHES = 3
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class _Master:
         self.pg_ref: Ref | None = None
         self.redis_trouble_since: float | None = None
         self.done_counts = {"map": 0, "reduce": 0}
+        self.crashes: dict[tuple[str, str, int], int] = {}
         self._seq = 0
 
     async def run(self) -> dict[Any, Any]:
@@ -300,6 +306,7 @@ class _Master:
                         if job[:2] == (run, kind) and out.get(n, (None,))[0] == pid:
                             del out[n]
                             pending.appendleft(n)
+                            self._count_crash(kind, n, reason)
                 case (ref, "join", _, pids) if ref == self.pg_ref:
                     self._add_workers(pids)
                 case ("done" | "failed" | "missing", _, _, pid, *_):
@@ -336,6 +343,17 @@ class _Master:
         """``pid`` answered: it is idle again (if we still count it as a worker)."""
         if self.busy.pop(pid, None) is not None and pid in self.workers:
             self.idle.append(pid)
+
+    def _count_crash(self, kind: str, n: int, reason: Any) -> None:
+        """A worker crashed doing job ``(kind, n)``: a bug in the job module, or
+        input it cannot take. Handing the job out for ever would crash every
+        worker in turn, so after :data:`MAX_CRASHES` the job fails. Other
+        reasons (a node that went away, a worker that quit) are not the job's fault."""
+        if isinstance(reason, Crash):
+            key = (self.run_id, kind, n)
+            self.crashes[key] = self.crashes.get(key, 0) + 1
+            if self.crashes[key] >= MAX_CRASHES:
+                raise MapReduceError(f"{kind} job {n} crashed {MAX_CRASHES} workers; the last with {reason}")
 
     def _redis_trouble(self, why: str) -> None:
         now = time.monotonic()
