@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import pybeam
 from pybeam import receive, rpc
-from pybeam.testing import LocalCluster, free_port
+from pybeam.testing import ClusterError, LocalCluster, free_port
 
 from ..redis_server import RedisServerError, redis_server
 from . import IDENTITY, WORD_COUNT, Job, MapReduceError, run_job, start_worker, storage
@@ -129,7 +129,10 @@ async def run(args: argparse.Namespace, text: str) -> int:
         await check_redis(url)
         stack.push_async_callback(_forget_job, url, name)
         job = Job(name, args.file, module, url, maps=max(10, 2 * workers), reduces=max(5, workers))
-        cluster = await stack.enter_async_context(LocalCluster(args.nodes, prefix="mr"))
+        try:
+            cluster = await stack.enter_async_context(LocalCluster(args.nodes, prefix="mr"))
+        except ClusterError as e:
+            raise CliError(f"cannot start the worker nodes: {str(e).splitlines()[0]}") from None
         for node in cluster.nodes:
             for w in range(args.workers):
                 await rpc.call(node, start_worker, f"{node.split('@')[0]}_{w}")
