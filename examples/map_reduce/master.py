@@ -200,11 +200,10 @@ class _Master:
         )
 
     async def close(self) -> None:
-        if self.pg_ref is not None:
-            await pg.demonitor(self.pg_ref)
-        for ref in self.workers.values():
-            pybeam.demonitor(ref, flush=True)
-        await self.client.aclose()
+        # Only the Redis connection: the monitors of workers and of the pg group
+        # end with the process (and this may run in a process already killed).
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
 
     # -- the input and the output ---------------------------------------------------
 
