@@ -9,12 +9,13 @@ must not fall below :data:`MIN_TESTS` (pytest skips folders such as ``dist`` or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import pybeam
+from examples.redis_server import RedisServer
 
 pytest_plugins = ["pybeam.testing.pytest_plugin"]
 
@@ -55,3 +56,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 async def _stop_default_node() -> AsyncIterator[None]:
     yield
     await pybeam.current_node().stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A private ``redis-server`` on a free port for the test module (no persistence,
+    stopped afterwards): ``redis_server.url``. See examples/redis_server.py."""
+    with RedisServer.start() as server:
+        yield server

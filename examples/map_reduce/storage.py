@@ -1,0 +1,111 @@
+"""Where a job's data lives in Redis, and how it is laid out.
+
+Every key is derived from the job's name, the *run* (one attempt of the
+master at the whole job, see master.py) and the ids of the map and reduce
+jobs, so that:
+
+- doing a job twice writes the same keys with the same values: harmless
+  (idempotent), which is what lets the master hand a job to a second worker
+  whenever it is unsure about the first;
+- nothing of an earlier run, or of another job, can be mistaken for this one's.
+
+==================================  =======================================
+``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines)
+``mr:{job}:{run}:map:{m}:{r}``       map job m's pairs that go to reduce job r
+``mr:{job}:{run}:reduce:{r}``        reduce job r's result pairs
+``mr:{job}:worker:{worker_id}``      how many jobs that worker finished (INCR)
+==================================  =======================================
+
+Pairs are stored as msgpack lists of ``[key, value]``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+__all__ = [
+    "MissingData",
+    "chunk_key",
+    "cleanup",
+    "connect",
+    "counter_key",
+    "decode_pairs",
+    "encode_pairs",
+    "map_key",
+    "partition",
+    "reduce_key",
+    "split_lines",
+]
+
+
+class MissingData(Exception):
+    """A key that should be in Redis is not (Redis restarted, or was flushed)."""
+
+
+def chunk_key(job: str, run: str, m: int) -> str:
+    return f"mr:{job}:{run}:chunk:{m}"
+
+
+def map_key(job: str, run: str, m: int, r: int) -> str:
+    return f"mr:{job}:{run}:map:{m}:{r}"
+
+
+def reduce_key(job: str, run: str, r: int) -> str:
+    return f"mr:{job}:{run}:reduce:{r}"
+
+
+def counter_key(job: str, worker_id: str) -> str:
+    return f"mr:{job}:worker:{worker_id}"
+
+
+def partition(key: Any, reduce_count: int) -> int:
+    """The reduce job that gets ``key``.
+
+    Not ``hash(key)``: Python randomises string hashes per process, so two
+    workers on two nodes would send one word to two different reduce jobs, and
+    the result would count it twice, each time partly.
+    """
+    return zlib.crc32(msgpack.packb(key)) % reduce_count
+
+
+def encode_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
+    data: bytes = msgpack.packb(pairs)
+    return data
+
+
+def decode_pairs(data: bytes | str) -> list[list[Any]]:
+    pairs: list[list[Any]] = msgpack.unpackb(data, strict_map_key=False)
+    return pairs
+
+
+def split_lines(text: str, count: int) -> list[str]:
+    """``text`` cut into ``count`` chunks of whole lines (about as many lines each)."""
+    lines = text.splitlines(keepends=True)
+    return ["".join(lines[i * len(lines) // count : (i + 1) * len(lines) // count]) for i in range(count)]
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for ``url``; raises ValueError for a URL that is not a Redis URL."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=10.0)
+
+
+async def cleanup(url: str, job: str) -> int:
+    """Delete every key of ``job`` (all runs, the counters too); returns how many."""
+    client = connect(url)
+    try:
+        deleted = 0
+        batch: list[Any] = []
+        async for key in client.scan_iter(match=f"mr:{job}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await client.unlink(*batch)
+        return deleted
+    finally:
+        await client.aclose()
