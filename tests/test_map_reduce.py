@@ -21,7 +21,7 @@ from examples.map_reduce import IDENTITY, WORD_COUNT, Job, MapReduceError, run_j
 from examples.map_reduce.storage import counter_key, split_lines
 from examples.redis_server import RedisServer
 from pybeam import ANY, Pid, receive, rpc, supervisor
-from pybeam.testing import heal, partition
+from pybeam.testing import eventually, heal, partition
 
 LINES = [str(i) for i in range(100_000)]
 
@@ -197,6 +197,20 @@ async def test_a_stuck_worker_times_out_and_its_job_goes_to_another(
         await add_worker(n2, "fine")
         assert (await run_job(job, timeout=30)).keys() == set(LINES)
     assert jobs_done_by(redis_server, job, "stuck") == 1
+
+
+async def test_a_slow_worker_finishes_a_job_that_was_also_done_by_another(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # The slow worker's jobs time out and go to the fast one; its answers still
+    # come, late, for jobs already done: harmless, and counted once.
+    job = new_job(tmp_path, redis_server, LINES, IDENTITY, maps=20, reduces=10, job_timeout=0.2)
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        await add_worker(n1, "slow", pause=0.4)
+        await add_worker(n2, "fast", pause=0.05)
+        assert (await run_job(job, timeout=30)).keys() == set(LINES)
+        await eventually(lambda: jobs_done_by(redis_server, job, "slow") > 0)
 
 
 async def test_the_supervisor_restarts_a_killed_master_which_still_answers_once(
