@@ -15,9 +15,10 @@ import pytest
 import redis
 
 import examples.margarine as margarine
+import pybeam
 from examples.redis_server import RedisServer
 from pybeam import rpc
-from pybeam.testing import LocalCluster, free_port, heal, partition
+from pybeam.testing import LocalCluster, eventually, free_port, heal, partition
 
 RETRIES, INTERVAL = 10, 0.2
 
@@ -104,3 +105,204 @@ async def test_aggregates_scenario_with_a_partition(
 
         await heal([n1, n2])
         await training_eventually(lambda: counts_are(5, 5, 5), "5/5/5 after the heal")
+
+
+# -- Part 3: the caches ------------------------------------------------------------------------
+
+
+def cached_here(code: str) -> bool:
+    """On a node (by rpc): whether its cache holds ``code``."""
+    running = margarine.app.running
+    assert running is not None
+    return code in running.cache.links  # type: ignore[attr-defined]
+
+
+async def test_replicated_cache_answers_on_another_node_without_redis(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        u1, u2 = await start_margarine(c, redis_server, "replicated")
+        url = "https://example.com/replicated"
+        _, code, _ = await post(http, u1, url=url)
+        await eventually(lambda: rpc.call(n2, cached_here, code), what="the link reached node 2")
+        reads = commands(redis_server, "get")
+        for _ in range(3):
+            assert await get(http, u2 + code) == (302, url, url)
+        assert commands(redis_server, "get") == reads
+
+        # A node that joins late receives the cache: it answers without a Redis read too.
+        n3 = await c.start_node()
+        (u3,) = [await rpc.call(n3, margarine.start, free_port(), redis_server.url, "replicated")]
+        await eventually(lambda: rpc.call(n3, cached_here, code), what="node 3 received the cache")
+        assert await get(http, u3 + code) == (302, url, url)
+        assert commands(redis_server, "get") == reads
+        assert n1 in await rpc.call(n3, pybeam.nodes)
+
+
+async def test_a_link_missing_from_every_cache_is_read_from_redis_once_then_replicated(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        u1, u2 = await start_margarine(c, redis_server, "replicated")
+        url = "https://example.com/stored-behind-our-back"
+        with redis.Redis.from_url(redis_server.url) as client:
+            client.set("margarine:hash:behind", url)
+        reads = commands(redis_server, "get")
+        assert await get(http, u1 + "behind") == (302, url, url)
+        assert commands(redis_server, "get") == reads + 1
+        await eventually(lambda: rpc.call(n2, cached_here, "behind"), what="the lookup was replicated")
+        assert await get(http, u2 + "behind") == (302, url, url)
+        assert commands(redis_server, "get") == reads + 1
+        assert await get(http, u1 + "nothere") == (404, "Not Found", None)
+        assert n1 != n2
+
+
+async def test_sharded_cache_answers_while_a_node_joins_and_while_one_is_killed(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with cluster(3) as c:
+        urls = await start_margarine(c, redis_server, "sharded")
+        links = {}
+        for i in range(60):
+            url = f"https://example.com/sharded/{i}"
+            status, code, _ = await post(http, urls[i % 3], url=url)
+            assert status == 201
+            links[code] = url
+        answers: list[tuple[str, int, str]] = []
+        stop = asyncio.Event()
+
+        async def keep_asking(base: str) -> None:
+            # Asks on the first two nodes only: the third is the one killed.
+            while not stop.is_set():
+                for code, url in links.items():
+                    status, body, location = await get(http, base + code)
+                    answers.append((code, status, body))
+                    assert (status, body, location) == (302, url, url), (base, code)
+
+        askers = [asyncio.create_task(keep_asking(u)) for u in urls[:2]]
+        try:
+            await asyncio.sleep(0.3)
+            n4 = await c.start_node()
+            await rpc.call(n4, margarine.start, free_port(), redis_server.url, "sharded")
+
+            # The newcomer owns some codes now, and is asked for them.
+            async def n4_owns_codes() -> bool:
+                return await rpc.call(n4, shard_size) > 0  # type: ignore[no-any-return]
+
+            await eventually(n4_owns_codes, what="node 4 took over codes")
+            c.kill(c.nodes[2])
+            await asyncio.sleep(0.5)
+            before = len(answers)
+            await eventually(
+                lambda: len(answers) > before + 2 * len(links), what="more lookups after the kill"
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*askers)
+        assert all(status == 302 for _, status, _ in answers)
+
+
+def shard_size() -> int:
+    """On a node (by rpc): how many links its shard holds."""
+    running = margarine.app.running
+    assert running is not None
+    return len(running.cache.links)  # type: ignore[attr-defined]
+
+
+# -- bad input, and a Redis that goes away -----------------------------------------------------
+
+
+def stored_links(server: RedisServer) -> list[str]:
+    with redis.Redis.from_url(server.url, decode_responses=True) as client:
+        return sorted(client.scan_iter(match="margarine:hash:*"))
+
+
+async def test_bad_input_gets_a_4xx_with_a_reason_and_stores_nothing(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with cluster(1) as c:
+        (base,) = await start_margarine(c, redis_server)
+        before = stored_links(redis_server)
+        ok = "https://example.com/ok"
+        cases: list[tuple[dict[str, Any], int, str]] = [
+            ({"data": {}}, 400, "Missing form field: url"),
+            ({"data": {"code": "abc"}}, 400, "Missing form field: url"),
+            ({"data": {"url": ""}}, 400, "Missing form field: url"),
+            (
+                {"data": {"url": "example.com/x"}},
+                400,
+                "Bad url: 'example.com/x' is not an absolute http(s) url",
+            ),
+            ({"data": {"url": "ftp://example.com/x"}}, 400, "is not an absolute http(s) url"),
+            ({"data": {"url": "javascript:alert(1)"}}, 400, "is not an absolute http(s) url"),
+            ({"data": {"url": "https://"}}, 400, "is not an absolute http(s) url"),
+            ({"data": {"url": "https://exa mple.com"}}, 400, "spaces or control characters"),
+            ({"data": {"url": "http://example.com:99999/"}}, 400, "is not a valid url"),
+            ({"data": {"url": "https://example.com/" + "x" * 3000}}, 400, "longer than 2048"),
+            ({"data": {"url": ok, "code": ""}}, 400, "Bad code: the code is empty"),
+            ({"data": {"url": ok, "code": "x" * 65}}, 400, "Bad code: the code is longer than 64"),
+            ({"data": {"url": ok, "code": "a/b"}}, 400, "Bad code: the code may only hold"),
+            ({"data": {"url": ok, "code": "héllo"}}, 400, "Bad code: the code may only hold"),
+            ({"data": {"url": ok, "code": "a b"}}, 400, "Bad code: the code may only hold"),
+            ({"json": {"url": ok}}, 415, "Unsupported Media Type"),
+            (
+                {
+                    "data": b"url=" + b"x" * 10_000,
+                    "headers": {"content-type": "application/x-www-form-urlencoded"},
+                },
+                413,
+                "Request body too large",
+            ),
+            (
+                {"data": b"url=%ff%fe", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+                400,
+                "Malformed form body",
+            ),
+        ]
+        for kwargs, status, reason in cases:
+            async with http.post(base, allow_redirects=False, **kwargs) as r:
+                body = await r.text()
+                assert (r.status, reason in body) == (status, True), (kwargs, r.status, body)
+        # "Anything else: 404".
+        for method, path in [("GET", ""), ("PUT", "abc"), ("DELETE", "abc"), ("PATCH", ""), ("POST", "abc"),
+                             ("GET", "abc/def"), ("GET", "abc/aggregates/x"), ("HEAD", "abc")]:  # fmt: skip
+            async with http.request(method, base + path, allow_redirects=False) as r:
+                assert r.status == 404, (method, path)
+                if method != "HEAD":
+                    assert await r.text() == "Not Found"
+        # Codes that cannot exist are not looked up; unknown ones are not found.
+        for code in ["x" * 65, "h%C3%A9", "a.b", "unknown"]:
+            assert await get(http, base + code) == (404, "Not Found", None)
+            assert await get(http, f"{base}{code}/aggregates") == (404, "Not Found", None)
+        assert stored_links(redis_server) == before
+        # ... and the node still serves.
+        assert (await post(http, base, url=ok))[0] == 201
+        # A code that is taken: 422, and the first link stays.
+        assert await post(http, base, url="https://example.com/other", code=margarine.short_code(ok)) == (
+            422, "Unable to shorten https://example.com/other", None)  # fmt: skip
+        assert (await get(http, base + margarine.short_code(ok)))[2] == ok
+
+
+@pytest.mark.parametrize("cache", ["none", "replicated", "sharded"])
+async def test_redis_gone_gives_503_and_the_node_recovers(
+    cluster: Any, http: aiohttp.ClientSession, cache: str
+) -> None:
+    with RedisServer.start() as server:
+        async with cluster(1) as c:
+            (base,) = await start_margarine(c, server, cache)
+            status, code, _ = await post(http, base, url="https://example.com/before")
+            assert status == 201
+            server.stop()
+            status, body, _ = await post(http, base, url="https://example.com/during")
+            assert (status, body.startswith("Service Unavailable: the link store (Redis)")) == (503, True)
+            status, body, _ = await get(http, base + "notcached")
+            assert (status, body.startswith("Service Unavailable")) == (503, True)
+            if cache != "none":  # a cached link still redirects
+                assert (await get(http, base + code))[0] == 302
+            server.restart()  # an empty Redis on the same port
+            assert await post(http, base, url="https://example.com/after") == (
+                201, margarine.short_code("https://example.com/after"),
+                base + margarine.short_code("https://example.com/after"))  # fmt: skip
+            assert (await get(http, base + margarine.short_code("https://example.com/after")))[0] == 302

@@ -17,6 +17,8 @@ that cannot be reached gives 503; the next request tries again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -51,6 +53,17 @@ def unavailable(e: storage.StorageDown) -> web.Response:
     return text(503, "Service Unavailable: the link store (Redis) cannot be reached; try again later")
 
 
+async def read_form(request: web.Request) -> Mapping[str, object]:
+    """The form's fields; strict about encodings (aiohttp's own parser replaces bad bytes)."""
+    if request.content_type == "multipart/form-data":
+        return await request.post()
+    raw = await request.read()
+    fields: dict[str, object] = {}
+    for name, value in parse_qsl(raw.decode(), keep_blank_values=True, errors="strict"):
+        fields.setdefault(name, value)  # the first of repeated fields
+    return fields
+
+
 async def shorten(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY:
         return text(413, f"Request body too large: at most {MAX_BODY} bytes")
@@ -59,7 +72,7 @@ async def shorten(request: web.Request) -> web.Response:
             415, "Unsupported Media Type: send a form (application/x-www-form-urlencoded) with a url field"
         )
     try:
-        form = await request.post()
+        form = await read_form(request)
     except web.HTTPRequestEntityTooLarge:
         return text(413, f"Request body too large: at most {MAX_BODY} bytes")
     except (ValueError, UnicodeDecodeError) as e:
