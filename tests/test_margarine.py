@@ -7,6 +7,7 @@ real HTTP and a real Redis, then the caches and the bad input.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -306,3 +307,92 @@ async def test_redis_gone_gives_503_and_the_node_recovers(
                 201, margarine.short_code("https://example.com/after"),
                 base + margarine.short_code("https://example.com/after"))  # fmt: skip
             assert (await get(http, base + margarine.short_code("https://example.com/after")))[0] == 302
+
+
+# -- Part 4: the aggregates beyond the scenario ------------------------------------------------
+
+
+async def test_counts_survive_a_restart_from_what_each_node_persisted(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        (u1,) = await start_margarine(c, redis_server)
+        _, code, _ = await post(http, u1, url="https://example.com/survives")
+        for _ in range(3):
+            assert (await get(http, u1 + code))[0] == 302
+
+        def persisted() -> dict[str, str]:
+            with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
+                return client.hgetall(f"margarine:aggregates:{code}")  # type: ignore[no-any-return]
+
+        await eventually(lambda: persisted() == {n1: "3"}, what="node 1 persisted its entry")
+        await c.stop_node(n1)
+        # Alone in a new cluster: no peer can tell it; Redis does.
+        n2 = await c.start_node()
+        u2 = await rpc.call(n2, margarine.start, free_port(), redis_server.url, "replicated")
+        assert await redirects(http, u2, code) == "Redirects: 3"
+        assert (await get(http, u2 + code))[0] == 302
+        assert await redirects(http, u2, code) == "Redirects: 4"
+        await eventually(lambda: persisted() == {n1: "3", n2: "1"}, what="node 2 persisted its entry")
+
+
+@pytest.mark.parametrize("batch", [0.2, None])
+async def test_batching_sends_fewer_messages_than_redirects(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession, batch: float | None
+) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        u1, u2 = [
+            await rpc.call(n, margarine.start, free_port(), redis_server.url, "replicated", batch)
+            for n in c.nodes
+        ]
+        _, code, _ = await post(http, u1, url=f"https://example.com/batch/{batch}")
+        assert (await get(http, u2 + code))[0] == 302  # so that node 2 knows the code
+        await eventually(lambda: _count_is(http, u1, code, 1), what="node 1 counted node 2's redirect")
+        sent_before = (await rpc.call(n1, margarine.stats))["sent"]
+        hits = 100
+        statuses = await asyncio.gather(*(get(http, u1 + code) for _ in range(hits)))
+        assert {s for s, _, _ in statuses} == {302}
+        await eventually(lambda: _count_is(http, u2, code, hits + 1), what="node 2 counted every redirect")
+        sent = (await rpc.call(n1, margarine.stats))["sent"] - sent_before
+        if batch is None:
+            assert sent == hits  # one message per redirect to the one peer
+        else:
+            assert 1 <= sent <= hits // 2, sent
+        assert (await rpc.call(n2, margarine.stats))["received"] >= sent
+
+
+async def _count_is(http: aiohttp.ClientSession, base: str, code: str, n: int) -> bool:
+    return await redirects(http, base, code) == f"Redirects: {n}"
+
+
+async def test_counts_converge_after_random_partitions_and_a_heal(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    rnd = random.Random(10)
+    async with cluster(3) as c:
+        nodes = c.nodes
+        urls = await start_margarine(c, redis_server)
+        _, code, _ = await post(http, urls[0], url="https://example.com/random-partitions")
+        await eventually(lambda: all_cached(nodes, code), what="every node knows the code")
+        total = 0
+        for _ in range(4):
+            await heal(nodes)
+            cut = rnd.sample(nodes, rnd.choice([1, 2]))
+            await partition(cut)
+            for _ in range(rnd.randint(1, 6)):
+                assert (await get(http, rnd.choice(urls) + code))[0] == 302
+                total += 1
+        await heal(nodes)
+        await eventually(
+            lambda: all_counts(http, urls, code, total), timeout=10, what=f"every node says {total}"
+        )
+
+
+async def all_cached(nodes: list[str], code: str) -> bool:
+    return all([await rpc.call(n, cached_here, code) for n in nodes])
+
+
+async def all_counts(http: aiohttp.ClientSession, urls: list[str], code: str, n: int) -> bool:
+    return all([await _count_is(http, u, code, n) for u in urls])

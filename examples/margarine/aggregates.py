@@ -37,7 +37,7 @@ from pybeam import ANY, Pid, pg, receive, send
 
 from . import gcounter, storage
 
-__all__ = ["GROUP", "NAME", "Aggregates", "replicator"]
+__all__ = ["GROUP", "NAME", "Aggregates", "load", "replicator"]
 
 log = logging.getLogger("margarine")
 
@@ -46,6 +46,14 @@ GROUP = "aggregates"
 NAME = "margarine_aggregates"
 #: Seconds between two attempts to persist counts while Redis is away.
 SAVE_RETRY = 1.0
+
+
+async def load(aggregates: Aggregates, client: aioredis.Redis) -> None:
+    """Merge every persisted entry: done before the node serves, so it never counts from 0."""
+    try:
+        aggregates.merge(await storage.load_counters(client))
+    except storage.StorageDown as e:
+        log.warning("margarine: could not load the persisted counts (%s); peers will send theirs", e)
 
 
 class Aggregates:
@@ -116,10 +124,6 @@ async def replicator(aggregates: Aggregates, client: aioredis.Redis) -> None:
     pybeam.register(NAME)
     aggregates.replicator = me
     aggregates.saver = pybeam.spawn_link(saver, aggregates, client)
-    try:
-        aggregates.merge(await storage.load_counters(client))
-    except storage.StorageDown as e:
-        log.warning("margarine: could not load the persisted counts (%s); peers will send theirs", e)
     await pg.join(GROUP, me)
     ref, members = await pg.monitor(GROUP)
     # Those already here learn of us by their own join notification; we send them ours.

@@ -101,6 +101,7 @@ async def start(
         the_cache = cache.NoCache(client)
     url = f"http://{host}:{port}/"
     margarine = Margarine(url, client, the_cache, Aggregates(node, batch))
+    await aggregates.load(margarine.aggregates, client)
     children = [supervisor.process_spec(aggregates.replicator, margarine.aggregates, client, id="aggregates")]
     if isinstance(the_cache, cache.ReplicatedCache):
         children.append(supervisor.process_spec(cache.replica, the_cache, id="cache"))

@@ -34,7 +34,7 @@ def merge_into(counter: GCounter, other: Mapping[str, int]) -> bool:
     """Merge ``other`` into ``counter`` in place; True if ``counter`` changed."""
     changed = False
     for node, count in other.items():
-        if count > counter.get(node, 0):
+        if node not in counter or count > counter[node]:
             counter[node] = count
             changed = True
     return changed
