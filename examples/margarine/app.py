@@ -81,11 +81,14 @@ async def start(
     cache_mode: CacheMode = "replicated",
     batch: float | None = BATCH,
     host: str = "127.0.0.1",
+    public_url: str | None = None,
 ) -> str:
-    """Start margarine on this node, serving ``http://host:port/``; returns that URL.
+    """Start margarine on this node, serving on ``host:port``; returns its URL.
 
     ``batch``: seconds over which redirect counts are batched (None: one
-    message per redirect).
+    message per redirect). ``public_url``: the URL clients reach this node by,
+    for the ``location`` header (default ``http://host:port/``; give it when
+    ``host`` is ``0.0.0.0`` or the node sits behind a proxy).
     """
     global running
     if cache_mode not in CACHE_MODES:
@@ -99,7 +102,9 @@ async def start(
         the_cache = sharded.ShardedCache(client, node)
     else:
         the_cache = cache.NoCache(client)
-    url = f"http://{host}:{port}/"
+    url = public_url or f"http://{host}:{port}/"
+    if not url.endswith("/"):
+        url += "/"
     margarine = Margarine(url, client, the_cache, Aggregates(node, batch))
     await aggregates.load(margarine.aggregates, client)
     children = [supervisor.process_spec(aggregates.replicator, margarine.aggregates, client, id="aggregates")]
