@@ -396,3 +396,25 @@ async def all_cached(nodes: list[str], code: str) -> bool:
 
 async def all_counts(http: aiohttp.ClientSession, urls: list[str], code: str, n: int) -> bool:
     return all([await _count_is(http, u, code, n) for u in urls])
+
+
+def is_serving() -> bool:
+    """On a node (by rpc): whether margarine runs there."""
+    return margarine.app.running is not None
+
+
+async def test_stop_closes_the_port_and_margarine_can_start_again(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        port = free_port()
+        base = await rpc.call(n1, margarine.start, port, redis_server.url)
+        _, code, _ = await post(http, base, url="https://example.com/stop-start")
+        await rpc.call(n1, margarine.stop)
+        assert not await rpc.call(n1, is_serving)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await get(http, base + code)
+        assert await rpc.call(n1, margarine.start, port, redis_server.url, "sharded") == base
+        assert (await get(http, base + code))[0] == 302
+        assert await redirects(http, base, code) == "Redirects: 1"
