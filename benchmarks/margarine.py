@@ -3,8 +3,10 @@ messages the redirect counters cost, batched or not.
 
 The load generator is an aiohttp client pool in this process: ``CONNECTIONS``
 keep-alive connections spread over the nodes, each asking for a random known
-code as fast as it is answered, for ``SECONDS``. It shares the machine's cores
-with the nodes and Redis, so the figures are the whole system's on one box.
+code as fast as it is answered, for ``SECONDS``; ``ROUNDS`` times per cluster,
+the best round counts. It shares the machine's cores with the nodes and Redis,
+so the figures are the whole system's on one box. (Two client processes did
+worse than one on 2 cores: they take the CPU the node needs.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pybeam.testing import LocalCluster, free_port
 
 CODES = 200
 CONNECTIONS = 32
-SECONDS = 3.0
+SECONDS = 2.0
+ROUNDS = 3
 
 Row = tuple[str, float, str, float]
 
@@ -65,11 +68,22 @@ async def _run(nodes: int, mode: str, redis_url: str, batch: float | None = 0.00
                     assert r.status == 201, await r.text()
                     codes.append(await r.text())
         await _load(urls, codes, 0.5)  # warm up: caches filled, connections open
-        sent0 = sum([(await rpc.call(n, stats))["sent"] for n in cluster.nodes])
-        done, latencies = await _load(urls, codes, SECONDS)
-        sent = sum([(await rpc.call(n, stats))["sent"] for n in cluster.nodes]) - sent0
-    q = statistics.quantiles(latencies, n=100)
-    return {"rps": done / SECONDS, "p50": q[49] * 1e6, "p99": q[98] * 1e6, "sent": sent, "done": done}
+        # Best of ROUNDS: the machine is shared, and a slow round measures the neighbours.
+        best: dict[str, Any] = {}
+        for _ in range(ROUNDS):
+            sent0 = sum([(await rpc.call(n, stats))["sent"] for n in cluster.nodes])
+            done, latencies = await _load(urls, codes, SECONDS)
+            sent = sum([(await rpc.call(n, stats))["sent"] for n in cluster.nodes]) - sent0
+            if done / SECONDS > best.get("rps", 0):
+                q = statistics.quantiles(latencies, n=100)
+                best = {
+                    "rps": done / SECONDS,
+                    "p50": q[49] * 1e6,
+                    "p99": q[98] * 1e6,
+                    "sent": sent,
+                    "done": done,
+                }
+    return best
 
 
 async def main() -> list[Row]:
