@@ -116,3 +116,26 @@ def test_errors_are_one_line_and_leave_nothing() -> None:
     assert done.stderr.startswith("margarine: cannot reach Redis at redis://127.0.0.1:")
     assert run_cli("--nodes", "0").returncode == 2
     assert run_cli("--cache", "everywhere").returncode == 2
+
+
+def test_a_taken_base_port_is_one_line_and_leaves_nothing() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        epmd_port = free_port()
+        done = subprocess.run(
+            [sys.executable, "-m", "examples.margarine", "--nodes", "1", "--base-port", str(port)],
+            cwd=ROOT,
+            env=dict(os.environ, PYBEAM_EPMD_PORT=str(epmd_port)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert done.returncode == 1
+    assert re.fullmatch(
+        rf"margarine: node margarine1_\w+@127\.0\.0\.1 cannot serve on port {port}: address already in use\n",
+        done.stderr,
+    ), done.stderr
+    assert processes_using(epmd_port) == []

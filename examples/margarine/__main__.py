@@ -24,7 +24,6 @@ from redis.exceptions import RedisError
 
 import pybeam
 from pybeam import rpc
-from pybeam.gen_server import StartError
 from pybeam.testing import LocalCluster, free_port
 
 from ..redis_server import RedisServerError, redis_server
@@ -96,8 +95,10 @@ async def run(args: argparse.Namespace) -> int:
             port = free_port() if args.base_port is None else args.base_port + i
             try:
                 urls.append(await rpc.call(node, start, port, redis_url, args.cache, batch))
-            except StartError as e:
-                raise CliError(f"node {node} cannot serve on port {port}: {e.reason}") from None
+            except rpc.RemoteError as e:
+                # The HTTP server's start failed there: say why in one line (a taken port, say).
+                why = e.message.rsplit(": ", 1)[-1].rstrip(")")
+                raise CliError(f"node {node} cannot serve on port {port}: {why}") from None
         print(f"margarine: {args.nodes} node(s), cache {args.cache}, Redis {where}")
         for node, url in zip(cluster.nodes, urls, strict=True):
             print(f"  {node}  {url}")

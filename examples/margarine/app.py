@@ -113,8 +113,12 @@ async def start(
     elif isinstance(the_cache, sharded.ShardedCache):
         children.append(sharded.Shard.child_spec(the_cache, name=sharded.NAME))
     children.append(HttpServer.child_spec((margarine, host, port), id="http"))
+    try:
+        await supervisor.start(children, strategy="one_for_all", name=SUPERVISOR)
+    except BaseException:
+        await client.aclose()
+        raise
     running = margarine
-    await supervisor.start(children, strategy="one_for_all", name=SUPERVISOR)
     log.info("margarine on %s serving %s (cache %s)", node, url, cache_mode)
     return url
 
