@@ -11,12 +11,13 @@ jobs, so that:
 
 ==================================  =======================================
 ``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines)
-``mr:{job}:{run}:map:{m}:{r}``       map job m's pairs that go to reduce job r
+``mr:{job}:{run}:map:{m}:{r}``       map job m's keys that go to reduce job r
 ``mr:{job}:{run}:reduce:{r}``        reduce job r's result pairs
 ``mr:{job}:worker:{worker_id}``      how many jobs that worker finished (INCR)
 ==================================  =======================================
 
-Pairs are stored as msgpack lists of ``[key, value]``.
+Map outputs are msgpack lists of ``[key, [value, ...]]`` (a key's values in
+that chunk), reduce outputs lists of ``[key, value]``.
 """
 
 from __future__ import annotations
@@ -83,9 +84,20 @@ def decode_pairs(data: bytes | str) -> list[list[Any]]:
 
 
 def split_lines(text: str, count: int) -> list[str]:
-    """``text`` cut into ``count`` chunks of whole lines (about as many lines each)."""
-    lines = text.splitlines(keepends=True)
-    return ["".join(lines[i * len(lines) // count : (i + 1) * len(lines) // count]) for i in range(count)]
+    """``text`` cut into ``count`` chunks of whole lines, about equal in size.
+
+    Each cut is just after a ``"\n"``, which ends a line whatever else does
+    (``"\r\n"`` stays whole), so no line, and no word, straddles two chunks.
+    """
+    chunks = []
+    start = 0
+    for i in range(1, count):
+        end = text.find("\n", max(start, i * len(text) // count))
+        end = len(text) if end < 0 else end + 1
+        chunks.append(text[start:end])
+        start = end
+    chunks.append(text[start:])
+    return chunks
 
 
 def connect(url: str) -> aioredis.Redis:
