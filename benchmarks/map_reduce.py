@@ -11,7 +11,8 @@ counted by:
   one is SIGKILLed when half the jobs are done.
 
 Each figure is MB of input per second of wall time, from the file on disk to
-the merged dict in this process; every result is checked against Counter's.
+the merged dict in this process, the best of three runs; every result is
+checked against Counter's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from pybeam import receive, rpc
 from pybeam.testing import LocalCluster, free_port
 
 SIZE = 20 * 1024 * 1024
+#: Each figure is the best of this many runs: the machine is shared, and the
+#: best run is the one least disturbed by whatever else ran.
+REPEAT = 3
 
 
 def generate_text(size: int, seed: int = 1) -> str:
@@ -65,9 +69,13 @@ def _pool_count(path: str, pool: Any, processes: int) -> Counter[str]:
 
 
 def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - t0, result
+    """The best time of :data:`REPEAT` calls, and the result."""
+    best, result = float("inf"), None
+    for _ in range(REPEAT):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, result
 
 
 async def _progress_killer(cluster: LocalCluster) -> None:
@@ -79,15 +87,37 @@ async def _progress_killer(cluster: LocalCluster) -> None:
             return
 
 
+async def _cluster_with_workers(nodes: int) -> LocalCluster:
+    cluster = await LocalCluster(nodes, prefix="mrbench").start()
+    for node in cluster.nodes:
+        await rpc.call(node, start_worker, node)
+    return cluster
+
+
+async def _run(path: str, url: str, cluster: LocalCluster, kill: bool) -> tuple[float, dict[Any, Any]]:
+    nodes = len(cluster.nodes)
+    job = Job(f"bench_{secrets.token_hex(3)}", path, WORD_COUNT, url, maps=8 * nodes, reduces=2 * nodes)
+    progress = pybeam.spawn(_progress_killer, cluster) if kill else None
+    t0 = time.perf_counter()
+    result = await run_job(job, timeout=600, progress=progress)
+    return time.perf_counter() - t0, result
+
+
 async def _map_reduce(path: str, url: str, nodes: int, kill: bool) -> tuple[float, dict[Any, Any]]:
-    async with LocalCluster(nodes, prefix="mrbench") as cluster:
-        for node in cluster.nodes:
-            await rpc.call(node, start_worker, node)
-        job = Job(f"bench_{secrets.token_hex(3)}", path, WORD_COUNT, url, maps=8 * nodes, reduces=2 * nodes)
-        progress = pybeam.spawn(_progress_killer, cluster) if kill else None
-        t0 = time.perf_counter()
-        result = await run_job(job, timeout=600, progress=progress)
-        return time.perf_counter() - t0, result
+    """The best of :data:`REPEAT` runs: on one cluster, or a new one each time if a node gets killed."""
+    times: list[float] = []
+    result: dict[Any, Any] = {}
+    cluster = await _cluster_with_workers(nodes)
+    try:
+        for _ in range(REPEAT):
+            if kill and not all(cluster.alive(n) for n in cluster.nodes):
+                await cluster.stop()
+                cluster = await _cluster_with_workers(nodes)
+            seconds, result = await _run(path, url, cluster, kill)
+            times.append(seconds)
+    finally:
+        await cluster.stop()
+    return min(times), result
 
 
 async def main() -> list[tuple[str, float, str, float]]:

@@ -11,13 +11,12 @@ jobs, so that:
 
 ==================================  =======================================
 ``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines)
-``mr:{job}:{run}:map:{m}:{r}``       map job m's keys that go to reduce job r
+``mr:{job}:{run}:map:{m}:{r}``       map job m's pairs that go to reduce job r
 ``mr:{job}:{run}:reduce:{r}``        reduce job r's result pairs
 ``mr:{job}:worker:{worker_id}``      how many jobs that worker finished (INCR)
 ==================================  =======================================
 
-Map outputs are msgpack lists of ``[key, [value, ...]]`` (a key's values in
-that chunk), reduce outputs lists of ``[key, value]``.
+Pairs are stored as msgpack lists of ``[key, value]``.
 """
 
 from __future__ import annotations
@@ -70,7 +69,8 @@ def partition(key: Any, reduce_count: int) -> int:
     workers on two nodes would send one word to two different reduce jobs, and
     the result would count it twice, each time partly.
     """
-    return zlib.crc32(msgpack.packb(key)) % reduce_count
+    data = key.encode() if isinstance(key, str) else msgpack.packb(key)
+    return zlib.crc32(data) % reduce_count
 
 
 def encode_pairs(pairs: list[tuple[Any, Any]]) -> bytes:

@@ -106,25 +106,16 @@ def _job_module(spec: dict[str, Any]) -> Any:
 
 
 async def do_map(client: aioredis.Redis, spec: dict[str, Any], run: str, m: int, worker_id: str) -> None:
-    """Map job ``m``: its chunk's pairs, grouped by key, each key's group in
-    the output of the reduce job that gets that key."""
+    """Map job ``m``: its chunk's pairs, in one group per reduce job."""
     job, reduces = spec["job"], spec["reduces"]
     key = chunk_key(job, run, m)
     chunk = await client.get(key)
     if chunk is None:
         raise MissingData(key)
-    module = _job_module(spec)
     text = chunk.decode() if isinstance(chunk, bytes) else chunk
-    by_key: dict[Any, list[Any]] = {}
-    for k, v in module.map(text):
-        values = by_key.get(k)
-        if values is None:
-            by_key[k] = [v]
-        else:
-            values.append(v)
-    groups: list[list[tuple[Any, list[Any]]]] = [[] for _ in range(reduces)]
-    for k, values in by_key.items():
-        groups[partition(k, reduces)].append((k, values))
+    groups: list[list[tuple[Any, Any]]] = [[] for _ in range(reduces)]
+    for pair in _job_module(spec).map(text):
+        groups[partition(pair[0], reduces)].append(pair)
     # One round trip for all the writes and the counter, applied all at once
     # (MULTI/EXEC): a reader never sees half of this job's output.
     async with client.pipeline(transaction=True) as pipe:
@@ -143,8 +134,8 @@ async def do_reduce(client: aioredis.Redis, spec: dict[str, Any], run: str, r: i
     for key, data in zip(keys, outputs, strict=True):
         if data is None:
             raise MissingData(key)
-        for k, vs in decode_pairs(data):
-            values.setdefault(k, []).extend(vs)
+        for k, v in decode_pairs(data):
+            values.setdefault(k, []).append(v)
     reduce = _job_module(spec).reduce
     result = [(k, reduce(k, vs)) for k, vs in values.items()]
     async with client.pipeline(transaction=True) as pipe:
