@@ -69,7 +69,8 @@ def partition(key: Any, reduce_count: int) -> int:
     workers on two nodes would send one word to two different reduce jobs, and
     the result would count it twice, each time partly.
     """
-    return zlib.crc32(msgpack.packb(key)) % reduce_count
+    data = key.encode() if isinstance(key, str) else msgpack.packb(key)
+    return zlib.crc32(data) % reduce_count
 
 
 def encode_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
@@ -83,9 +84,20 @@ def decode_pairs(data: bytes | str) -> list[list[Any]]:
 
 
 def split_lines(text: str, count: int) -> list[str]:
-    """``text`` cut into ``count`` chunks of whole lines (about as many lines each)."""
-    lines = text.splitlines(keepends=True)
-    return ["".join(lines[i * len(lines) // count : (i + 1) * len(lines) // count]) for i in range(count)]
+    """``text`` cut into ``count`` chunks of whole lines, about equal in size.
+
+    Each cut is just after a ``"\n"``, which ends a line whatever else does
+    (``"\r\n"`` stays whole), so no line, and no word, straddles two chunks.
+    """
+    chunks = []
+    start = 0
+    for i in range(1, count):
+        end = text.find("\n", max(start, i * len(text) // count))
+        end = len(text) if end < 0 else end + 1
+        chunks.append(text[start:end])
+        start = end
+    chunks.append(text[start:])
+    return chunks
 
 
 def connect(url: str) -> aioredis.Redis:

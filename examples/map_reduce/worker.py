@@ -106,16 +106,16 @@ def _job_module(spec: dict[str, Any]) -> Any:
 
 
 async def do_map(client: aioredis.Redis, spec: dict[str, Any], run: str, m: int, worker_id: str) -> None:
-    """Map job ``m``: its chunk's pairs, grouped by reduce job, one key per group."""
+    """Map job ``m``: its chunk's pairs, in one group per reduce job."""
     job, reduces = spec["job"], spec["reduces"]
     key = chunk_key(job, run, m)
     chunk = await client.get(key)
     if chunk is None:
         raise MissingData(key)
-    groups: list[list[tuple[Any, Any]]] = [[] for _ in range(reduces)]
     text = chunk.decode() if isinstance(chunk, bytes) else chunk
-    for k, v in _job_module(spec).map(text):
-        groups[partition(k, reduces)].append((k, v))
+    groups: list[list[tuple[Any, Any]]] = [[] for _ in range(reduces)]
+    for pair in _job_module(spec).map(text):
+        groups[partition(pair[0], reduces)].append(pair)
     # One round trip for all the writes and the counter, applied all at once
     # (MULTI/EXEC): a reader never sees half of this job's output.
     async with client.pipeline(transaction=True) as pipe:
