@@ -52,13 +52,13 @@ class ShardedCache:
         if owner is None or owner == self.node:
             return await self.get_own(code)
         try:
-            # A call needs a calling process; an HTTP handler is a plain task.
+            # A call waits in its caller's mailbox: a process of its own, not the HTTP server's.
             reply = await run_in_process(gen_server.call, (NAME, owner), ("get", code), CALL_TIMEOUT)
         except (NodeDown, GenServerError, TimeoutError):
             return await storage.lookup(self.client, code)  # the owner is leaving: Redis knows
         match reply:
-            case ("ok", url):
-                return url  # type: ignore[no-any-return]
+            case ("ok", str() | None as url):
+                return url
             case ("down", why):
                 raise storage.StorageDown(why)
         raise AssertionError(f"unexpected reply {reply!r}")

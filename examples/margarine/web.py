@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import codes, storage
@@ -34,10 +35,10 @@ log = logging.getLogger("margarine")
 MAX_BODY = 8192
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
-CLIENT = web.AppKey("client", object)
-CACHE = web.AppKey("cache", object)
-AGGREGATES = web.AppKey("aggregates", Aggregates)
-BASE_URL = web.AppKey("base_url", str)
+CLIENT: web.AppKey[aioredis.Redis] = web.AppKey("client")
+CACHE: web.AppKey[Cache] = web.AppKey("cache")
+AGGREGATES: web.AppKey[Aggregates] = web.AppKey("aggregates")
+BASE_URL: web.AppKey[str] = web.AppKey("base_url")
 
 
 def text(status: int, body: str, **headers: str) -> web.Response:
@@ -87,13 +88,12 @@ async def shorten(request: web.Request) -> web.Response:
     elif not isinstance(code, str) or (why := codes.check_code(code)):
         return text(400, f"Bad code: {why or 'the code must be text'}")
     try:
-        stored = await storage.store(request.app[CLIENT], code, url)  # type: ignore[arg-type]
+        stored = await storage.store(request.app[CLIENT], code, url)
     except storage.StorageDown as e:
         return unavailable(e)
     if not stored:
         return text(422, f"Unable to shorten {url}")
-    cache: Cache = request.app[CACHE]  # type: ignore[assignment]
-    cache.put(code, url)
+    request.app[CACHE].put(code, url)
     return text(201, code, location=request.app[BASE_URL] + code)
 
 
@@ -101,9 +101,8 @@ async def redirect(request: web.Request) -> web.Response:
     code = request.match_info["code"]
     if codes.check_code(code):
         return not_found()
-    cache: Cache = request.app[CACHE]  # type: ignore[assignment]
     try:
-        url = await cache.get(code)
+        url = await request.app[CACHE].get(code)
     except storage.StorageDown as e:
         return unavailable(e)
     if url is None:
@@ -121,7 +120,7 @@ async def anything_else(request: web.Request) -> web.Response:
     return not_found()
 
 
-def make_app(client: object, cache: Cache, aggs: Aggregates, base_url: str) -> web.Application:
+def make_app(client: aioredis.Redis, cache: Cache, aggs: Aggregates, base_url: str) -> web.Application:
     """The aiohttp application of one node; ``base_url`` ends with ``/``."""
     app = web.Application(client_max_size=MAX_BODY)
     app[CLIENT], app[CACHE], app[AGGREGATES], app[BASE_URL] = client, cache, aggs, base_url
