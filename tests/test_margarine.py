@@ -140,6 +140,11 @@ async def test_replicated_cache_answers_on_another_node_without_redis(
         assert commands(redis_server, "get") == reads
         assert n1 in await rpc.call(n3, pybeam.nodes)
 
+        # The cheaper check for "already stored": a cached code is refused without Redis.
+        sets = commands(redis_server, "set")
+        assert await post(http, u2, url=url) == (422, f"Unable to shorten {url}", None)
+        assert commands(redis_server, "set") == sets
+
 
 async def test_a_link_missing_from_every_cache_is_read_from_redis_once_then_replicated(
     cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession

@@ -39,6 +39,10 @@ class Cache(Protocol):
         """A link just stored in Redis."""
         ...
 
+    def taken(self, code: str) -> bool:
+        """True if ``code`` is known here to be stored (False: ask Redis)."""
+        ...
+
 
 class NoCache:
     """Every lookup is a Redis GET."""
@@ -51,6 +55,9 @@ class NoCache:
 
     def put(self, code: str, url: str) -> None:
         pass
+
+    def taken(self, code: str) -> bool:
+        return False
 
 
 class ReplicatedCache:
@@ -79,6 +86,9 @@ class ReplicatedCache:
             if url is not None:
                 self.put(code, url)
         return url
+
+    def taken(self, code: str) -> bool:
+        return code in self.links
 
     def put(self, code: str, url: str) -> None:
         self.links[code] = url

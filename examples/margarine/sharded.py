@@ -72,6 +72,9 @@ class ShardedCache:
                 self.links[code] = url
         return url
 
+    def taken(self, code: str) -> bool:
+        return code in self.links  # this node's shard only: anything else, Redis knows
+
     def put(self, code: str, url: str) -> None:
         owner = self.ring.owner(code)
         if owner is None or owner == self.node:

@@ -87,6 +87,10 @@ async def shorten(request: web.Request) -> web.Response:
         code = codes.short_code(url)
     elif not isinstance(code, str) or (why := codes.check_code(code)):
         return text(400, f"Bad code: {why or 'the code must be text'}")
+    # The training's "cheaper check for already stored": a cached code is taken
+    # (links never change), no need to ask Redis to refuse it.
+    if request.app[CACHE].taken(code):
+        return text(422, f"Unable to shorten {url}")
     try:
         stored = await storage.store(request.app[CLIENT], code, url)
     except storage.StorageDown as e:
