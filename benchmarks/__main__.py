@@ -1,6 +1,6 @@
 """Run every benchmark and print a table: figure, unit, target, met or not.
 
-Usage: ``python -m benchmarks [local] [dist] [ping_pong] [map_reduce]`` (in .venv: ``bash scripts/setup``
+Usage: ``python -m benchmarks [local] [dist] [ping_pong] [map_reduce] [margarine]`` (in .venv: ``bash scripts/setup``
 first); both sets by default.
 Targets are for the project's reference machine (2 cores, uvloop); see
 docs/benchmarks.md for the figures measured there.
@@ -13,7 +13,7 @@ import sys
 
 import pybeam
 
-from . import dist, local, map_reduce, ping_pong
+from . import dist, local, map_reduce, margarine, ping_pong
 
 
 def _met(unit: str, value: float, target: float) -> str:
@@ -29,7 +29,7 @@ def main() -> int:
     loop = type(pybeam.new_event_loop()).__module__.split(".")[0]
     print(f"python {platform.python_version()} on {platform.machine()}, event loop: {loop}")
     print(f"{'benchmark':35} {'figure':>14} {'unit':15} {'target':>12}  met")
-    which = sys.argv[1:] or ["local", "dist", "ping_pong", "map_reduce"]
+    which = sys.argv[1:] or ["local", "dist", "ping_pong", "map_reduce", "margarine"]
     rows = []
     if "local" in which:
         rows += pybeam.run(local.main)
@@ -39,6 +39,8 @@ def main() -> int:
         rows += pybeam.run(ping_pong.main)
     if "map_reduce" in which:
         rows += pybeam.run(map_reduce.main)
+    if "margarine" in which:
+        rows += pybeam.run(margarine.main)
     for name, value, unit, target in rows:
         shown = f"{target:12,.0f}" if target else f"{'':>12}"
         print(f"{name:35} {value:14,.0f} {unit:15} {shown}  {_met(unit, value, target)}")

@@ -1,0 +1,135 @@
+"""The HTTP service, the training's contract to the letter:
+
+=========================  ====================================================
+``POST /`` url[, code]     201, body = code, ``location`` = own URL + code;
+                           422 ``Unable to shorten <url>`` if the code is taken
+``GET /<code>``            302, ``location`` = body = the url; 404 ``Not Found``
+``GET /<code>/aggregates`` 200 ``Redirects: <n>``; 404 ``Not Found`` if never visited
+anything else              404 ``Not Found``
+=========================  ====================================================
+
+Bad input is refused with a 4xx and a sentence saying why, before anything is
+stored: 400 (no url, not an absolute http(s) url, a bad code, a malformed
+form), 413 (a body over :data:`MAX_BODY` bytes), 415 (not a form). A Redis
+that cannot be reached gives 503; the next request tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from . import codes, storage
+from .aggregates import Aggregates
+from .cache import Cache
+
+__all__ = ["MAX_BODY", "make_app"]
+
+log = logging.getLogger("margarine")
+
+#: Largest request body accepted: a url and a code fit in far less.
+MAX_BODY = 8192
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+CLIENT: web.AppKey[aioredis.Redis] = web.AppKey("client")
+CACHE: web.AppKey[Cache] = web.AppKey("cache")
+AGGREGATES: web.AppKey[Aggregates] = web.AppKey("aggregates")
+BASE_URL: web.AppKey[str] = web.AppKey("base_url")
+
+
+def text(status: int, body: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=body, headers=headers)
+
+
+def not_found() -> web.Response:
+    return text(404, "Not Found")
+
+
+def unavailable(e: storage.StorageDown) -> web.Response:
+    log.warning("margarine: Redis unavailable: %s", e)
+    return text(503, "Service Unavailable: the link store (Redis) cannot be reached; try again later")
+
+
+async def read_form(request: web.Request) -> Mapping[str, object]:
+    """The form's fields; strict about encodings (aiohttp's own parser replaces bad bytes)."""
+    if request.content_type == "multipart/form-data":
+        return await request.post()
+    raw = await request.read()
+    fields: dict[str, object] = {}
+    for name, value in parse_qsl(raw.decode(), keep_blank_values=True, errors="strict"):
+        fields.setdefault(name, value)  # the first of repeated fields
+    return fields
+
+
+async def shorten(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return text(413, f"Request body too large: at most {MAX_BODY} bytes")
+    if request.content_type not in _FORMS:
+        return text(
+            415, "Unsupported Media Type: send a form (application/x-www-form-urlencoded) with a url field"
+        )
+    try:
+        form = await read_form(request)
+    except web.HTTPRequestEntityTooLarge:
+        return text(413, f"Request body too large: at most {MAX_BODY} bytes")
+    except (ValueError, UnicodeDecodeError) as e:
+        return text(400, f"Malformed form body: {e}")
+    url, code = form.get("url"), form.get("code")
+    if not isinstance(url, str) or not url:
+        return text(400, "Missing form field: url")
+    if why := codes.check_url(url):
+        return text(400, f"Bad url: {why}")
+    if code is None:
+        code = codes.short_code(url)
+    elif not isinstance(code, str) or (why := codes.check_code(code)):
+        return text(400, f"Bad code: {why or 'the code must be text'}")
+    # The training's "cheaper check for already stored": a cached code is taken
+    # (links never change), no need to ask Redis to refuse it.
+    if request.app[CACHE].taken(code):
+        return text(422, f"Unable to shorten {url}")
+    try:
+        stored = await storage.store(request.app[CLIENT], code, url)
+    except storage.StorageDown as e:
+        return unavailable(e)
+    if not stored:
+        return text(422, f"Unable to shorten {url}")
+    request.app[CACHE].put(code, url)
+    return text(201, code, location=request.app[BASE_URL] + code)
+
+
+async def redirect(request: web.Request) -> web.Response:
+    code = request.match_info["code"]
+    if codes.check_code(code):
+        return not_found()
+    try:
+        url = await request.app[CACHE].get(code)
+    except storage.StorageDown as e:
+        return unavailable(e)
+    if url is None:
+        return not_found()
+    request.app[AGGREGATES].hit(code)
+    return text(302, url, location=url)
+
+
+async def aggregates(request: web.Request) -> web.Response:
+    count = request.app[AGGREGATES].count(request.match_info["code"])
+    return not_found() if count is None else text(200, f"Redirects: {count}")
+
+
+async def anything_else(request: web.Request) -> web.Response:
+    return not_found()
+
+
+def make_app(client: aioredis.Redis, cache: Cache, aggs: Aggregates, base_url: str) -> web.Application:
+    """The aiohttp application of one node; ``base_url`` ends with ``/``."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[CLIENT], app[CACHE], app[AGGREGATES], app[BASE_URL] = client, cache, aggs, base_url
+    app.router.add_post("/", shorten)
+    app.router.add_get("/{code}", redirect, allow_head=False)
+    app.router.add_get("/{code}/aggregates", aggregates, allow_head=False)
+    app.router.add_route("*", "/{tail:.*}", anything_else)
+    return app
