@@ -21,9 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 import pybeam
-from pybeam import NodeDown, gen_server, pg
+from pybeam import NodeDown, errand, gen_server, pg
 from pybeam.gen_server import GenServer, GenServerError
-from pybeam.testing import run_in_process
 
 from . import storage
 from .ring import HashRing
@@ -53,7 +52,7 @@ class ShardedCache:
             return await self.get_own(code)
         try:
             # A call waits in its caller's mailbox: a process of its own, not the HTTP server's.
-            reply = await run_in_process(gen_server.call, (NAME, owner), ("get", code), CALL_TIMEOUT)
+            reply = await errand.run(gen_server.call, (NAME, owner), ("get", code), CALL_TIMEOUT)
         except (NodeDown, GenServerError, TimeoutError):
             return await storage.lookup(self.client, code)  # the owner is leaving: Redis knows
         match reply:

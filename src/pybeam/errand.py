@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .errors import PybeamError
-from .node import current_node
+from .node import Node, current_node
 from .terms import KILLED
 
 __all__ = ["run"]
@@ -23,10 +23,17 @@ __all__ = ["run"]
 T = TypeVar("T")
 
 
-async def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``await fn(*args)`` in a new process of the caller's node; its result or
-    exception is the caller's. Cancelled, the caller kills the errand."""
-    node = current_node()
+async def run(fn: Callable[..., Awaitable[T]], *args: Any, node: Node | None = None) -> T:
+    """``await fn(*args)`` in a new process of ``node`` (default: the current
+    node); its result or exception is the caller's. Cancelled, the caller
+    kills the errand.
+
+    Also for code that needs a process (``rpc.call``, ``gen_server.call``)
+    without becoming one: a pytest fixture, or a task of a library such as an
+    HTTP server's request handlers, which would otherwise act as the process
+    that started them.
+    """
+    node = node or current_node()
     result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
     async def errand() -> None:
@@ -42,7 +49,9 @@ async def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
     def ended(task: asyncio.Task[Any]) -> None:
         if not result.done():
-            result.set_exception(PybeamError(f"the process running {fn.__qualname__} was killed"))
+            result.set_exception(
+                PybeamError(f"the process running {getattr(fn, '__qualname__', fn)!r} was killed")
+            )
 
     pid, _ = node.spawn(errand)
     proc = node.process(pid)

@@ -32,12 +32,13 @@ import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ..distribution.net_kernel import NetKernel
+from ..errand import run as run_in_process
 from ..errors import NotDistributed, PybeamError
 from ..node import Node, current_node
 
@@ -72,44 +73,6 @@ def _manager_kernel(node: Node) -> NetKernel:
             "(run the test on pybeam.Node('name@127.0.0.1'), e.g. the beam_node fixture)"
         )
     return dist
-
-
-async def run_in_process(fn: Callable[..., Awaitable[T]], *args: Any, node: Node | None = None) -> T:
-    """Run ``await fn(*args)`` in a new, short-lived process of ``node`` (default:
-    the current node) and return its result.
-
-    For helpers that need a process (``rpc.call`` does) without making the
-    caller one, or putting anything in the caller's mailbox: pytest fixtures
-    must not become processes, since their task ends before the test starts.
-    """
-    node = node or current_node()
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[T] = loop.create_future()
-
-    async def body() -> None:
-        try:
-            value = await fn(*args)
-        except asyncio.CancelledError:
-            if not result.done():
-                result.set_exception(ClusterError(f"the helper process running {fn!r} was killed"))
-            raise
-        except BaseException as e:
-            # The caller gets the exception; re-raising it here too would only
-            # log a crash report for the helper.
-            if not result.done():
-                result.set_exception(e)
-            return
-        if not result.done():
-            result.set_result(value)
-
-    pid, _ = node.spawn(body)
-    try:
-        return await asyncio.shield(result)
-    except asyncio.CancelledError:
-        proc = node.process(pid)
-        if proc is not None:
-            node.terminate(proc, "killed")
-        raise
 
 
 def _kill_all(processes: dict[str, subprocess.Popen[bytes]], log_dir: str | None) -> None:
