@@ -457,6 +457,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--port", type=int, default=0, help="port to listen on (default: any free one)")
     node.add_argument(
+        "--listen",
+        metavar="HOST",
+        default=None,
+        help="address to listen on, e.g. 0.0.0.0 (default: the host of --name); peers still dial --name",
+    )
+    node.add_argument(
         "--epmd-port", type=int, default=None, help="port mapper's port (default $PYBEAM_EPMD_PORT or 4370)"
     )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
@@ -515,6 +521,7 @@ async def _serve_node_checked(args: argparse.Namespace) -> int:
             ticktime=args.ticktime,
             hidden=args.hidden,
             port=args.port,
+            listen=args.listen,
             epmd_port=args.epmd_port,
         )
     except _START_ERRORS as e:

@@ -132,7 +132,10 @@ class Node:
     a pid from an earlier life of a node never reaches a process of this one.
 
     A named node is distributed (unless ``distributed=False``): when started it
-    listens on ``host:port`` (port 0: any free one), registers with the port
+    listens on the host its name names (``a@10.0.0.5`` on 10.0.0.5; a
+    hostname is resolved), or on ``listen`` if given (``"0.0.0.0"``, say; the
+    name stays what peers dial; ``host`` is an older spelling of it), on
+    ``port`` (0: any free one), registers with the port
     mapper (``epmd_port``, default ``$PYBEAM_EPMD_PORT`` or 4370), and takes
     its creation from it. ``cookie`` defaults to ``$PYBEAM_COOKIE`` or
     ``~/.pybeam.cookie``; ``ticktime`` is ``net_ticktime`` in seconds;
@@ -147,7 +150,8 @@ class Node:
         *,
         cookie: str | None = None,
         distributed: bool | None = None,
-        host: str = "127.0.0.1",
+        host: str | None = None,
+        listen: str | None = None,
         port: int = 0,
         epmd_port: int | None = None,
         ticktime: float = 60.0,
@@ -166,7 +170,7 @@ class Node:
             raise BadArg("a distributed node needs a name")
         options: dict[str, Any] = {
             "cookie": cookie,
-            "host": host,
+            "listen": listen or host,
             "port": port,
             "epmd_port": epmd_port,
             "ticktime": ticktime,

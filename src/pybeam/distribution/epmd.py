@@ -14,8 +14,9 @@ terms (:mod:`pybeam.codec`). A client sends one request:
 
 ``("register", name, port)``
     Reply ``("ok", creation)``, ``("error", "name_taken")`` if a live
-    connection holds that name, or ``("error", "full")`` if the mapper already
-    holds ``max_registrations`` names. The registration lasts exactly as long as this
+    connection holds that name, ``("error", "full")`` if the mapper already
+    holds ``max_registrations`` names, or ``("error", "not_local")`` if the
+    client is on another host. The registration lasts exactly as long as this
     connection: the node keeps it open, and the mapper frees the name when it
     closes (the mapper closes it too if the client sends anything more).
     ``creation`` is a per-name counter in 1..2**32-1: it starts at a random value
@@ -42,8 +43,12 @@ Refusals are logged with untrusted text escaped, and rate-limited.
 The mapper listens on 127.0.0.1, port ``$PYBEAM_EPMD_PORT`` or
 :data:`DEFAULT_PORT` (4370; Erlang's epmd has 4369 and we must not meet it).
 That host only serves this machine: to let other machines look nodes up, bind
-it to a reachable address (``host=`` / ``--host``). Like epmd, it trusts every
-client that can reach it.
+it to reachable addresses as well (``host=`` takes one address or a list;
+``--host`` is repeatable). A node that starts the mapper itself binds it to
+loopback plus the node's own address. Anyone who can reach it may look names
+up (as with epmd), but only a client on this host may register one (as epmd:
+the client's address is loopback, or the very address it connected to); a
+remote ``register`` is answered ``("error", "not_local")``.
 
 Who runs it: the first node on a host starts one inside its own process
 (:func:`ensure_epmd`; later nodes find the port taken by a mapper and just use
@@ -62,6 +67,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import secrets
@@ -129,10 +135,11 @@ def default_max_registrations() -> int:
 
 class EpmdError(Exception):
     """A port mapper request failed. :attr:`reason` is ``"unreachable"`` (nothing
-    listens there), ``"timeout"``, ``"name_taken"``, ``"full"`` (the mapper
-    holds as many names as it allows), ``"protocol"`` (a malformed
-    reply, or the connection dropped) or ``"not_a_mapper"`` (from :func:`ensure_epmd`:
-    something else holds the port)."""
+        listens there), ``"timeout"``, ``"name_taken"``, ``"full"`` (the mapper
+        holds as many names as it allows), ``"not_local"`` (a registration from
+    another host), ``"protocol"`` (a malformed
+        reply, or the connection dropped) or ``"not_a_mapper"`` (from :func:`ensure_epmd`:
+        something else holds the port)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -203,12 +210,13 @@ class EpmdServer:
     def __init__(
         self,
         port: int | None = None,
-        host: str = DEFAULT_HOST,
+        host: str | Sequence[str] = DEFAULT_HOST,
         *,
         max_requests: int | None = None,
         max_registrations: int | None = None,
     ) -> None:
-        self.host = host
+        self.hosts = _hosts(host)
+        self.host = ",".join(self.hosts)
         self.port = epmd_port(port)
         if max_registrations is not None and max_registrations < 1:
             raise ValueError(f"max_registrations must be at least 1, got {max_registrations}")
@@ -229,7 +237,7 @@ class EpmdServer:
         """Start listening. Raises :class:`OSError` if the port is taken."""
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, self.hosts, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("port mapper listening on %s:%d", self.host, self.port)
 
@@ -321,6 +329,15 @@ class EpmdServer:
             return
         match request:
             case ("register", name, port) if _valid_name(name) and _valid_port(port):
+                if not _is_local(writer):
+                    self._refusals.log(
+                        logging.WARNING,
+                        "port mapper: refused to register %s for %s: not a client on this host",
+                        guard.untrusted(name),
+                        peer,
+                    )
+                    await _reply(writer, ("error", "not_local"))
+                    return
                 await self._register(name, port, reader, writer, peer)
             case ("lookup", name) if _valid_name(name):
                 entry = self._registered.get(name)
@@ -377,12 +394,37 @@ class EpmdServer:
             del self._freed[next(iter(self._freed))]  # the oldest; dicts keep insertion order
 
 
-async def ensure_epmd(port: int | None = None, host: str = DEFAULT_HOST) -> EpmdServer | None:
+def _hosts(host: str | Sequence[str]) -> list[str]:
+    hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host))
+    if not hosts or not all(isinstance(h, str) and h for h in hosts):
+        raise ValueError(f"a port mapper listens on one or more hosts, got {host!r}")
+    return hosts
+
+
+def _is_local(writer: asyncio.StreamWriter) -> bool:
+    """Whether the client is on this host: loopback, or the address it dialled (as epmd)."""
+    peer = writer.get_extra_info("peername")
+    sock = writer.get_extra_info("sockname")
+    if not peer or not sock:
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    if address.is_loopback:
+        return True
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped is not None and mapped.is_loopback) or peer[0] == sock[0])
+
+
+async def ensure_epmd(port: int | None = None, host: str | Sequence[str] = DEFAULT_HOST) -> EpmdServer | None:
     """Start a port mapper here unless one already runs on that port.
 
-    Returns the started :class:`EpmdServer` (the caller owns it and must close
-    it) or ``None`` if a mapper already answers on the port. Raises
-    :class:`EpmdError` (``"not_a_mapper"``) if something else holds the port.
+    ``host`` is one address or several to listen on (the first is asked
+    whether a mapper runs there already). Returns the started
+    :class:`EpmdServer` (the caller owns it and must close it) or ``None`` if
+    a mapper already answers on the port. Raises :class:`EpmdError`
+    (``"not_a_mapper"``) if something else holds the port.
     """
     server = EpmdServer(port, host)
     try:
@@ -390,6 +432,7 @@ async def ensure_epmd(port: int | None = None, host: str = DEFAULT_HOST) -> Epmd
     except OSError as e:
         if e.errno != errno.EADDRINUSE:
             raise
+        host = server.hosts[0]
         try:
             await names(server.port, host=host)
         except EpmdError as err:
@@ -483,6 +526,11 @@ async def register(
         raise ValueError(f"bad port {port!r}")
     reply, reader, writer = await _request(("register", alive, port), epmd_port, host, timeout)
     match reply:
+        case ("error", "not_local"):
+            writer.close()
+            raise EpmdError(
+                "not_local", f"the port mapper at {host} takes registrations from its own host only"
+            )
         case ("ok", creation) if type(creation) is int and 0 < creation <= MAX_CREATION:
             return Registration(alive, port, creation, reader, writer)
         case ("error", "name_taken"):
@@ -570,12 +618,14 @@ class Registration:
         await self.close()
 
 
-async def _serve(port: int, host: str, max_requests: int | None, max_registrations: int | None) -> int:
+async def _serve(
+    port: int, host: str | list[str], max_requests: int | None, max_registrations: int | None
+) -> int:
     server = EpmdServer(port, host, max_requests=max_requests, max_registrations=max_registrations)
     try:
         await server.start()
     except OSError as e:
-        print(f"pybeam epmd: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        print(f"pybeam epmd: cannot listen on {server.host} port {port}: {e.strerror or e}", file=sys.stderr)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -607,7 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=None, help=f"port (default ${PORT_ENV} or {DEFAULT_PORT})"
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help=f"address to listen on, repeatable (default {DEFAULT_HOST}); --names asks the first",
+    )
     parser.add_argument("--names", action="store_true", help="list the running mapper's names and exit")
     parser.add_argument(
         "--max-requests",
@@ -631,10 +686,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = epmd_port(args.port)
     except ValueError as e:
         parser.error(str(e))
+    hosts: list[str] = args.host or [DEFAULT_HOST]
     if args.names:
-        return asyncio.run(_print_names(port, args.host))
+        return asyncio.run(_print_names(port, hosts[0]))
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(port, args.host, args.max_requests, args.max_registrations))
+        return asyncio.run(_serve(port, hosts, args.max_requests, args.max_registrations))
     return 0
 
 

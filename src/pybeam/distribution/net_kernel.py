@@ -58,7 +58,9 @@ class DistOptions:
     """How a node takes part in distribution."""
 
     cookie: str
-    host: str = "127.0.0.1"
+    #: Where to listen; None: the host the node's name names (resolved if a
+    #: hostname). Peers always dial the name's host, whatever this is.
+    listen: str | None = None
     port: int = 0
     epmd_port: int | None = None
     ticktime: float = DEFAULT_TICKTIME
@@ -197,18 +199,39 @@ class NetKernel:
         opts = self.options
         # In a clean context: every accepted connection's task inherits the
         # context the server was started in (see _background).
-        self._server = await _background(asyncio.start_server(self._accept, opts.host, opts.port))
+        host = self.node.name.partition("@")[2]
+        listen = opts.listen or host
+        try:
+            self._server = await _background(asyncio.start_server(self._accept, listen, opts.port))
+        except OSError as e:
+            why = e.strerror or str(e)
+            raise OSError(
+                e.errno,
+                f"node {self.node.name} cannot listen on {listen} port {opts.port}: {why}"
+                + (
+                    ""
+                    if opts.listen
+                    else " (the host of its name; pass listen= / --listen to choose another)"
+                ),
+            ) from e
         self.port = self._server.sockets[0].getsockname()[1]
         try:
             # Clean contexts too: the mapper's server and the registration's
-            # watch on its socket are tasks that outlive this call.
-            self._epmd_server = await _background(epmd.ensure_epmd(opts.epmd_port))
+            # watch on its socket are tasks that outlive this call. A mapper
+            # started here serves this host and other hosts (the name's address).
+            self._epmd_server = await _background(epmd.ensure_epmd(opts.epmd_port, self._epmd_hosts()))
             self._registration = await _background(epmd.register(self.node.name, self.port, opts.epmd_port))
         except BaseException:
             await self._close_listeners()
             raise
         self._reregister_task = _background(self._keep_registered())
         return self._registration.creation
+
+    def _epmd_hosts(self) -> list[str]:
+        """Where a mapper started by this node listens: loopback (where nodes
+        register) and the host of the node's name (where other hosts look up)."""
+        host = self.node.name.partition("@")[2]
+        return list(dict.fromkeys([epmd.DEFAULT_HOST, host]))
 
     async def _keep_registered(self) -> None:
         # The mapper may live in another node's process and die with it: then
@@ -225,7 +248,7 @@ class NetKernel:
                 await asyncio.sleep(delay)
                 try:
                     if self._epmd_server is None:
-                        self._epmd_server = await epmd.ensure_epmd(self.options.epmd_port)
+                        self._epmd_server = await epmd.ensure_epmd(self.options.epmd_port, self._epmd_hosts())
                     self._registration = await epmd.register(
                         self.node.name, self.port, self.options.epmd_port
                     )
