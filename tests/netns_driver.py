@@ -150,7 +150,10 @@ def tls_options(rest: list[str]) -> Any:
     """``--tls CERT KEY CA`` -> the node's TLS options (None without)."""
     if not rest:
         return None
-    raise SystemExit("TLS is not supported yet")
+    from pybeam.distribution.tls import TLSOptions
+
+    _, cert, key, ca = rest
+    return TLSOptions(cert=cert, key=key, ca=ca)
 
 
 def main(argv: list[str]) -> None:

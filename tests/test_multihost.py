@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from pybeam.testing import free_port, netns
+from pybeam.distribution.tls import TLSOptions
+from pybeam.testing import certs, free_port, netns
 
 _WHY = netns.unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
@@ -86,15 +87,29 @@ def _start_host(
 ) -> subprocess.Popen[str]:
     address = hosts.address(i)
     py = sys.executable
+    # The mapper speaks TLS when the node does, with the node's certificate.
+    tls_args = extra
     hosts.popen(
         i,
-        [py, "-m", "pybeam", "epmd", "--port", str(epmd_port), "--host", "127.0.0.1", "--host", address],
+        [
+            py,
+            "-m",
+            "pybeam",
+            "epmd",
+            "--port",
+            str(epmd_port),
+            "--host",
+            "127.0.0.1",
+            "--host",
+            address,
+            *tls_args,
+        ],
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     names = ["ip", "netns", "exec", hosts.names[i], py, "-m", "pybeam", "epmd", "--names"]
-    names += ["--port", str(epmd_port), "--host", address]  # asked from its host, on its address
+    names += ["--port", str(epmd_port), "--host", address, *tls_args]  # asked from its host, on its address
     deadline = time.monotonic() + 30
     while subprocess.run(names, env=_env(), capture_output=True, timeout=30, check=False).returncode != 0:
         assert time.monotonic() < deadline, f"the port mapper of host {i} did not start"
@@ -113,20 +128,21 @@ def _start_host(
     return node
 
 
-def run_cluster(hosts: netns.Hosts, tls: list[str] | None = None) -> list[str]:
+def run_cluster(hosts: netns.Hosts, tls: list[TLSOptions] | None = None) -> list[str]:
     """Start B and C, run the driver on host 0 through the cable cut; its output."""
     cookie = secrets.token_hex(8)
     epmd_port = free_port()  # free here; the hosts have ports of their own, all free
-    extra = ["--tls-cert", tls[0], "--tls-key", tls[1], "--tls-ca", tls[2]] if tls else []
     nodes = {}
     for i, name in ((1, "b"), (2, "c")):
+        files = tls[i] if tls else None
+        extra = ["--tls-cert", files.cert, "--tls-key", files.key, "--tls-ca", files.ca] if files else []
         nodes[name] = _start_host(hosts, i, name, cookie, epmd_port, extra)
     for proc in nodes.values():
         seen: list[str] = []
         assert " up " in _expect(proc, "pybeam node", 60, seen), seen
     b, c = f"b@{hosts.address(1)}", f"c@{hosts.address(2)}"
     argv = [sys.executable, "-m", "netns_driver", f"a@{hosts.address(0)}", cookie, str(epmd_port)]
-    argv += [str(TICKTIME), b, c, *(["--tls", *tls] if tls else [])]
+    argv += [str(TICKTIME), b, c, *(["--tls", tls[0].cert, tls[0].key, tls[0].ca] if tls else [])]
     driver = hosts.popen(0, argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out: list[str] = []
     _expect(driver, "CUT", 120, out)
@@ -149,3 +165,12 @@ def test_nodes_on_three_hosts_work_together_and_see_a_silent_peer_go_down(hosts:
     # data came at most a period before the cut). A margin for a loaded machine.
     print(f"nodedown {delay:.3f}s after the cut")
     assert 0.5 * TICKTIME <= delay <= 1.25 * TICKTIME + 1.0, f"nodedown {delay:.2f}s after the cut"
+
+
+@pytest.mark.skipif(certs.unavailable() is not None, reason=certs.unavailable() or "")
+def test_the_same_over_tls_with_mutual_authentication(hosts: netns.Hosts, tmp_path: Path) -> None:
+    ca = certs.make_ca(tmp_path, "ca")
+    tls = [certs.make_cert(ca, tmp_path, f"host{i}", [hosts.address(i), "127.0.0.1"]) for i in range(3)]
+    out = run_cluster(hosts, tls)
+    steps = [line.split()[1] for line in out if line.startswith("STEP")]
+    assert steps == ["connect", "rpc", "send", "link", "monitor", "global", "pg"], "".join(out)

@@ -141,7 +141,9 @@ class Node:
     ``~/.pybeam.cookie``; ``ticktime`` is ``net_ticktime`` in seconds;
     a ``hidden`` node is left out of ``nodes()`` and of the full mesh.
     ``max_handshakes`` caps the incoming connections that have not proved the
-    cookie yet (see the security model in docs/distribution.md).
+    cookie yet (see the security model in docs/distribution.md). ``tls``
+    (a :class:`pybeam.distribution.tls.TLSOptions`) runs every connection and
+    the port mapper over TLS with mutual authentication.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class Node:
         connect_timeout: float | None = None,
         creation: int | None = None,
         max_handshakes: int | None = None,
+        tls: Any = None,
     ) -> None:
         if name is not None:
             check_node_name(name, "name")
@@ -178,6 +181,7 @@ class Node:
             "max_frame": max_frame,
             "connect_timeout": connect_timeout,
             "max_handshakes": max_handshakes,
+            "tls": tls,
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -72,6 +72,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -81,6 +82,7 @@ from pybeam import codec
 
 from . import guard, strict
 from .framing import FrameError, StreamClosed, encode_frame, read_frame
+from .tls import TLSOptions
 
 __all__ = [
     "DEFAULT_HOST",
@@ -214,8 +216,11 @@ class EpmdServer:
         *,
         max_requests: int | None = None,
         max_registrations: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.hosts = _hosts(host)
+        #: A server context: every client must speak TLS and present a certificate it accepts.
+        self.tls = tls
         self.host = ",".join(self.hosts)
         self.port = epmd_port(port)
         if max_registrations is not None and max_registrations < 1:
@@ -237,7 +242,12 @@ class EpmdServer:
         """Start listening. Raises :class:`OSError` if the port is taken."""
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._handle, self.hosts, self.port)
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._handle, self.hosts, self.port)
+        else:
+            self._server = await asyncio.start_server(
+                self._handle, self.hosts, self.port, ssl=self.tls, ssl_handshake_timeout=REQUEST_TIMEOUT
+            )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("port mapper listening on %s:%d", self.host, self.port)
 
@@ -417,16 +427,24 @@ def _is_local(writer: asyncio.StreamWriter) -> bool:
     return bool((mapped is not None and mapped.is_loopback) or peer[0] == sock[0])
 
 
-async def ensure_epmd(port: int | None = None, host: str | Sequence[str] = DEFAULT_HOST) -> EpmdServer | None:
+async def ensure_epmd(
+    port: int | None = None,
+    host: str | Sequence[str] = DEFAULT_HOST,
+    *,
+    tls: ssl.SSLContext | None = None,
+    client_tls: ssl.SSLContext | None = None,
+) -> EpmdServer | None:
     """Start a port mapper here unless one already runs on that port.
 
     ``host`` is one address or several to listen on (the first is asked
     whether a mapper runs there already). Returns the started
     :class:`EpmdServer` (the caller owns it and must close it) or ``None`` if
     a mapper already answers on the port. Raises :class:`EpmdError`
-    (``"not_a_mapper"``) if something else holds the port.
+    (``"not_a_mapper"``) if something else holds the port. With ``tls`` (a
+    server context) the mapper speaks TLS only, and ``client_tls`` is what
+    asks the one already running.
     """
-    server = EpmdServer(port, host)
+    server = EpmdServer(port, host, tls=tls)
     try:
         await server.start()
     except OSError as e:
@@ -434,8 +452,14 @@ async def ensure_epmd(port: int | None = None, host: str | Sequence[str] = DEFAU
             raise
         host = server.hosts[0]
         try:
-            await names(server.port, host=host)
+            await names(server.port, host=host, tls=client_tls)
         except EpmdError as err:
+            if isinstance(err.__cause__, ssl.SSLError):
+                raise EpmdError(
+                    "not_a_mapper",
+                    f"port {server.port} on {host} is in use, and the TLS handshake with it failed "
+                    f"(a mapper without TLS, or with another CA?): {err.__cause__}",
+                ) from err
             raise EpmdError(
                 "not_a_mapper",
                 f"port {server.port} on {host} is in use by something that is not a pybeam port mapper",
@@ -444,22 +468,26 @@ async def ensure_epmd(port: int | None = None, host: str | Sequence[str] = DEFAU
     return server
 
 
-async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    host: str, port: int, tls: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        return await asyncio.open_connection(host, port)
+        if tls is None:
+            return await asyncio.open_connection(host, port)
+        return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
     except OSError as e:
         raise EpmdError("unreachable", f"no port mapper at {host}:{port}: {e}") from e
 
 
 async def _request(
-    request: tuple[Any, ...], epmd_port_: int | None, host: str, timeout: float
+    request: tuple[Any, ...], epmd_port_: int | None, host: str, timeout: float, tls: ssl.SSLContext | None
 ) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
     """Send one request and return the reply, with the still open connection."""
     port = epmd_port(epmd_port_)
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await _connect(host, port)
+            reader, writer = await _connect(host, port, tls)
             await _send(writer, request)
             reply = codec.decode(await read_frame(reader, REPLY_MAX_FRAME))
     except BaseException as e:
@@ -480,10 +508,16 @@ def _bad_reply(reply: object) -> EpmdError:
 
 
 async def lookup(
-    name: str, epmd_port: int | None = None, *, host: str = DEFAULT_HOST, timeout: float = CLIENT_TIMEOUT
+    name: str,
+    epmd_port: int | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    timeout: float = CLIENT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> int | None:
-    """The port node ``name`` (``alive`` or ``alive@host``) listens on, or ``None`` if not registered."""
-    reply, _, writer = await _request(("lookup", alive_name(name)), epmd_port, host, timeout)
+    """The port node ``name`` (``alive`` or ``alive@host``) listens on, or ``None`` if not registered.
+    ``tls``: a client context, for a mapper that speaks TLS (the same in every function here)."""
+    reply, _, writer = await _request(("lookup", alive_name(name)), epmd_port, host, timeout, tls)
     writer.close()
     match reply:
         case ("port", port) if _valid_port(port):
@@ -494,10 +528,14 @@ async def lookup(
 
 
 async def names(
-    epmd_port: int | None = None, *, host: str = DEFAULT_HOST, timeout: float = CLIENT_TIMEOUT
+    epmd_port: int | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    timeout: float = CLIENT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> list[tuple[str, int]]:
     """Every registration, as ``(alive name, port)``."""
-    reply, _, writer = await _request(("names",), epmd_port, host, timeout)
+    reply, _, writer = await _request(("names",), epmd_port, host, timeout, tls)
     writer.close()
     match reply:
         case ("names", [*entries]) if all(
@@ -515,6 +553,7 @@ async def register(
     *,
     host: str = DEFAULT_HOST,
     timeout: float = CLIENT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> Registration:
     """Register node ``name`` as listening on ``port``; it stays registered until
     the returned :class:`Registration` is closed (or the mapper goes away).
@@ -524,7 +563,7 @@ async def register(
     alive = alive_name(name)
     if not _valid_port(port):
         raise ValueError(f"bad port {port!r}")
-    reply, reader, writer = await _request(("register", alive, port), epmd_port, host, timeout)
+    reply, reader, writer = await _request(("register", alive, port), epmd_port, host, timeout, tls)
     match reply:
         case ("error", "not_local"):
             writer.close()
@@ -619,9 +658,13 @@ class Registration:
 
 
 async def _serve(
-    port: int, host: str | list[str], max_requests: int | None, max_registrations: int | None
+    port: int,
+    host: str | list[str],
+    max_requests: int | None,
+    max_registrations: int | None,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
-    server = EpmdServer(port, host, max_requests=max_requests, max_registrations=max_registrations)
+    server = EpmdServer(port, host, max_requests=max_requests, max_registrations=max_registrations, tls=tls)
     try:
         await server.start()
     except OSError as e:
@@ -639,9 +682,9 @@ async def _serve(
     return 0
 
 
-async def _print_names(port: int, host: str) -> int:
+async def _print_names(port: int, host: str, tls: ssl.SSLContext | None = None) -> int:
     try:
-        entries = await names(port, host=host)
+        entries = await names(port, host=host, tls=tls)
     except EpmdError as e:
         print(f"pybeam epmd: {e}", file=sys.stderr)
         return 1
@@ -677,8 +720,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"live registrations, at most (default {default_max_registrations()})",
     )
+    parser.add_argument("--tls-cert", metavar="FILE", help="TLS: this mapper's certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="TLS: its private key (PEM)")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="TLS: the CA every client's certificate must be signed by"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log registrations")
     args = parser.parse_args(argv)
+    tls_files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_files) and not all(tls_files):
+        parser.error("TLS needs all of --tls-cert, --tls-key and --tls-ca")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )
@@ -687,10 +738,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     hosts: list[str] = args.host or [DEFAULT_HOST]
+    tls_options = TLSOptions(*tls_files) if all(tls_files) else None
     if args.names:
-        return asyncio.run(_print_names(port, hosts[0]))
+        client = tls_options.client_context(check_hostname=False) if tls_options else None
+        return asyncio.run(_print_names(port, hosts[0], client))
+    server = tls_options.server_context() if tls_options else None
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(port, hosts, args.max_requests, args.max_registrations))
+        return asyncio.run(_serve(port, hosts, args.max_requests, args.max_registrations, server))
     return 0
 
 

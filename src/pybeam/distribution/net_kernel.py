@@ -40,6 +40,7 @@ from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemL
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
+from .tls import TLSOptions
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -70,6 +71,9 @@ class DistOptions:
     #: Incoming connections that have not proved the cookie yet, at most; one
     #: more closes the oldest. None: :func:`default_max_handshakes`.
     max_handshakes: int | None = None
+    #: TLS with mutual authentication for every connection and the port
+    #: mapper (see :mod:`pybeam.distribution.tls`); None: plain TCP.
+    tls: TLSOptions | None = None
 
 
 def default_max_handshakes() -> int:
@@ -191,6 +195,11 @@ class NetKernel:
         #: Refused handshakes: a flood of them must not flood the log.
         self._refusals = guard.RefusalLog(logger, what="refused incoming connections")
         self._stopping = False
+        tls = options.tls
+        self._tls_server = tls.server_context(on_refused=self._tls_refused) if tls is not None else None
+        self._tls_client = tls.client_context() if tls is not None else None
+        #: For the port mapper: the CA check, no hostname check (nodes register over loopback).
+        self._tls_epmd = tls.client_context(check_hostname=False) if tls is not None else None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -201,8 +210,20 @@ class NetKernel:
         # context the server was started in (see _background).
         host = self.node.name.partition("@")[2]
         listen = opts.listen or host
+        if self._tls_server is None:
+            serving = asyncio.start_server(self._accept, listen, opts.port)
+        else:
+            # The TLS handshake (both certificates) runs before _accept, under
+            # its own timeout; a failed one is logged by the context (see tls).
+            serving = asyncio.start_server(
+                self._accept,
+                listen,
+                opts.port,
+                ssl=self._tls_server,
+                ssl_handshake_timeout=opts.connect_timeout,
+            )
         try:
-            self._server = await _background(asyncio.start_server(self._accept, listen, opts.port))
+            self._server = await _background(serving)
         except OSError as e:
             why = e.strerror or str(e)
             raise OSError(
@@ -219,19 +240,24 @@ class NetKernel:
             # Clean contexts too: the mapper's server and the registration's
             # watch on its socket are tasks that outlive this call. A mapper
             # started here serves this host and other hosts (the name's address).
-            self._epmd_server = await _background(epmd.ensure_epmd(opts.epmd_port, self._epmd_hosts()))
-            self._registration = await _background(epmd.register(self.node.name, self.port, opts.epmd_port))
+            self._epmd_server = await _background(self._ensure_epmd())
+            self._registration = await _background(self._register())
         except BaseException:
             await self._close_listeners()
             raise
         self._reregister_task = _background(self._keep_registered())
         return self._registration.creation
 
-    def _epmd_hosts(self) -> list[str]:
-        """Where a mapper started by this node listens: loopback (where nodes
-        register) and the host of the node's name (where other hosts look up)."""
-        host = self.node.name.partition("@")[2]
-        return list(dict.fromkeys([epmd.DEFAULT_HOST, host]))
+    async def _ensure_epmd(self) -> epmd.EpmdServer | None:
+        # A mapper started here listens on loopback (where nodes register) and
+        # the host of the node's name (where other hosts look up).
+        hosts = list(dict.fromkeys([epmd.DEFAULT_HOST, self.node.name.partition("@")[2]]))
+        return await epmd.ensure_epmd(
+            self.options.epmd_port, hosts, tls=self._tls_server, client_tls=self._tls_epmd
+        )
+
+    async def _register(self) -> epmd.Registration:
+        return await epmd.register(self.node.name, self.port, self.options.epmd_port, tls=self._tls_epmd)
 
     async def _keep_registered(self) -> None:
         # The mapper may live in another node's process and die with it: then
@@ -248,10 +274,8 @@ class NetKernel:
                 await asyncio.sleep(delay)
                 try:
                     if self._epmd_server is None:
-                        self._epmd_server = await epmd.ensure_epmd(self.options.epmd_port, self._epmd_hosts())
-                    self._registration = await epmd.register(
-                        self.node.name, self.port, self.options.epmd_port
-                    )
+                        self._epmd_server = await self._ensure_epmd()
+                    self._registration = await self._register()
                     break
                 except (OSError, epmd.EpmdError) as e:
                     logger.debug("re-registering %s with the port mapper failed: %s", self.node.name, e)
@@ -371,7 +395,7 @@ class NetKernel:
     async def _resolve(self, name: str) -> tuple[str, int]:
         """Where the port mapper on the node's host says ``name`` listens."""
         host = name.partition("@")[2]
-        port = await epmd.lookup(name, self.options.epmd_port, host=host)
+        port = await epmd.lookup(name, self.options.epmd_port, host=host, tls=self._tls_epmd)
         if port is None:
             raise OSError(f"node {name} is not registered with the port mapper on {host}")
         return host, port
@@ -419,7 +443,18 @@ class NetKernel:
         self, name: str, host: str, port: int
     ) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
         opts = self.options
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+        if self._tls_client is None:
+            connecting = asyncio.open_connection(host, port)
+        else:
+            # The TLS handshake (both certificates) comes first, within the same timeout.
+            connecting = asyncio.open_connection(
+                host,
+                port,
+                ssl=self._tls_client,
+                server_hostname=host,
+                ssl_handshake_timeout=opts.connect_timeout,
+            )
+        reader, writer = await asyncio.wait_for(connecting, opts.connect_timeout)
         peer = await handshake.initiate(
             reader,
             writer,
@@ -540,6 +575,9 @@ class NetKernel:
                     self._note_incoming_failed(peer)
                 if fut is not None and not fut.done():
                     fut.set_result(up)
+
+    def _tls_refused(self, why: str) -> None:
+        self._refusals.log(logging.WARNING, "node %s refused a connection: %s", self.node.name, why)
 
     def _note_incoming_failed(self, peer: str) -> None:
         # Our own attempt to this peer may be waiting on this one
