@@ -476,6 +476,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="TLS: check that a dialled node's certificate names its host",
     )
+    node.add_argument(
+        "--busy-limit",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="bytes queued to one peer above which senders wait (default 1 MB, as dist_buf_busy_limit)",
+    )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
     node.add_argument(
         "--exit-on-stdin-close",
@@ -539,6 +546,7 @@ async def _serve_node_checked(args: argparse.Namespace) -> int:
             listen=args.listen,
             epmd_port=args.epmd_port,
             tls=tls,
+            busy_limit=args.busy_limit,
         )
     except _START_ERRORS as e:
         return _error("node", f"cannot start node {args.name}: {e}")

@@ -143,7 +143,10 @@ class Node:
     ``max_handshakes`` caps the incoming connections that have not proved the
     cookie yet (see the security model in docs/distribution.md). ``tls``
     (a :class:`pybeam.distribution.tls.TLSOptions`) runs every connection and
-    the port mapper over TLS with mutual authentication.
+    the port mapper over TLS with mutual authentication. ``busy_limit``
+    (bytes, 1 MB by default, as ``dist_buf_busy_limit``) and ``hard_limit``
+    (128 MB) bound what is queued to one peer: see backpressure in
+    docs/distribution.md.
     """
 
     def __init__(
@@ -163,6 +166,8 @@ class Node:
         creation: int | None = None,
         max_handshakes: int | None = None,
         tls: Any = None,
+        busy_limit: int | None = None,
+        hard_limit: int | None = None,
     ) -> None:
         if name is not None:
             check_node_name(name, "name")
@@ -182,6 +187,8 @@ class Node:
             "connect_timeout": connect_timeout,
             "max_handshakes": max_handshakes,
             "tls": tls,
+            "busy_limit": busy_limit,
+            "hard_limit": hard_limit,
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None

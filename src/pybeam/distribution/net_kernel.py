@@ -34,9 +34,19 @@ from .. import codec
 from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..nodename import check_node_name, parse_address
+from ..process import current_process
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, guard, handshake
-from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemLimit, encode_control
+from .connection import (
+    DEFAULT_BUSY_LIMIT,
+    DEFAULT_HARD_LIMIT,
+    DEFAULT_TICKTIME,
+    Connection,
+    Op,
+    ProtocolError,
+    SystemLimit,
+    encode_control,
+)
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
@@ -74,6 +84,11 @@ class DistOptions:
     #: TLS with mutual authentication for every connection and the port
     #: mapper (see :mod:`pybeam.distribution.tls`); None: plain TCP.
     tls: TLSOptions | None = None
+    #: Bytes queued to one peer above which a sending process is suspended
+    #: at its next receive until they drain (BEAM's dist_buf_busy_limit).
+    busy_limit: int = DEFAULT_BUSY_LIMIT
+    #: Bytes queued to one peer above which the connection is closed.
+    hard_limit: int = DEFAULT_HARD_LIMIT
 
 
 def default_max_handshakes() -> int:
@@ -352,6 +367,13 @@ class NetKernel:
         # Closed by us, not lost: the node is still where it was.
         self._lost.discard(conn.name)
         return True
+
+    async def drain(self, node: str) -> None:
+        """Wait until what is queued to ``node`` is below the busy limit (at
+        once if it is, or if ``node`` is not connected)."""
+        conn = self._conns.get(node)
+        if conn is not None:
+            await conn.drain()
 
     def monitor_nodes(self, pid: Pid, flag: bool) -> None:
         """Subscribe ``pid`` to ``("nodeup", node)`` / ``("nodedown", node)`` or unsubscribe it."""
@@ -638,6 +660,8 @@ class NetKernel:
             on_closed=self._closed,
             ticktime=self.options.ticktime,
             max_frame=self.options.max_frame,
+            busy_limit=self.options.busy_limit,
+            hard_limit=self.options.hard_limit,
         )
         self._conns[peer.name] = conn
         self._lost.discard(peer.name)
@@ -733,6 +757,8 @@ class NetKernel:
 
     def _route(self, conn: Connection, control: tuple[Any, ...]) -> None:
         conn.send(control)
+        if conn.busy:
+            _suspend_sender(conn)
         match control:
             case (Op.LINK, local, remote):
                 conn.links.add((local, remote))
@@ -761,6 +787,8 @@ class NetKernel:
         conn = self._conns.get(to.node)
         if conn is not None:
             conn.send((Op.SEND, to, msg))  # the hot path: nothing to track
+            if conn.busy:
+                _suspend_sender(conn)
         else:
             self._out(to.node, (Op.SEND, to, msg))
 
@@ -768,6 +796,8 @@ class NetKernel:
         conn = self._conns.get(node)
         if conn is not None:
             conn.send((Op.SEND_NAME, name, msg))
+            if conn.busy:
+                _suspend_sender(conn)
         else:
             self._out(node, (Op.SEND_NAME, name, msg))
 
@@ -1033,6 +1063,14 @@ class NetKernel:
             self._addresses[name] = (host, port)
             self._lost.discard(name)
         self._start_connect(name)
+
+
+def _suspend_sender(conn: Connection) -> None:
+    """The connection is busy: the process sending (if a process is) waits for
+    it to drain at its next receive (``send`` itself cannot wait)."""
+    proc = current_process()
+    if proc is not None:
+        proc.suspended_on = conn.drain
 
 
 def _background(coro: Any) -> asyncio.Task[Any]:
