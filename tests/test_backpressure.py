@@ -19,6 +19,8 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import pytest
+
 import pybeam
 from pybeam.testing import free_port
 
@@ -137,9 +139,22 @@ async def test_past_the_hard_limit_the_connection_is_closed() -> None:
         assert sent <= 8 + 1, f"{sent} chunks of 256 KiB queued past a 2 MiB hard limit"
 
 
-async def test_a_healthy_peer_never_makes_a_sender_wait() -> None:
+@pytest.mark.parametrize("limit", [BUSY_LIMIT, 1 << 40], ids=["small", "huge"])
+async def test_a_healthy_peer_never_makes_a_sender_wait(limit: int) -> None:
+    await healthy(limit)
+
+
+def test_a_huge_limit_is_backpressure_off_on_pybeams_own_event_loop() -> None:
+    # pybeam.run uses uvloop when installed, whose water marks are C ints: a
+    # limit of 1 TiB once failed there (and nowhere else) when connecting.
+    pybeam.run(healthy, 1 << 40)
+
+
+async def healthy(limit: int) -> None:
     cookie, port, tag = secrets.token_hex(8), free_port(), secrets.token_hex(3)
-    async with pybeam.Node(f"bp{tag}@127.0.0.1", cookie=cookie, epmd_port=port, busy_limit=BUSY_LIMIT):
+    async with pybeam.Node(
+        f"bp{tag}@127.0.0.1", cookie=cookie, epmd_port=port, busy_limit=limit, hard_limit=limit
+    ):
         peer = f"peer{tag}@127.0.0.1"
         proc = await asyncio.to_thread(_start, peer, cookie, port)
         try:

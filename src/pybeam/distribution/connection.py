@@ -59,6 +59,8 @@ DEFAULT_TICKTIME: Final = 60.0
 _MAX_BATCH: Final = 4096
 #: Bytes queued to a peer above which senders are suspended (BEAM's dist_buf_busy_limit).
 DEFAULT_BUSY_LIMIT: Final = 1024 * 1024
+#: The largest write buffer water mark a transport takes (uvloop's are C ints).
+_MAX_WATER_MARK: Final = 2**31 - 1
 #: Bytes queued to a peer above which the connection is closed.
 DEFAULT_HARD_LIMIT: Final = 128 * 1024 * 1024
 
@@ -171,7 +173,9 @@ class Connection:
         self._writer = writer
         # drain() waits for the transport to go below the busy limit (it
         # resumes at half of it, so a waiting sender is not woken per frame).
-        writer.transport.set_write_buffer_limits(high=busy_limit, low=busy_limit // 2)
+        # (uvloop takes C ints: a larger limit is as good as none anyway.)
+        high = min(busy_limit, _MAX_WATER_MARK)
+        writer.transport.set_write_buffer_limits(high=high, low=high // 2)
         self._frames = FrameWriter(writer, max_size=max_frame)
         self._dispatch = dispatch
         self._on_closed: Closed | None = on_closed
