@@ -1,6 +1,6 @@
 """Run every benchmark and print a table: figure, unit, target, met or not.
 
-Usage: ``python -m benchmarks [local] [dist] [ping_pong] [map_reduce] [margarine]`` (in .venv: ``bash scripts/setup``
+Usage: ``python -m benchmarks [local] [dist] [ping_pong] [map_reduce] [margarine] [transport]`` (in .venv: ``bash scripts/setup``
 first); both sets by default.
 Targets are for the project's reference machine (2 cores, uvloop); see
 docs/benchmarks.md for the figures measured there.
@@ -13,14 +13,14 @@ import sys
 
 import pybeam
 
-from . import dist, local, map_reduce, margarine, ping_pong
+from . import dist, local, map_reduce, margarine, ping_pong, transport
 
 
 def _met(unit: str, value: float, target: float) -> str:
     if not target:
         return "-"  # reported, no target
     # Memory and latency are ceilings; every other figure is a floor.
-    ok = value <= target if unit in ("bytes", "us") else value >= target
+    ok = value <= target if unit in ("bytes", "us", "MB") else value >= target
     return "yes" if ok else "NO"
 
 
@@ -41,6 +41,8 @@ def main() -> int:
         rows += pybeam.run(map_reduce.main)
     if "margarine" in which:
         rows += pybeam.run(margarine.main)
+    if "transport" in which:  # TLS and backpressure: only when asked for
+        rows += pybeam.run(transport.main)
     for name, value, unit, target in rows:
         shown = f"{target:12,.0f}" if target else f"{'':>12}"
         print(f"{name:35} {value:14,.0f} {unit:15} {shown}  {_met(unit, value, target)}")

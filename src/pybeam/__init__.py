@@ -39,6 +39,7 @@ from .mailbox import NO_DEFAULT
 from .net import (
     connect,
     disconnect,
+    drain,
     get_cookie,
     monitor_nodes,
     nodes,
@@ -79,6 +80,7 @@ __all__ = [
     "current_node",
     "demonitor",
     "disconnect",
+    "drain",
     "dynamic_supervisor",
     "errand",
     "exit",

@@ -39,6 +39,7 @@ from typing import Any
 from . import net, rpc
 from .distribution import epmd
 from .distribution.cookie import CookieError
+from .distribution.tls import TLSOptions
 from .errors import Exit, NodeDown, PybeamError
 from .node import Node
 from .nodename import parse_address
@@ -457,7 +458,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--port", type=int, default=0, help="port to listen on (default: any free one)")
     node.add_argument(
+        "--listen",
+        metavar="HOST",
+        default=None,
+        help="address to listen on, e.g. 0.0.0.0 (default: the host of --name); peers still dial --name",
+    )
+    node.add_argument(
         "--epmd-port", type=int, default=None, help="port mapper's port (default $PYBEAM_EPMD_PORT or 4370)"
+    )
+    node.add_argument("--tls-cert", metavar="FILE", help="TLS: this node's certificate (PEM)")
+    node.add_argument("--tls-key", metavar="FILE", help="TLS: its private key (PEM)")
+    node.add_argument(
+        "--tls-ca", metavar="FILE", help="TLS: the CA that signs every node's certificate (PEM)"
+    )
+    node.add_argument(
+        "--tls-verify-hostname",
+        action="store_true",
+        help="TLS: check that a dialled node's certificate names its host",
+    )
+    node.add_argument(
+        "--busy-limit",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="bytes queued to one peer above which senders wait (default 1 MB, as dist_buf_busy_limit)",
     )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
     node.add_argument(
@@ -508,6 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve_node_checked(args: argparse.Namespace) -> int:
+    tls_files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_files) and not all(tls_files):
+        return _error("node", "TLS needs all of --tls-cert, --tls-key and --tls-ca")
+    tls = TLSOptions(*tls_files, verify_hostname=args.tls_verify_hostname) if all(tls_files) else None
     try:
         node = Node(
             args.name,
@@ -515,7 +543,10 @@ async def _serve_node_checked(args: argparse.Namespace) -> int:
             ticktime=args.ticktime,
             hidden=args.hidden,
             port=args.port,
+            listen=args.listen,
             epmd_port=args.epmd_port,
+            tls=tls,
+            busy_limit=args.busy_limit,
         )
     except _START_ERRORS as e:
         return _error("node", f"cannot start node {args.name}: {e}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from itertools import islice
 from typing import Any, Final
 
@@ -43,12 +43,13 @@ class Mailbox:
 
     # The deque is created on the first message: an empty deque costs ~600
     # bytes, more than the rest of an idle process together.
-    __slots__ = ("_queue", "_wait", "_waiter")
+    __slots__ = ("_queue", "_wait", "_waiter", "suspended_on")
 
     def __init__(self) -> None:
         self._queue: deque[Any] | None = None
         self._waiter: asyncio.Future[Any] | None = None
         self._wait: _WaitAny | None = None
+        self.suspended_on = None
 
     def put(self, msg: Any) -> None:
         """Append a message and wake the receiver if it waits."""
@@ -96,6 +97,19 @@ class Mailbox:
                 return True, m
         return False, None
 
+    #: Set by the distribution when this process sent to a busy connection:
+    #: what to wait for (its drain) before the next receive, as BEAM suspends
+    #: a sender over ``dist_buf_busy_limit``.
+    suspended_on: Callable[[], Awaitable[None]] | None
+
+    async def _suspended(self, matcher: Matcher | None, timeout: float | None, default: Any) -> Any:
+        drain, self.suspended_on = self.suspended_on, None
+        if drain is not None:
+            await drain()
+        if matcher is None and timeout is None:
+            return await self.receive_any()
+        return await self.receive(matcher, timeout, default)
+
     def receive_any(self) -> Awaitable[Any]:
         """Take the oldest message, waiting for one if there is none.
 
@@ -104,6 +118,8 @@ class Mailbox:
         (a third of what an idle process would otherwise cost), and a message
         already queued is taken at once.
         """
+        if self.suspended_on is not None:
+            return self._suspended(None, None, NO_DEFAULT)
         q = self._queue
         if q:
             return _pop(q)
@@ -129,6 +145,8 @@ class Mailbox:
         ``default`` when nothing matched in time, or raises ``TimeoutError``
         when no default was given.
         """
+        if self.suspended_on is not None:
+            return await self._suspended(matcher, timeout, default)
         q = self._queue
         if matcher is None and q:
             return q.popleft()

@@ -22,6 +22,7 @@ from .terms import KILL, NOCONNECTION, Pid, Ref
 __all__ = [
     "connect",
     "disconnect",
+    "drain",
     "get_cookie",
     "monitor_nodes",
     "nodes",
@@ -51,6 +52,18 @@ async def connect(node: str) -> bool:
     """
     parse_address(node)
     return await _kernel().connect(node)
+
+
+async def drain(node: str) -> None:
+    """Wait until what this node has queued to ``node`` is below the busy
+    limit (at once if it is, or if ``node`` is not connected).
+
+    A process that sends to a busy connection waits for this at its next
+    ``receive`` by itself (as BEAM suspends it); code outside any process,
+    which nothing suspends, calls this between sends.
+    """
+    check_node_name(node)
+    await _kernel().drain(node)
 
 
 def disconnect(node: str) -> bool:

@@ -132,13 +132,21 @@ class Node:
     a pid from an earlier life of a node never reaches a process of this one.
 
     A named node is distributed (unless ``distributed=False``): when started it
-    listens on ``host:port`` (port 0: any free one), registers with the port
+    listens on the host its name names (``a@10.0.0.5`` on 10.0.0.5; a
+    hostname is resolved), or on ``listen`` if given (``"0.0.0.0"``, say; the
+    name stays what peers dial; ``host`` is an older spelling of it), on
+    ``port`` (0: any free one), registers with the port
     mapper (``epmd_port``, default ``$PYBEAM_EPMD_PORT`` or 4370), and takes
     its creation from it. ``cookie`` defaults to ``$PYBEAM_COOKIE`` or
     ``~/.pybeam.cookie``; ``ticktime`` is ``net_ticktime`` in seconds;
     a ``hidden`` node is left out of ``nodes()`` and of the full mesh.
     ``max_handshakes`` caps the incoming connections that have not proved the
-    cookie yet (see the security model in docs/distribution.md).
+    cookie yet (see the security model in docs/distribution.md). ``tls``
+    (a :class:`pybeam.distribution.tls.TLSOptions`) runs every connection and
+    the port mapper over TLS with mutual authentication. ``busy_limit``
+    (bytes, 1 MB by default, as ``dist_buf_busy_limit``) and ``hard_limit``
+    (128 MB) bound what is queued to one peer: see backpressure in
+    docs/distribution.md.
     """
 
     def __init__(
@@ -147,7 +155,8 @@ class Node:
         *,
         cookie: str | None = None,
         distributed: bool | None = None,
-        host: str = "127.0.0.1",
+        host: str | None = None,
+        listen: str | None = None,
         port: int = 0,
         epmd_port: int | None = None,
         ticktime: float = 60.0,
@@ -156,6 +165,9 @@ class Node:
         connect_timeout: float | None = None,
         creation: int | None = None,
         max_handshakes: int | None = None,
+        tls: Any = None,
+        busy_limit: int | None = None,
+        hard_limit: int | None = None,
     ) -> None:
         if name is not None:
             check_node_name(name, "name")
@@ -166,7 +178,7 @@ class Node:
             raise BadArg("a distributed node needs a name")
         options: dict[str, Any] = {
             "cookie": cookie,
-            "host": host,
+            "listen": listen or host,
             "port": port,
             "epmd_port": epmd_port,
             "ticktime": ticktime,
@@ -174,6 +186,9 @@ class Node:
             "max_frame": max_frame,
             "connect_timeout": connect_timeout,
             "max_handshakes": max_handshakes,
+            "tls": tls,
+            "busy_limit": busy_limit,
+            "hard_limit": hard_limit,
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -71,6 +71,7 @@ class Process(Mailbox):
         self._queue = None
         self._waiter = None
         self._wait = None
+        self.suspended_on = None
         self.node = node
         self.pid = pid
         self.task: asyncio.Task[Any] | None = None

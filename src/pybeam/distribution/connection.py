@@ -13,6 +13,14 @@ four consecutive periods of ``ticktime / 4`` (so after ``ticktime`` to
 ``1.25 * ticktime`` of silence). Then the connection closes, and its owner (the net kernel) fires
 ``noconnection`` for every link and monitor that crossed it.
 
+Backpressure, as BEAM's ``dist_buf_busy_limit``: the bytes queued to the peer
+(not yet taken by the kernel) are watched. Above ``busy_limit`` the connection
+is *busy*: the net kernel suspends the sending process at its next ``receive``
+until :meth:`Connection.drain` sees the buffer below the limit again. Above
+``hard_limit`` (far higher: reached only by code that sends without ever
+awaiting) the connection is closed, as for a peer that stopped answering: a
+nodedown, ``noconnection`` for every link and monitor, rather than unbounded memory.
+
 What a connection does not know: what the signals mean. It hands every decoded
 control message to the function its owner gave it.
 """
@@ -32,7 +40,16 @@ from ..logtext import clip, short
 from .framing import DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter, StreamClosed
 from .handshake import PeerInfo
 
-__all__ = ["DEFAULT_TICKTIME", "Connection", "Op", "ProtocolError", "SystemLimit", "encode_control"]
+__all__ = [
+    "DEFAULT_BUSY_LIMIT",
+    "DEFAULT_HARD_LIMIT",
+    "DEFAULT_TICKTIME",
+    "Connection",
+    "Op",
+    "ProtocolError",
+    "SystemLimit",
+    "encode_control",
+]
 
 logger = logging.getLogger("pybeam.distribution")
 
@@ -40,6 +57,12 @@ logger = logging.getLogger("pybeam.distribution")
 DEFAULT_TICKTIME: Final = 60.0
 #: Most control messages put in one frame.
 _MAX_BATCH: Final = 4096
+#: Bytes queued to a peer above which senders are suspended (BEAM's dist_buf_busy_limit).
+DEFAULT_BUSY_LIMIT: Final = 1024 * 1024
+#: The largest write buffer water mark a transport takes (uvloop's are C ints).
+_MAX_WATER_MARK: Final = 2**31 - 1
+#: Bytes queued to a peer above which the connection is closed.
+DEFAULT_HARD_LIMIT: Final = 128 * 1024 * 1024
 
 
 class Op:
@@ -132,14 +155,27 @@ class Connection:
         on_closed: Closed,
         ticktime: float = DEFAULT_TICKTIME,
         max_frame: int = DEFAULT_MAX_FRAME,
+        busy_limit: int = DEFAULT_BUSY_LIMIT,
+        hard_limit: int = DEFAULT_HARD_LIMIT,
     ) -> None:
         self.peer = peer
+        self.busy_limit = busy_limit
+        self.hard_limit = max(hard_limit, busy_limit)
+        #: Over the busy limit: senders are to wait in drain().
+        self.busy = False
+        #: What the transport held after the last flush.
+        self._buffered = 0
         self.name = peer.name
         self.hidden = bool(peer.flags.get("hidden", False))
         self.ticktime = ticktime
         self.max_frame = max_frame
         self._reader = reader
         self._writer = writer
+        # drain() waits for the transport to go below the busy limit (it
+        # resumes at half of it, so a waiting sender is not woken per frame).
+        # (uvloop takes C ints: a larger limit is as good as none anyway.)
+        high = min(busy_limit, _MAX_WATER_MARK)
+        writer.transport.set_write_buffer_limits(high=high, low=high // 2)
         self._frames = FrameWriter(writer, max_size=max_frame)
         self._dispatch = dispatch
         self._on_closed: Closed | None = on_closed
@@ -183,6 +219,8 @@ class Connection:
             self._flush()
         self._out.append(data)
         self._out_size += len(data)
+        if self._out_size + self._buffered > self.busy_limit:
+            self._over_busy_limit()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -196,6 +234,38 @@ class Connection:
         self._out_size = 0
         self._frames.write(_array_header(len(out)) + b"".join(out))
         self._frames.flush()
+        buffered = self._buffered = self._frames.buffer_size
+        if buffered > self.busy_limit:
+            self._over_busy_limit()
+        elif self.busy:
+            self.busy = False
+
+    def _over_busy_limit(self) -> None:
+        self.busy = True
+        queued = self._out_size + self._buffered
+        if queued > self.hard_limit:
+            self.close(
+                f"{queued:,} bytes queued to {self.name}, over the hard limit of {self.hard_limit:,}: "
+                "the peer does not read (or a sender never awaits)"
+            )
+
+    def queued(self) -> int:
+        """Bytes queued to the peer and not yet taken by the kernel."""
+        return self._out_size + (self._frames.buffer_size if not self.closed else 0)
+
+    async def drain(self) -> None:
+        """Wait until the bytes queued to the peer are below the busy limit
+        (at once if they are, or if the connection is closed). Cancellation-safe."""
+        while self.busy and not self.closed:
+            self._flush()
+            if self._frames.buffer_size <= self.busy_limit:
+                self.busy = False
+                return
+            try:
+                await self._frames.drain()
+            except ConnectionError:
+                return
+            self._buffered = self._frames.buffer_size
 
     def _tick(self) -> None:
         if self.closed:

@@ -14,8 +14,9 @@ terms (:mod:`pybeam.codec`). A client sends one request:
 
 ``("register", name, port)``
     Reply ``("ok", creation)``, ``("error", "name_taken")`` if a live
-    connection holds that name, or ``("error", "full")`` if the mapper already
-    holds ``max_registrations`` names. The registration lasts exactly as long as this
+    connection holds that name, ``("error", "full")`` if the mapper already
+    holds ``max_registrations`` names, or ``("error", "not_local")`` if the
+    client is on another host. The registration lasts exactly as long as this
     connection: the node keeps it open, and the mapper frees the name when it
     closes (the mapper closes it too if the client sends anything more).
     ``creation`` is a per-name counter in 1..2**32-1: it starts at a random value
@@ -42,8 +43,12 @@ Refusals are logged with untrusted text escaped, and rate-limited.
 The mapper listens on 127.0.0.1, port ``$PYBEAM_EPMD_PORT`` or
 :data:`DEFAULT_PORT` (4370; Erlang's epmd has 4369 and we must not meet it).
 That host only serves this machine: to let other machines look nodes up, bind
-it to a reachable address (``host=`` / ``--host``). Like epmd, it trusts every
-client that can reach it.
+it to reachable addresses as well (``host=`` takes one address or a list;
+``--host`` is repeatable). A node that starts the mapper itself binds it to
+loopback plus the node's own address. Anyone who can reach it may look names
+up (as with epmd), but only a client on this host may register one (as epmd:
+the client's address is loopback, or the very address it connected to); a
+remote ``register`` is answered ``("error", "not_local")``.
 
 Who runs it: the first node on a host starts one inside its own process
 (:func:`ensure_epmd`; later nodes find the port taken by a mapper and just use
@@ -62,10 +67,12 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -75,6 +82,7 @@ from pybeam import codec
 
 from . import guard, strict
 from .framing import FrameError, StreamClosed, encode_frame, read_frame
+from .tls import TLSOptions
 
 __all__ = [
     "DEFAULT_HOST",
@@ -129,10 +137,11 @@ def default_max_registrations() -> int:
 
 class EpmdError(Exception):
     """A port mapper request failed. :attr:`reason` is ``"unreachable"`` (nothing
-    listens there), ``"timeout"``, ``"name_taken"``, ``"full"`` (the mapper
-    holds as many names as it allows), ``"protocol"`` (a malformed
-    reply, or the connection dropped) or ``"not_a_mapper"`` (from :func:`ensure_epmd`:
-    something else holds the port)."""
+        listens there), ``"timeout"``, ``"name_taken"``, ``"full"`` (the mapper
+        holds as many names as it allows), ``"not_local"`` (a registration from
+    another host), ``"protocol"`` (a malformed
+        reply, or the connection dropped) or ``"not_a_mapper"`` (from :func:`ensure_epmd`:
+        something else holds the port)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -203,12 +212,16 @@ class EpmdServer:
     def __init__(
         self,
         port: int | None = None,
-        host: str = DEFAULT_HOST,
+        host: str | Sequence[str] = DEFAULT_HOST,
         *,
         max_requests: int | None = None,
         max_registrations: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.host = host
+        self.hosts = _hosts(host)
+        #: A server context: every client must speak TLS and present a certificate it accepts.
+        self.tls = tls
+        self.host = ",".join(self.hosts)
         self.port = epmd_port(port)
         if max_registrations is not None and max_registrations < 1:
             raise ValueError(f"max_registrations must be at least 1, got {max_registrations}")
@@ -229,7 +242,12 @@ class EpmdServer:
         """Start listening. Raises :class:`OSError` if the port is taken."""
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._handle, self.hosts, self.port)
+        else:
+            self._server = await asyncio.start_server(
+                self._handle, self.hosts, self.port, ssl=self.tls, ssl_handshake_timeout=REQUEST_TIMEOUT
+            )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("port mapper listening on %s:%d", self.host, self.port)
 
@@ -321,6 +339,15 @@ class EpmdServer:
             return
         match request:
             case ("register", name, port) if _valid_name(name) and _valid_port(port):
+                if not _is_local(writer):
+                    self._refusals.log(
+                        logging.WARNING,
+                        "port mapper: refused to register %s for %s: not a client on this host",
+                        guard.untrusted(name),
+                        peer,
+                    )
+                    await _reply(writer, ("error", "not_local"))
+                    return
                 await self._register(name, port, reader, writer, peer)
             case ("lookup", name) if _valid_name(name):
                 entry = self._registered.get(name)
@@ -377,22 +404,62 @@ class EpmdServer:
             del self._freed[next(iter(self._freed))]  # the oldest; dicts keep insertion order
 
 
-async def ensure_epmd(port: int | None = None, host: str = DEFAULT_HOST) -> EpmdServer | None:
+def _hosts(host: str | Sequence[str]) -> list[str]:
+    hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host))
+    if not hosts or not all(isinstance(h, str) and h for h in hosts):
+        raise ValueError(f"a port mapper listens on one or more hosts, got {host!r}")
+    return hosts
+
+
+def _is_local(writer: asyncio.StreamWriter) -> bool:
+    """Whether the client is on this host: loopback, or the address it dialled (as epmd)."""
+    peer = writer.get_extra_info("peername")
+    sock = writer.get_extra_info("sockname")
+    if not peer or not sock:
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    if address.is_loopback:
+        return True
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped is not None and mapped.is_loopback) or peer[0] == sock[0])
+
+
+async def ensure_epmd(
+    port: int | None = None,
+    host: str | Sequence[str] = DEFAULT_HOST,
+    *,
+    tls: ssl.SSLContext | None = None,
+    client_tls: ssl.SSLContext | None = None,
+) -> EpmdServer | None:
     """Start a port mapper here unless one already runs on that port.
 
-    Returns the started :class:`EpmdServer` (the caller owns it and must close
-    it) or ``None`` if a mapper already answers on the port. Raises
-    :class:`EpmdError` (``"not_a_mapper"``) if something else holds the port.
+    ``host`` is one address or several to listen on (the first is asked
+    whether a mapper runs there already). Returns the started
+    :class:`EpmdServer` (the caller owns it and must close it) or ``None`` if
+    a mapper already answers on the port. Raises :class:`EpmdError`
+    (``"not_a_mapper"``) if something else holds the port. With ``tls`` (a
+    server context) the mapper speaks TLS only, and ``client_tls`` is what
+    asks the one already running.
     """
-    server = EpmdServer(port, host)
+    server = EpmdServer(port, host, tls=tls)
     try:
         await server.start()
     except OSError as e:
         if e.errno != errno.EADDRINUSE:
             raise
+        host = server.hosts[0]
         try:
-            await names(server.port, host=host)
+            await names(server.port, host=host, tls=client_tls)
         except EpmdError as err:
+            if isinstance(err.__cause__, ssl.SSLError):
+                raise EpmdError(
+                    "not_a_mapper",
+                    f"port {server.port} on {host} is in use, and the TLS handshake with it failed "
+                    f"(a mapper without TLS, or with another CA?): {err.__cause__}",
+                ) from err
             raise EpmdError(
                 "not_a_mapper",
                 f"port {server.port} on {host} is in use by something that is not a pybeam port mapper",
@@ -401,22 +468,26 @@ async def ensure_epmd(port: int | None = None, host: str = DEFAULT_HOST) -> Epmd
     return server
 
 
-async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    host: str, port: int, tls: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        return await asyncio.open_connection(host, port)
+        if tls is None:
+            return await asyncio.open_connection(host, port)
+        return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
     except OSError as e:
         raise EpmdError("unreachable", f"no port mapper at {host}:{port}: {e}") from e
 
 
 async def _request(
-    request: tuple[Any, ...], epmd_port_: int | None, host: str, timeout: float
+    request: tuple[Any, ...], epmd_port_: int | None, host: str, timeout: float, tls: ssl.SSLContext | None
 ) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
     """Send one request and return the reply, with the still open connection."""
     port = epmd_port(epmd_port_)
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await _connect(host, port)
+            reader, writer = await _connect(host, port, tls)
             await _send(writer, request)
             reply = codec.decode(await read_frame(reader, REPLY_MAX_FRAME))
     except BaseException as e:
@@ -437,10 +508,16 @@ def _bad_reply(reply: object) -> EpmdError:
 
 
 async def lookup(
-    name: str, epmd_port: int | None = None, *, host: str = DEFAULT_HOST, timeout: float = CLIENT_TIMEOUT
+    name: str,
+    epmd_port: int | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    timeout: float = CLIENT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> int | None:
-    """The port node ``name`` (``alive`` or ``alive@host``) listens on, or ``None`` if not registered."""
-    reply, _, writer = await _request(("lookup", alive_name(name)), epmd_port, host, timeout)
+    """The port node ``name`` (``alive`` or ``alive@host``) listens on, or ``None`` if not registered.
+    ``tls``: a client context, for a mapper that speaks TLS (the same in every function here)."""
+    reply, _, writer = await _request(("lookup", alive_name(name)), epmd_port, host, timeout, tls)
     writer.close()
     match reply:
         case ("port", port) if _valid_port(port):
@@ -451,10 +528,14 @@ async def lookup(
 
 
 async def names(
-    epmd_port: int | None = None, *, host: str = DEFAULT_HOST, timeout: float = CLIENT_TIMEOUT
+    epmd_port: int | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    timeout: float = CLIENT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> list[tuple[str, int]]:
     """Every registration, as ``(alive name, port)``."""
-    reply, _, writer = await _request(("names",), epmd_port, host, timeout)
+    reply, _, writer = await _request(("names",), epmd_port, host, timeout, tls)
     writer.close()
     match reply:
         case ("names", [*entries]) if all(
@@ -472,6 +553,7 @@ async def register(
     *,
     host: str = DEFAULT_HOST,
     timeout: float = CLIENT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> Registration:
     """Register node ``name`` as listening on ``port``; it stays registered until
     the returned :class:`Registration` is closed (or the mapper goes away).
@@ -481,8 +563,13 @@ async def register(
     alive = alive_name(name)
     if not _valid_port(port):
         raise ValueError(f"bad port {port!r}")
-    reply, reader, writer = await _request(("register", alive, port), epmd_port, host, timeout)
+    reply, reader, writer = await _request(("register", alive, port), epmd_port, host, timeout, tls)
     match reply:
+        case ("error", "not_local"):
+            writer.close()
+            raise EpmdError(
+                "not_local", f"the port mapper at {host} takes registrations from its own host only"
+            )
         case ("ok", creation) if type(creation) is int and 0 < creation <= MAX_CREATION:
             return Registration(alive, port, creation, reader, writer)
         case ("error", "name_taken"):
@@ -570,12 +657,18 @@ class Registration:
         await self.close()
 
 
-async def _serve(port: int, host: str, max_requests: int | None, max_registrations: int | None) -> int:
-    server = EpmdServer(port, host, max_requests=max_requests, max_registrations=max_registrations)
+async def _serve(
+    port: int,
+    host: str | list[str],
+    max_requests: int | None,
+    max_registrations: int | None,
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    server = EpmdServer(port, host, max_requests=max_requests, max_registrations=max_registrations, tls=tls)
     try:
         await server.start()
     except OSError as e:
-        print(f"pybeam epmd: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        print(f"pybeam epmd: cannot listen on {server.host} port {port}: {e.strerror or e}", file=sys.stderr)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -589,9 +682,9 @@ async def _serve(port: int, host: str, max_requests: int | None, max_registratio
     return 0
 
 
-async def _print_names(port: int, host: str) -> int:
+async def _print_names(port: int, host: str, tls: ssl.SSLContext | None = None) -> int:
     try:
-        entries = await names(port, host=host)
+        entries = await names(port, host=host, tls=tls)
     except EpmdError as e:
         print(f"pybeam epmd: {e}", file=sys.stderr)
         return 1
@@ -607,7 +700,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=None, help=f"port (default ${PORT_ENV} or {DEFAULT_PORT})"
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help=f"address to listen on, repeatable (default {DEFAULT_HOST}); --names asks the first",
+    )
     parser.add_argument("--names", action="store_true", help="list the running mapper's names and exit")
     parser.add_argument(
         "--max-requests",
@@ -622,8 +720,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"live registrations, at most (default {default_max_registrations()})",
     )
+    parser.add_argument("--tls-cert", metavar="FILE", help="TLS: this mapper's certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="TLS: its private key (PEM)")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="TLS: the CA every client's certificate must be signed by"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log registrations")
     args = parser.parse_args(argv)
+    tls_files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_files) and not all(tls_files):
+        parser.error("TLS needs all of --tls-cert, --tls-key and --tls-ca")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )
@@ -631,10 +737,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = epmd_port(args.port)
     except ValueError as e:
         parser.error(str(e))
+    hosts: list[str] = args.host or [DEFAULT_HOST]
+    tls_options = TLSOptions(*tls_files) if all(tls_files) else None
     if args.names:
-        return asyncio.run(_print_names(port, args.host))
+        client = tls_options.client_context(check_hostname=False) if tls_options else None
+        return asyncio.run(_print_names(port, hosts[0], client))
+    server = tls_options.server_context() if tls_options else None
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(port, args.host, args.max_requests, args.max_registrations))
+        return asyncio.run(_serve(port, hosts, args.max_requests, args.max_registrations, server))
     return 0
 
 

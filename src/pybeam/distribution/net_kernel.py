@@ -34,12 +34,23 @@ from .. import codec
 from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..nodename import check_node_name, parse_address
+from ..process import current_process
 from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
 from . import epmd, guard, handshake
-from .connection import DEFAULT_TICKTIME, Connection, Op, ProtocolError, SystemLimit, encode_control
+from .connection import (
+    DEFAULT_BUSY_LIMIT,
+    DEFAULT_HARD_LIMIT,
+    DEFAULT_TICKTIME,
+    Connection,
+    Op,
+    ProtocolError,
+    SystemLimit,
+    encode_control,
+)
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
+from .tls import TLSOptions
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -58,7 +69,9 @@ class DistOptions:
     """How a node takes part in distribution."""
 
     cookie: str
-    host: str = "127.0.0.1"
+    #: Where to listen; None: the host the node's name names (resolved if a
+    #: hostname). Peers always dial the name's host, whatever this is.
+    listen: str | None = None
     port: int = 0
     epmd_port: int | None = None
     ticktime: float = DEFAULT_TICKTIME
@@ -68,6 +81,14 @@ class DistOptions:
     #: Incoming connections that have not proved the cookie yet, at most; one
     #: more closes the oldest. None: :func:`default_max_handshakes`.
     max_handshakes: int | None = None
+    #: TLS with mutual authentication for every connection and the port
+    #: mapper (see :mod:`pybeam.distribution.tls`); None: plain TCP.
+    tls: TLSOptions | None = None
+    #: Bytes queued to one peer above which a sending process is suspended
+    #: at its next receive until they drain (BEAM's dist_buf_busy_limit).
+    busy_limit: int = DEFAULT_BUSY_LIMIT
+    #: Bytes queued to one peer above which the connection is closed.
+    hard_limit: int = DEFAULT_HARD_LIMIT
 
 
 def default_max_handshakes() -> int:
@@ -189,6 +210,11 @@ class NetKernel:
         #: Refused handshakes: a flood of them must not flood the log.
         self._refusals = guard.RefusalLog(logger, what="refused incoming connections")
         self._stopping = False
+        tls = options.tls
+        self._tls_server = tls.server_context(on_refused=self._tls_refused) if tls is not None else None
+        self._tls_client = tls.client_context() if tls is not None else None
+        #: For the port mapper: the CA check, no hostname check (nodes register over loopback).
+        self._tls_epmd = tls.client_context(check_hostname=False) if tls is not None else None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -197,18 +223,56 @@ class NetKernel:
         opts = self.options
         # In a clean context: every accepted connection's task inherits the
         # context the server was started in (see _background).
-        self._server = await _background(asyncio.start_server(self._accept, opts.host, opts.port))
+        host = self.node.name.partition("@")[2]
+        listen = opts.listen or host
+        if self._tls_server is None:
+            serving = asyncio.start_server(self._accept, listen, opts.port)
+        else:
+            # The TLS handshake (both certificates) runs before _accept, under
+            # its own timeout; a failed one is logged by the context (see tls).
+            serving = asyncio.start_server(
+                self._accept,
+                listen,
+                opts.port,
+                ssl=self._tls_server,
+                ssl_handshake_timeout=opts.connect_timeout,
+            )
+        try:
+            self._server = await _background(serving)
+        except OSError as e:
+            why = e.strerror or str(e)
+            raise OSError(
+                e.errno,
+                f"node {self.node.name} cannot listen on {listen} port {opts.port}: {why}"
+                + (
+                    ""
+                    if opts.listen
+                    else " (the host of its name; pass listen= / --listen to choose another)"
+                ),
+            ) from e
         self.port = self._server.sockets[0].getsockname()[1]
         try:
             # Clean contexts too: the mapper's server and the registration's
-            # watch on its socket are tasks that outlive this call.
-            self._epmd_server = await _background(epmd.ensure_epmd(opts.epmd_port))
-            self._registration = await _background(epmd.register(self.node.name, self.port, opts.epmd_port))
+            # watch on its socket are tasks that outlive this call. A mapper
+            # started here serves this host and other hosts (the name's address).
+            self._epmd_server = await _background(self._ensure_epmd())
+            self._registration = await _background(self._register())
         except BaseException:
             await self._close_listeners()
             raise
         self._reregister_task = _background(self._keep_registered())
         return self._registration.creation
+
+    async def _ensure_epmd(self) -> epmd.EpmdServer | None:
+        # A mapper started here listens on loopback (where nodes register) and
+        # the host of the node's name (where other hosts look up).
+        hosts = list(dict.fromkeys([epmd.DEFAULT_HOST, self.node.name.partition("@")[2]]))
+        return await epmd.ensure_epmd(
+            self.options.epmd_port, hosts, tls=self._tls_server, client_tls=self._tls_epmd
+        )
+
+    async def _register(self) -> epmd.Registration:
+        return await epmd.register(self.node.name, self.port, self.options.epmd_port, tls=self._tls_epmd)
 
     async def _keep_registered(self) -> None:
         # The mapper may live in another node's process and die with it: then
@@ -225,10 +289,8 @@ class NetKernel:
                 await asyncio.sleep(delay)
                 try:
                     if self._epmd_server is None:
-                        self._epmd_server = await epmd.ensure_epmd(self.options.epmd_port)
-                    self._registration = await epmd.register(
-                        self.node.name, self.port, self.options.epmd_port
-                    )
+                        self._epmd_server = await self._ensure_epmd()
+                    self._registration = await self._register()
                     break
                 except (OSError, epmd.EpmdError) as e:
                     logger.debug("re-registering %s with the port mapper failed: %s", self.node.name, e)
@@ -306,6 +368,13 @@ class NetKernel:
         self._lost.discard(conn.name)
         return True
 
+    async def drain(self, node: str) -> None:
+        """Wait until what is queued to ``node`` is below the busy limit (at
+        once if it is, or if ``node`` is not connected)."""
+        conn = self._conns.get(node)
+        if conn is not None:
+            await conn.drain()
+
     def monitor_nodes(self, pid: Pid, flag: bool) -> None:
         """Subscribe ``pid`` to ``("nodeup", node)`` / ``("nodedown", node)`` or unsubscribe it."""
         if flag:
@@ -348,7 +417,7 @@ class NetKernel:
     async def _resolve(self, name: str) -> tuple[str, int]:
         """Where the port mapper on the node's host says ``name`` listens."""
         host = name.partition("@")[2]
-        port = await epmd.lookup(name, self.options.epmd_port, host=host)
+        port = await epmd.lookup(name, self.options.epmd_port, host=host, tls=self._tls_epmd)
         if port is None:
             raise OSError(f"node {name} is not registered with the port mapper on {host}")
         return host, port
@@ -396,7 +465,18 @@ class NetKernel:
         self, name: str, host: str, port: int
     ) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
         opts = self.options
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), opts.connect_timeout)
+        if self._tls_client is None:
+            connecting = asyncio.open_connection(host, port)
+        else:
+            # The TLS handshake (both certificates) comes first, within the same timeout.
+            connecting = asyncio.open_connection(
+                host,
+                port,
+                ssl=self._tls_client,
+                server_hostname=host,
+                ssl_handshake_timeout=opts.connect_timeout,
+            )
+        reader, writer = await asyncio.wait_for(connecting, opts.connect_timeout)
         peer = await handshake.initiate(
             reader,
             writer,
@@ -518,6 +598,9 @@ class NetKernel:
                 if fut is not None and not fut.done():
                     fut.set_result(up)
 
+    def _tls_refused(self, why: str) -> None:
+        self._refusals.log(logging.WARNING, "node %s refused a connection: %s", self.node.name, why)
+
     def _note_incoming_failed(self, peer: str) -> None:
         # Our own attempt to this peer may be waiting on this one
         # (_peer_attempt_wins): it gives up when it sees this. Recorded for
@@ -577,6 +660,8 @@ class NetKernel:
             on_closed=self._closed,
             ticktime=self.options.ticktime,
             max_frame=self.options.max_frame,
+            busy_limit=self.options.busy_limit,
+            hard_limit=self.options.hard_limit,
         )
         self._conns[peer.name] = conn
         self._lost.discard(peer.name)
@@ -672,6 +757,8 @@ class NetKernel:
 
     def _route(self, conn: Connection, control: tuple[Any, ...]) -> None:
         conn.send(control)
+        if conn.busy:
+            _suspend_sender(conn)
         match control:
             case (Op.LINK, local, remote):
                 conn.links.add((local, remote))
@@ -700,6 +787,8 @@ class NetKernel:
         conn = self._conns.get(to.node)
         if conn is not None:
             conn.send((Op.SEND, to, msg))  # the hot path: nothing to track
+            if conn.busy:
+                _suspend_sender(conn)
         else:
             self._out(to.node, (Op.SEND, to, msg))
 
@@ -707,6 +796,8 @@ class NetKernel:
         conn = self._conns.get(node)
         if conn is not None:
             conn.send((Op.SEND_NAME, name, msg))
+            if conn.busy:
+                _suspend_sender(conn)
         else:
             self._out(node, (Op.SEND_NAME, name, msg))
 
@@ -972,6 +1063,14 @@ class NetKernel:
             self._addresses[name] = (host, port)
             self._lost.discard(name)
         self._start_connect(name)
+
+
+def _suspend_sender(conn: Connection) -> None:
+    """The connection is busy: the process sending (if a process is) waits for
+    it to drain at its next receive (``send`` itself cannot wait)."""
+    proc = current_process()
+    if proc is not None:
+        proc.suspended_on = conn.drain
 
 
 def _background(coro: Any) -> asyncio.Task[Any]:
