@@ -202,3 +202,21 @@ async def test_timers_to_a_live_process_still_fire_and_cancel() -> None:
     assert isinstance(left, float) and left > 0
     assert not pybeam.current_node()._pid_timers
     await asyncio.sleep(0)
+
+
+# -- 6. a node that stops cleanly: its processes end with shutdown (deliberate) --------
+
+
+async def test_a_node_that_stops_cleanly_ends_its_processes_with_shutdown(cluster: Any) -> None:
+    """BEAM's init:stop leaves processes outside supervision trees to die after
+    distribution is down (remote watchers see noconnection); pybeam ends them
+    all with shutdown first, and says so: see docs/semantics.md."""
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        pybeam.trap_exit(True)
+        linked = await pybeam.spawn_on(n1, "asyncio:sleep", 3600, link=True)
+        watched, ref = await pybeam.spawn_on(n1, "asyncio:sleep", 3600, monitor=True)
+        assert await c.stop_node(n1) == 0
+        assert await down_of(ref) == "shutdown"
+        assert await receive(("EXIT", linked, ANY), timeout=5) == ("EXIT", linked, "shutdown")
+        assert watched.node == n1

@@ -98,10 +98,12 @@ class _Run:
             timeout = None if args[1] == "infinity" else args[1] / 1000
             msg = await pybeam.receive(self.pattern(args[0]), timeout=timeout, default="timeout")
             self.record(role, ("got", msg))
-        elif kind == "flush":
+        elif kind in ("flush", "flush_sorted"):
             got = []
             while (msg := await pybeam.receive(timeout=0, default=_NOTHING)) is not _NOTHING:
                 got.append(msg)
+            if kind == "flush_sorted":
+                got = sorted(got, key=self.fmt)
             self.record(role, ("flushed", got))
         elif kind == "exit":
             pybeam.exit(args[0])

@@ -11,6 +11,8 @@ role ``b``'s pid and, in a pattern, ``"_"`` for anything. Operations (tuples):
 ``("send", dest, msg)``                  dest: ``"@role"``, or a registered name
 ``("recv", pattern, ms | "infinity")``   records ``{got, Msg}`` or ``{got, timeout}``
 ``("flush",)``                           records ``{flushed, [Msgs]}``: every message queued
+``("flush_sorted",)``                    the same, sorted by their text (order across senders
+                                         is not BEAM's to keep)
 ``("exit", reason)``                     ``exit(Reason)``
 ``("exit_sig", "@role", reason)``        ``exit(Pid, Reason)``
 ``("trap", bool)``                       ``process_flag(trap_exit, Bool)``

@@ -99,6 +99,9 @@ op(Role, [recv, Pattern, Timeout]) ->
     record(Role, {got, selective_receive(Pattern, Timeout)});
 op(Role, [flush]) ->
     record(Role, {flushed, flush([])});
+op(Role, [flush_sorted]) ->
+    Keyed = lists:sort([{lists:flatten(fmt(M)), M} || M <- flush([])]),
+    record(Role, {flushed, [M || {_, M} <- Keyed]});
 op(_, [exit, Reason]) ->
     exit(Reason);
 op(_, [exit_sig, Target, Reason]) ->
