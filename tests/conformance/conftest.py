@@ -20,3 +20,16 @@ def beam() -> Iterator[Beam]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture(scope="session")
+def beam_dist() -> Iterator[Beam]:
+    """A distributed BEAM interpreter with a peer node (its own epmd on a free port)."""
+    why = beam_missing()
+    if why is not None:
+        pytest.skip(why)
+    b = Beam(dist=True)
+    try:
+        yield b
+    finally:
+        b.close()

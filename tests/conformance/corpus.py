@@ -484,3 +484,93 @@ CORPUS: list[Scenario] = [
         b=(("register", "bn"), WAIT_FOREVER),
     ),
 ]
+
+
+#: Two nodes: ``main`` and its local roles on one, ``spawn_on`` roles on the peer
+#: (``"%peer"``), which run a body both sides provide without our code: ``idle``,
+#: ``exit_boom`` (exits with ``boom``), ``crash`` (``badarith``).
+REMOTE_WAIT = ("recv", "_", 3000)
+MULTI_CORPUS: list[Scenario] = [
+    S("remote_kill", ("spawn_on", "r", "idle", "monitor", "rr"), ("exit_sig", "@r", "kill"), REMOTE_WAIT),
+    S(
+        "remote_exit_signal",
+        ("spawn_on", "r", "idle", "monitor", "rr"),
+        ("exit_sig", "@r", "boom"),
+        REMOTE_WAIT,
+    ),
+    S(
+        "remote_exit_signal_normal_is_ignored",
+        ("spawn_on", "r", "idle", "monitor", "rr"),
+        ("exit_sig", "@r", "normal"),
+        ("recv", "_", 200),
+        ("exit_sig", "@r", "kill"),
+        REMOTE_WAIT,
+    ),
+    S("remote_exit", ("spawn_on", "x", "exit_boom", "monitor", "rx"), REMOTE_WAIT),
+    S("remote_crash", ("spawn_on", "x", "crash", "monitor", "rx"), REMOTE_WAIT),
+    S("remote_link_trapped", ("trap", True), ("spawn_on", "x", "exit_boom", "link"), REMOTE_WAIT),
+    S(
+        "remote_link_propagates",
+        ("spawn", "b", "monitor", "rb"),
+        ("recv", "ready", 3000),
+        ("exit_sig", "@l", "boom"),
+        REMOTE_WAIT,
+        b=(("spawn_on", "l", "idle", "link"), ("send", "@main", "ready"), WAIT_FOREVER),
+    ),
+    S(
+        "remote_monitor_dead_is_noproc",
+        ("spawn_on", "x", "exit_boom", "monitor", "rx"),
+        REMOTE_WAIT,
+        ("monitor", "@x", "m2"),
+        REMOTE_WAIT,
+    ),
+    S(
+        "remote_link_dead_while_trapping",
+        ("spawn_on", "x", "exit_boom", "monitor", "rx"),
+        REMOTE_WAIT,
+        ("trap", True),
+        ("link", "@x"),
+        REMOTE_WAIT,
+    ),
+    S(
+        "remote_link_dead_kills",
+        ("spawn_on", "x", "exit_boom", "monitor", "rx"),
+        REMOTE_WAIT,
+        ("spawn", "b", "monitor", "rb"),
+        REMOTE_WAIT,
+        b=(("link", "@x"), WAIT_FOREVER),
+    ),
+    S(
+        "remote_name_monitor",
+        ("spawn_on", "l", "idle", "plain"),
+        ("rpc_register", "ln", "@l"),
+        ("monitor", ("ln", "%peer"), "m"),
+        ("exit_sig", "@l", "kill"),
+        REMOTE_WAIT,
+    ),
+    S("remote_name_monitor_noproc", ("monitor", ("nobody", "%peer"), "m"), REMOTE_WAIT),
+    S(
+        "disconnect_fires_links_and_monitors",
+        ("trap", True),
+        ("spawn_on", "l", "idle", "link"),
+        ("spawn_on", "r", "idle", "monitor", "rr"),
+        ("disconnect",),
+        ("recv", ("EXIT", "@l", "_"), 3000),
+        ("recv", ("DOWN", "rr", "_", "_", "_"), 3000),
+    ),
+    S(
+        "remote_demonitor",
+        ("spawn_on", "r", "idle", "monitor", "rr"),
+        ("demonitor", "rr", "info"),
+        ("exit_sig", "@r", "kill"),
+        ("recv", "_", 200),
+    ),
+    S(
+        "remote_unlink",
+        ("trap", True),
+        ("spawn_on", "l", "idle", "link"),
+        ("unlink", "@l"),
+        ("exit_sig", "@l", "kill"),
+        ("recv", "_", 200),
+    ),
+]

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pybeam
-from pybeam import ANY, BadArg, Crash, Pid, Ref
+from pybeam import ANY, BadArg, Crash, Pid, Ref, rpc
 
 from .scenario import Op, Scenario, Trace, parse_trace
 
@@ -19,10 +19,19 @@ ERROR_ATOMS = {
 
 _NOTHING = object()
 
+#: What a process on the peer node runs: module-level functions it can import.
+REMOTE_BODIES: dict[str, tuple[Any, ...]] = {
+    "idle": ("asyncio:sleep", 3600),
+    "exit_boom": ("pybeam:exit", "boom"),
+    "crash": ("operator:floordiv", 1, 0),
+}
+
 
 class _Run:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, peer: str | None = None) -> None:
         self.scenario = scenario
+        self.peer = peer
+        self.node = pybeam.node_name()
         self.roles: dict[str, Pid] = {}
         self.pid_roles: dict[Pid, str] = {}
         self.refs: dict[Ref, str] = {}
@@ -31,6 +40,10 @@ class _Run:
     # -- terms ----------------------------------------------------------------
 
     def resolve(self, x: Any) -> Any:
+        if x == "%peer":
+            return self.peer
+        if x == "%main":
+            return self.node
         if type(x) is str and x.startswith("@"):
             return self.roles[x[1:]]
         if type(x) is tuple:
@@ -42,7 +55,8 @@ class _Run:
             return ANY
         if type(x) is tuple:
             return tuple(self.pattern(i) for i in x)
-        return self.resolve(x)
+        ref = next((r for r, name in self.refs.items() if name == x), None)
+        return ref if ref is not None else self.resolve(x)
 
     def fmt(self, x: Any) -> str:
         if x is True or x is False:
@@ -50,7 +64,7 @@ class _Run:
         if x is None:
             return "undefined"
         if type(x) is str:
-            return x
+            return "node_main" if x == self.node else "node_peer" if x == self.peer else x
         if type(x) is int:
             return str(x)
         if type(x) is Pid:
@@ -92,6 +106,21 @@ class _Run:
                 pid, ref = pybeam.spawn_monitor(self.body, child, ops)
                 self.refs[ref] = args[2]
                 self.bind(child, pid)
+        elif kind == "spawn_on":
+            assert self.peer is not None
+            child, body, mode = args[0], REMOTE_BODIES[args[1]], args[2]
+            if mode == "monitor":
+                pid, ref = await pybeam.spawn_on(self.peer, *body, monitor=True)
+                self.refs[ref] = args[3]
+            else:
+                pid = await pybeam.spawn_on(self.peer, *body, link=mode == "link")
+            self.bind(child, pid)
+        elif kind == "rpc_register":
+            assert self.peer is not None
+            await rpc.call(self.peer, "pybeam:register", args[0], self.resolve(args[1]))
+        elif kind == "disconnect":
+            assert self.peer is not None
+            pybeam.disconnect(self.peer)
         elif kind == "send":
             pybeam.send(self.resolve(args[0]), self.resolve(args[1]))
         elif kind == "recv":
@@ -149,15 +178,22 @@ class _Run:
             raise ValueError(f"unknown operation {op!r}")
 
 
-async def run_scenario(scenario: Scenario) -> Trace:
-    """Run ``scenario`` on the current node; its normalised trace."""
-    run = _Run(scenario)
+async def run_scenario(scenario: Scenario, peer: str | None = None) -> Trace:
+    """Run ``scenario`` on the current node (``"%peer"`` is ``peer``); its normalised trace."""
+    run = _Run(scenario, peer)
+    if peer is not None:
+        await pybeam.connect(peer)  # again, after a scenario that disconnected
     pid, ref = pybeam.spawn_monitor(run.body, "main", scenario.main)
     run.bind("main", pid)
     await pybeam.receive(("DOWN", ref, "process", pid, ANY), timeout=20)
     await asyncio.sleep(0.1)
     for role in sorted(run.roles):
-        run.record(role, ("final", pybeam.is_alive(run.roles[role])))
+        pid = run.roles[role]
+        if pid.node == run.node:
+            alive = pybeam.is_alive(pid)
+        else:
+            alive = await rpc.call(pid.node, "pybeam:is_alive", pid, timeout=5)
+        run.record(role, ("final", alive))
     for p in run.roles.values():
         pybeam.exit(p, "kill")
     return parse_trace(run.lines)

@@ -3,7 +3,8 @@
 A scenario is what a handful of processes do, one list of operations per
 *role*: ``main`` starts first, the others when an operation spawns them.
 Terms are atoms (``str``), integers, booleans and tuples; ``"@b"`` stands for
-role ``b``'s pid and, in a pattern, ``"_"`` for anything. Operations (tuples):
+role ``b``'s pid, ``"%main"`` / ``"%peer"`` for the two nodes; in a pattern
+``"_"`` stands for anything and a monitor's name for its ref. Operations (tuples):
 
 =======================================  ===================================================
 ``("spawn", role, "plain" | "link")``    spawn ``role`` (its ops are ``procs[role]``)

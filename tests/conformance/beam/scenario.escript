@@ -13,15 +13,42 @@
 -mode(compile).
 
 main([]) ->
+    setup(),
+    serve();
+%% Distributed, with a peer node for the scenarios' "%peer" (epmd must run on
+%% $ERL_EPMD_PORT: the caller starts its own).
+main(["dist", Cookie]) ->
+    setup(),
+    Name = list_to_atom("scen" ++ os:getpid() ++ "@127.0.0.1"),
+    {ok, _} = net_kernel:start([Name, longnames]),
+    erlang:set_cookie(list_to_atom(Cookie)),
+    {ok, _Peer, PeerNode} = peer:start_link(#{
+        name => list_to_atom("peer" ++ os:getpid()),
+        host => "127.0.0.1",
+        longnames => true,
+        %% Controlled over stdio, so that disconnecting it does not stop it.
+        connection => standard_io,
+        args => ["-setcookie", Cookie]
+    }),
+    true = net_kernel:connect_node(PeerNode),
+    ok = rpc:call(PeerNode, logger, set_primary_config, [level, none]),
+    persistent_term:put(peer, PeerNode),
+    serve();
+main(_) ->
+    io:put_chars(standard_error, "usage: scenario.escript [dist COOKIE] < SCENARIOS\n"),
+    halt(2).
+
+setup() ->
     %% Crash reports are not part of the trace (pybeam logs its own elsewhere).
     logger:set_primary_config(level, none),
     ets:new(roles, [named_table, public, set]),
     ets:new(refs, [named_table, public, set]),
-    ets:new(trace, [named_table, public, ordered_set]),
-    serve();
-main(_) ->
-    io:put_chars(standard_error, "usage: scenario.escript < SCENARIOS\n"),
-    halt(2).
+    ets:new(trace, [named_table, public, ordered_set]).
+
+peer() -> persistent_term:get(peer).
+
+alive(P) when node(P) =:= node() -> is_process_alive(P);
+alive(P) -> rpc:call(node(P), erlang, is_process_alive, [P], 5000).
 
 %% One scenario a line, as an Erlang term {scenario, MainOps, #{Role => Ops}}.
 serve() ->
@@ -37,12 +64,14 @@ serve() ->
 
 run_scenario(MainOps, Procs) ->
     [ets:delete_all_objects(T) || T <- [roles, refs, trace]],
+    %% Connected again after a scenario that disconnected.
+    [true = net_kernel:connect_node(peer()) || persistent_term:get(peer, '$no_peer') =/= '$no_peer'],
     ets:insert(roles, {procs, Procs}),
     {Main, MRef} = spawn_monitor(fun() -> start(main, MainOps) end),
     receive {'DOWN', MRef, process, Main, _} -> ok after 20000 -> exit(Main, kill) end,
     timer:sleep(100),
     Roles = lists:sort([R || {{role, R}, _} <- ets:tab2list(roles)]),
-    [record(R, {final, is_process_alive(pid_of(R))}) || R <- Roles],
+    [record(R, {final, alive(pid_of(R))}) || R <- Roles],
     Lines = [io_lib:format("~s\t~s~n", [R, fmt(E)]) || {{_, R}, E} <- ets:tab2list(trace)],
     %% Nothing of this scenario may outlive it (names, links, timers).
     [exit(P, kill) || {{role, _}, P} <- ets:tab2list(roles)],
@@ -71,6 +100,8 @@ body(Role) ->
     maps:get(Role, Procs).
 
 %% '@role' in a term stands for that role's pid.
+resolve('%peer') -> peer();
+resolve('%main') -> node();
 resolve(A) when is_atom(A) ->
     case atom_to_list(A) of
         [$@ | Role] -> pid_of(list_to_atom(Role));
@@ -93,6 +124,21 @@ op(_, [spawn, Role, monitor, RefName]) ->
     {Pid, Ref} = spawn_monitor(new_role(Role)),
     ets:insert(refs, {Ref, RefName}),
     bind(Role, Pid);
+op(_, [spawn_on, Role, Body, plain]) ->
+    {M, F, A} = remote_body(Body),
+    bind(Role, spawn(peer(), M, F, A));
+op(_, [spawn_on, Role, Body, link]) ->
+    {M, F, A} = remote_body(Body),
+    bind(Role, spawn_link(peer(), M, F, A));
+op(_, [spawn_on, Role, Body, monitor, RefName]) ->
+    {M, F, A} = remote_body(Body),
+    {Pid, Ref} = spawn_monitor(peer(), M, F, A),
+    ets:insert(refs, {Ref, RefName}),
+    bind(Role, Pid);
+op(_, [rpc_register, Name, Target]) ->
+    true = rpc:call(peer(), erlang, register, [Name, resolve(Target)]);
+op(_, [disconnect]) ->
+    erlang:disconnect_node(peer());
 op(_, [send, Dest, Msg]) ->
     resolve(Dest) ! resolve(Msg);
 op(Role, [recv, Pattern, Timeout]) ->
@@ -149,6 +195,11 @@ op(_, [sleep, Ms]) ->
 op(Role, [log, Term]) ->
     record(Role, {log, resolve(Term)}).
 
+%% What a process on the peer runs (no code of ours is loaded there).
+remote_body(idle) -> {timer, sleep, [infinity]};
+remote_body(exit_boom) -> {erlang, exit, [boom]};
+remote_body(crash) -> {erlang, error, [badarith]}.
+
 left(false) -> false;
 left(N) when is_integer(N) -> time.
 
@@ -172,12 +223,11 @@ selective_receive(Pattern, Timeout) ->
 pattern_text('_', _, B) ->
     {"_", B};
 pattern_text(A, N, B) when is_atom(A) ->
-    case atom_to_list(A) of
-        [$@ | _] ->
-            Var = list_to_atom("P" ++ integer_to_list(N + length(B))),
-            {atom_to_list(Var), [{Var, resolve(A)} | B]};
-        _ ->
-            {io_lib:format("~p", [A]), B}
+    Refs = [R || {R, Name} <- ets:tab2list(refs), Name =:= A],
+    case {atom_to_list(A), Refs} of
+        {[$@ | _], _} -> bound(resolve(A), N, B);
+        {_, [Ref | _]} -> bound(Ref, N, B);
+        _ -> {io_lib:format("~p", [A]), B}
     end;
 pattern_text(I, _, B) when is_integer(I) ->
     {integer_to_list(I), B};
@@ -185,9 +235,19 @@ pattern_text(T, N, B) when is_tuple(T) ->
     {Parts, B2} = lists:mapfoldl(fun(X, Acc) -> pattern_text(X, N, Acc) end, B, tuple_to_list(T)),
     {"{" ++ lists:join(",", Parts) ++ "}", B2}.
 
+%% A value in a pattern: a variable bound to it.
+bound(Value, N, B) ->
+    Var = list_to_atom("P" ++ integer_to_list(N + length(B))),
+    {atom_to_list(Var), [{Var, Value} | B]}.
+
 %% The normalised text of a term: pids by role, refs by name, a crash by its
 %% error atom ({badarith, Stack} -> badarith).
-fmt(A) when is_atom(A) -> atom_to_list(A);
+fmt(A) when is_atom(A) ->
+    case {A =:= node(), A =:= persistent_term:get(peer, '$no_peer')} of
+        {true, _} -> "node_main";
+        {_, true} -> "node_peer";
+        _ -> atom_to_list(A)
+    end;
 fmt(I) when is_integer(I) -> integer_to_list(I);
 fmt(P) when is_pid(P) ->
     case ets:lookup(roles, {pid, P}) of
