@@ -548,6 +548,15 @@ MULTI_CORPUS: list[Scenario] = [
         ("exit_sig", "@l", "kill"),
         REMOTE_WAIT,
     ),
+    S("rpc_returns", ("rpc", "ok")),
+    S("rpc_raises", ("rpc", "badarith")),
+    S("rpc_exits", ("rpc", "exit_boom")),
+    S(
+        "rpc_from_a_process_that_then_ends",
+        ("spawn", "b", "monitor", "rb"),
+        REMOTE_WAIT,
+        b=(("rpc", "exit_boom"), ("rpc", "badarith"), ("exit", "done")),
+    ),
     S("remote_name_monitor_noproc", ("monitor", ("nobody", "%peer"), "m"), REMOTE_WAIT),
     S(
         "disconnect_fires_links_and_monitors",

@@ -26,6 +26,13 @@ REMOTE_BODIES: dict[str, tuple[Any, ...]] = {
     "crash": ("operator:floordiv", 1, 0),
 }
 
+#: What an ("rpc", kind) calls on the peer.
+RPC_CALLS: dict[str, tuple[Any, ...]] = {
+    "ok": ("operator:abs", -1),
+    "badarith": ("operator:floordiv", 1, 0),
+    "exit_boom": ("pybeam:exit", "boom"),
+}
+
 
 class _Run:
     def __init__(self, scenario: Scenario, peer: str | None = None) -> None:
@@ -118,6 +125,17 @@ class _Run:
         elif kind == "rpc_register":
             assert self.peer is not None
             await rpc.call(self.peer, "pybeam:register", args[0], self.resolve(args[1]))
+        elif kind == "rpc":
+            assert self.peer is not None
+            fn, *fn_args = RPC_CALLS[args[0]]
+            result: Any
+            try:
+                result = await rpc.call(self.peer, fn, *fn_args)
+            except rpc.RemoteError as e:
+                result = ("badrpc", ("EXIT", ERROR_ATOMS.get(e.kind, e.kind)))
+            except rpc.RpcError as e:
+                result = ("badrpc", ("EXIT", e.reason))
+            self.record(role, ("rpc", args[0], result))
         elif kind == "disconnect":
             assert self.peer is not None
             pybeam.disconnect(self.peer)

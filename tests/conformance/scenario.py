@@ -27,6 +27,11 @@ role ``b``'s pid, ``"%main"`` / ``"%peer"`` for the two nodes; in a pattern
 ``("crash", "badarith" | "badarg")``     raise that error
 ``("sleep", ms)``                        let the others run (only where the order is certain)
 ``("log", term)``                        records ``{log, Term}``
+``("spawn_on", role, body, mode[, ref])``  spawn on the peer: body idle, exit_boom or crash
+``("rpc_register", name, "@role")``      register a peer's process there, by rpc
+``("rpc", "ok" | "badarith" | "exit_boom")``  rpc:call on the peer; records the result
+                                         (``{badrpc, {EXIT, Reason}}`` when it failed)
+``("disconnect",)``                      drop the connection to the peer
 =======================================  ===================================================
 
 The trace is, for each role, what it recorded in order, then

@@ -137,6 +137,9 @@ op(_, [spawn_on, Role, Body, monitor, RefName]) ->
     bind(Role, Pid);
 op(_, [rpc_register, Name, Target]) ->
     true = rpc:call(peer(), erlang, register, [Name, resolve(Target)]);
+op(Role, [rpc, Kind]) ->
+    {M, F, A} = rpc_call(Kind),
+    record(Role, {rpc, Kind, rpc:call(peer(), M, F, A)});
 op(_, [disconnect]) ->
     erlang:disconnect_node(peer());
 op(_, [send, Dest, Msg]) ->
@@ -199,6 +202,10 @@ op(Role, [log, Term]) ->
 remote_body(idle) -> {timer, sleep, [infinity]};
 remote_body(exit_boom) -> {erlang, exit, [boom]};
 remote_body(crash) -> {erlang, error, [badarith]}.
+
+rpc_call(ok) -> {erlang, abs, [-1]};
+rpc_call(badarith) -> {erlang, error, [badarith]};
+rpc_call(exit_boom) -> {erlang, exit, [boom]}.
 
 left(false) -> false;
 left(N) when is_integer(N) -> time.
