@@ -19,7 +19,7 @@ import pybeam
 pytest_plugins = ["pybeam.testing.pytest_plugin"]
 
 #: The suite's size when this was last raised; lower it only with a reason in the commit.
-MIN_TESTS = 747
+MIN_TESTS = 749
 
 _TESTS = Path(__file__).parent
 

@@ -220,3 +220,15 @@ async def test_a_node_that_stops_cleanly_ends_its_processes_with_shutdown(cluste
         assert await down_of(ref) == "shutdown"
         assert await receive(("EXIT", linked, ANY), timeout=5) == ("EXIT", linked, "shutdown")
         assert watched.node == n1
+
+
+# -- found by the conformance suite --------------------------------------------------
+
+
+async def test_monitoring_oneself_makes_no_monitor() -> None:
+    me = pybeam.self()
+    ref = pybeam.monitor(me)
+    assert pybeam.demonitor(ref, info=True) is False
+    pybeam.register("me_myself")
+    assert pybeam.demonitor(pybeam.monitor("me_myself"), info=True) is False
+    assert pybeam.process_info(me)["monitors"] == []  # type: ignore[index]

@@ -475,6 +475,10 @@ class Node:
             remote = target.node != self.name
         else:
             raise BadArg(f"cannot monitor {target!r}: not a pid, a name or a (name, node) pair")
+        if local is proc:
+            # As BEAM: a process monitoring itself gets a ref, and no monitor
+            # (it could never see the DOWN); demonitor's info then says False.
+            return ref
         if proc.monitors is None:
             proc.monitors = {}
         # A monitor by name watches the process that held the name when it was

@@ -364,6 +364,14 @@ CORPUS: list[Scenario] = [
         b=(WAIT_FOREVER,),
     ),
     S(
+        "monitor_oneself",
+        ("monitor", "@main", "m"),
+        ("demonitor", "m", "info"),
+        ("register", "me"),
+        ("monitor", "me", "m2"),
+        ("demonitor", "m2", "both"),
+    ),
+    S(
         "monitor_self_then_nothing",
         ("spawn", "b", "monitor", "rb"),
         ("send", "@b", "go"),
