@@ -439,14 +439,16 @@ async def test_demonitor_stops_down() -> None:
     assert pybeam.demonitor(ref) is True
     pybeam.exit(pid, "kill")
     assert await receive(timeout=0.02, default=None) is None
-    assert pybeam.demonitor(ref) is False
+    # As BEAM's demonitor/2: true, unless asked for info (was it active?).
+    assert pybeam.demonitor(ref) is True
+    assert pybeam.demonitor(ref, info=True) is False
 
 
 async def test_demonitor_flush_removes_a_delivered_down() -> None:
     _, ref = pybeam.spawn_monitor(lambda: None)
     await asyncio.sleep(0.01)
     send(pybeam.self(), "other")
-    assert pybeam.demonitor(ref, flush=True) is False
+    assert pybeam.demonitor(ref, flush=True, info=True) is False
     assert await receive(timeout=0) == "other"
     assert await receive(timeout=0, default=None) is None
 

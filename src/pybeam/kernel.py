@@ -134,8 +134,9 @@ def link(pid: Pid) -> None:
     """Link the caller and ``pid``: when either ends abnormally, so does the
     other (or, trapping exits, it gets an ``("EXIT", pid, reason)`` message).
 
-    Raises :class:`NoProc` for a local pid that is not alive; for a pid on a
-    node that cannot be reached the caller gets exit ``noconnection``.
+    A local pid that is not alive raises :class:`NoProc`, or, if the caller
+    traps exits, sends it ``("EXIT", pid, "noproc")`` (as BEAM); for a pid on
+    a node that cannot be reached the caller gets exit ``noconnection``.
     """
     me = _me()
     me.node.link(me, pid)
@@ -157,11 +158,13 @@ def monitor(target: Any) -> Ref:
     return me.node.monitor(me, target)
 
 
-def demonitor(ref: Ref, *, flush: bool = False) -> bool:
+def demonitor(ref: Ref, *, flush: bool = False, info: bool = False) -> bool:
     """Stop monitoring; with ``flush``, also drop a DOWN for ``ref`` already
-    received. Returns False if the monitor was not active any more."""
+    received. Returns True, as BEAM's ``demonitor/2`` does; with ``info``,
+    whether the monitor was still active (False: it had fired, or never was)."""
     me = _me()
-    return me.node.demonitor(me, ref, flush)
+    active = me.node.demonitor(me, ref, flush)
+    return active if info else True
 
 
 @overload
@@ -178,6 +181,9 @@ def exit(*args: Any) -> None:
     ``exit(pid, reason)`` sends an exit signal: ``"kill"`` ends any process
     with reason ``killed``; other reasons end a process that does not trap
     exits (``"normal"`` is ignored) and reach one that does as a message.
+    A signal that ends the caller itself takes effect at once: ``exit``
+    raises :class:`Exit` with the caller's exit reason, as in BEAM the next
+    statement never runs.
     """
     if len(args) == 1:
         raise Exit(args[0])
@@ -186,6 +192,8 @@ def exit(*args: Any) -> None:
     pid, reason = args
     me = _me()
     me.node.exit(me.pid, pid, reason)
+    if pid == me.pid and not me.alive:
+        raise Exit(me.reason)
 
 
 def trap_exit(flag: bool) -> bool:
@@ -228,12 +236,16 @@ def registered() -> list[str]:
 
 
 def send_after(delay: float, dest: Any, msg: Any) -> Ref:
-    """Send ``msg`` to ``dest`` after ``delay`` seconds (a number >= 0); returns a timer ref."""
+    """Send ``msg`` to ``dest`` after ``delay`` seconds (a number >= 0); returns a timer ref.
+
+    A timer aimed at a local pid is cancelled when that process ends.
+    """
     return current_node().send_after(check_delay(delay), dest, msg)
 
 
 def cancel_timer(ref: Ref) -> float | bool:
-    """Cancel a timer: the seconds it had left, or False if it already fired."""
+    """Cancel a timer: the seconds it had left, or False if it already fired
+    (or was cancelled, or died with the process it was aimed at)."""
     return current_node().cancel_timer(ref)
 
 

@@ -200,6 +200,8 @@ class Node:
         self._next_id = itertools.count(1).__next__
         self._next_ref = itertools.count(1).__next__
         self._timers: dict[Ref, tuple[asyncio.TimerHandle, Any, Any]] = {}
+        #: The timers aimed at each local pid: they die with it (as in BEAM).
+        self._pid_timers: dict[Pid, set[Ref]] = {}
         self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
 
     def __repr__(self) -> str:
@@ -232,6 +234,7 @@ class Node:
         for handle, _, _ in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._pid_timers.clear()
         tasks = []
         current = asyncio.current_task()
         for proc in list(self._procs.values()):
@@ -340,6 +343,12 @@ class Node:
             self._names.pop(proc.name, None)
             proc.name = None
         proc.clear()
+        timers = self._pid_timers.pop(pid, None)
+        if timers is not None:
+            for tref in timers:
+                entry = self._timers.pop(tref, None)
+                if entry is not None:
+                    entry[0].cancel()
         # Each signal on its own: one that fails (a bug, a distribution
         # error) must not keep the others from their links and monitors.
         if proc.monitors:
@@ -428,6 +437,11 @@ class Node:
         if target.node == self.name:
             other = self._procs.get(target)
             if other is None:
+                # As BEAM: the link fails at once, as an exit signal ``noproc``
+                # from the dead process; a trapper gets it as a message.
+                if proc.trap_exit:
+                    proc.put(("EXIT", target, NOPROC))
+                    return
                 raise NoProc(target, f"cannot link to {target!r}: no such process")
             self.add_link(other, proc.pid)
             self.add_link(proc, target)
@@ -476,6 +490,10 @@ class Node:
             remote = target.node != self.name
         else:
             raise BadArg(f"cannot monitor {target!r}: not a pid, a name or a (name, node) pair")
+        if local is proc:
+            # As BEAM: a process monitoring itself gets a ref, and no monitor
+            # (it could never see the DOWN); demonitor's info then says False.
+            return ref
         if proc.monitors is None:
             proc.monitors = {}
         # A monitor by name watches the process that held the name when it was
@@ -588,15 +606,30 @@ class Node:
         if self.loop is None:
             raise BadArg(f"node {self.name} is not running")
         ref = self.make_ref()
+        if type(dest) is Pid and dest.node == self.name:
+            # A timer aimed at a local pid dies with the process: at once if
+            # it is gone already (its ref is then never running, as in BEAM).
+            if dest not in self._procs:
+                return ref
+            self._pid_timers.setdefault(dest, set()).add(ref)
         handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref)
         self._timers[ref] = (handle, dest, msg)
         return ref
+
+    def _forget_timer(self, ref: Ref, dest: Any) -> None:
+        if type(dest) is Pid:
+            refs = self._pid_timers.get(dest)
+            if refs is not None:
+                refs.discard(ref)
+                if not refs:
+                    del self._pid_timers[dest]
 
     def _fire_timer(self, ref: Ref) -> None:
         entry = self._timers.pop(ref, None)
         if entry is None:
             return
         _, dest, msg = entry
+        self._forget_timer(ref, dest)
         with contextlib.suppress(BadArg):
             self.send(dest, msg)
 
@@ -608,6 +641,7 @@ class Node:
             return False
         handle = entry[0]
         handle.cancel()
+        self._forget_timer(ref, entry[1])
         assert self.loop is not None
         return max(handle.when() - self.loop.time(), 0.0)
 

@@ -116,23 +116,25 @@ class Process(Mailbox):
             self.node.terminate(self, reason)
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
-        """The process's task has finished: exit with the reason its ending gives."""
+        """The process's task has finished: exit with the reason its ending gives.
+
+        A process's own task has usually ended it already, synchronously, as
+        its function returned or raised (see :class:`_Guard`); this covers the
+        rest: an adopted task, and a task cancelled.
+        """
         # The task's context refers back to this process: break the cycle, so
         # that a finished process is freed at once rather than left to the
         # cyclic garbage collector (which then dominates spawn-heavy code).
         self.task = None
         if not self.alive:
-            # Killed by a signal: the node already did the bookkeeping. Still
+            # Already ended (by its guard, or killed by a signal). Still
             # collect how the task ended, or asyncio logs it as never retrieved.
             if not task.cancelled():
                 task.exception()
             return
-        reason: Any
         exc: BaseException | None
         if not task.cancelled():
             exc = task.exception()
-            if type(exc) is _Halted:
-                exc = exc.exc
         elif task.cancelling():
             exc = None  # cancelled from outside (the event loop shutting down, say)
         else:
@@ -142,8 +144,21 @@ class Process(Mailbox):
                 task.result()
             except asyncio.CancelledError as e:
                 exc = e
+        if exc is None and task.cancelled():
+            self.node.terminate(self, KILLED, cancel=False)
+        else:
+            self.ended(exc)
+
+    def ended(self, exc: BaseException | None) -> None:
+        """The function has returned (``exc`` None) or raised ``exc``: exit
+        with the reason that gives, at once (the task has ended: nothing to cancel)."""
+        if not self.alive:
+            return
+        reason: Any
+        if type(exc) is _Halted:
+            exc = exc.exc
         if exc is None:
-            reason = KILLED if task.cancelled() else NORMAL
+            reason = NORMAL
         elif isinstance(exc, Exit):
             reason = exc.reason
         else:
@@ -152,7 +167,6 @@ class Process(Mailbox):
                 logger.error(
                     "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
                 )
-        # The task has already ended: nothing to cancel.
         self.node.terminate(self, reason, cancel=False)
 
     def cancel_task(self) -> None:
@@ -198,29 +212,57 @@ class _Guard(Coroutine[Any, Any, Any]):
     """The coroutine a process's task runs: the function's own coroutine,
     with SystemExit and KeyboardInterrupt turned into :class:`_Halted`.
 
+    It also ends the process the moment its function returns or raises, as
+    BEAM does: before any other process runs, the process is dead, its name
+    free, its links and monitors fired. (The task's done callback would do
+    so only one loop iteration later, after the receiver of its last message
+    may already have run.) A CancelledError is left to the done callback,
+    which alone can tell who asked for it.
+
     A plain object forwarding ``send``/``throw`` rather than a wrapping
     ``async def``: it costs one small object per process instead of a
     coroutine frame, which matters for idle processes.
     """
 
-    __slots__ = ("_coro",)
+    __slots__ = ("_coro", "_proc")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], proc: Process) -> None:
         self._coro = coro
+        self._proc = proc
 
     def send(self, value: Any) -> Any:
         try:
             return self._coro.send(value)
+        except StopIteration:
+            self._proc.ended(None)
+            raise
         except _HALTING as e:
-            raise _halted(e) from None
+            halted = _halted(e)
+            self._proc.ended(halted)
+            raise halted from None
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            self._proc.ended(e)
+            raise
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         try:
             if val is None and tb is None:
                 return self._coro.throw(typ)
             return self._coro.throw(typ, val, tb)
+        except StopIteration:
+            self._proc.ended(None)
+            raise
         except _HALTING as e:
-            raise _halted(e) from None
+            halted = _halted(e)
+            self._proc.ended(halted)
+            raise halted from None
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            self._proc.ended(e)
+            raise
 
     def close(self) -> None:
         self._coro.close()
@@ -238,8 +280,7 @@ class _Guard(Coroutine[Any, Any, Any]):
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     # For a plain function (or one that returns an awaitable): it must run
-    # inside the process's task, not in the spawner's. Its own frame is the
-    # guard here (see _Guard).
+    # inside the process's task, not in the spawner's.
     try:
         result = fn(*args)
         if inspect.isawaitable(result):
@@ -267,7 +308,7 @@ def start(
     """
     ctx = contextvars.Context()
     ctx.run(_current.set, proc)
-    coro: Coroutine[Any, Any, Any] = _Guard(fn(*args)) if _is_async_function(fn) else _call(fn, args)
+    coro = _Guard(fn(*args) if _is_async_function(fn) else _call(fn, args), proc)
     task = proc.task = loop.create_task(coro, context=ctx)
     task.add_done_callback(_task_done, context=ctx)
 

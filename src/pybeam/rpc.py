@@ -30,7 +30,13 @@ DEFAULT_TIMEOUT = 5.0
 
 
 class RpcError(PybeamError):
-    """A remote call did not return a result."""
+    """A remote call did not return a result.
+
+    ``reason`` is the exit reason of the process that ran it, when it exited
+    (``exit("boom")`` there gives ``"boom"``, as ``{badrpc, {'EXIT', boom}}``).
+    """
+
+    reason: Any = None
 
 
 class RemoteError(RpcError):
@@ -87,7 +93,9 @@ def _outcome(node: str, fn: str, reason: Any) -> Any:
         case "noconnection":
             return NodeDown(node, f"node {node} went down during a call to {fn} (noconnection)")
         case _:
-            return RpcError(f"{fn} on {node} exited with {reason!r}")
+            error = RpcError(f"{fn} on {node} exited with {reason!r}")
+            error.reason = reason
+            return error
 
 
 async def call(

@@ -1,0 +1,1 @@
+"""Differential conformance: the same scenarios run on pybeam and on BEAM itself."""
