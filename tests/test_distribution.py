@@ -127,6 +127,25 @@ async def test_connect_by_explicit_port(cluster: ClusterFactory) -> None:
         assert n1 in pybeam.nodes()
 
 
+async def test_a_connection_that_cannot_be_set_up_fails_the_connect(
+    cluster: ClusterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while installing a connection must not leave connect() waiting for ever."""
+    from pybeam.distribution import net_kernel
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no connection today")
+
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        assert pybeam.disconnect(n1)
+        await eventually(lambda: n1 not in pybeam.nodes())
+        monkeypatch.setattr(net_kernel, "Connection", broken)
+        assert await asyncio.wait_for(pybeam.connect(n1), 30) is False
+        monkeypatch.undo()
+        assert await pybeam.connect(n1)
+
+
 async def test_monitor_nodes_and_disconnect(cluster: ClusterFactory) -> None:
     async with cluster(1) as c:
         (n1,) = c.nodes

@@ -652,17 +652,27 @@ class NetKernel:
         old = self._conns.pop(peer.name, None)
         if old is not None:
             old.close("replaced by a new connection (the peer restarted or reconnected)")
-        conn = Connection(
-            peer,
-            reader,
-            writer,
-            dispatch=self._dispatch,
-            on_closed=self._closed,
-            ticktime=self.options.ticktime,
-            max_frame=self.options.max_frame,
-            busy_limit=self.options.busy_limit,
-            hard_limit=self.options.hard_limit,
-        )
+        try:
+            conn = Connection(
+                peer,
+                reader,
+                writer,
+                dispatch=self._dispatch,
+                on_closed=self._closed,
+                ticktime=self.options.ticktime,
+                max_frame=self.options.max_frame,
+                busy_limit=self.options.busy_limit,
+                hard_limit=self.options.hard_limit,
+            )
+        except Exception:
+            # A bug, not the peer's doing; but whoever waits for this
+            # connection must hear that it failed rather than wait for ever.
+            logger.exception("node %s: cannot set up the connection to %s", self.node.name, peer.name)
+            writer.close()
+            pending = self._pending.get(peer.name)
+            if pending is not None:
+                self._connect_failed(peer.name, pending)
+            return
         self._conns[peer.name] = conn
         self._lost.discard(peer.name)
         port = peer.flags.get("port")
