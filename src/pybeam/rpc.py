@@ -130,10 +130,16 @@ async def call(
         raise
     if reply is None:
         net._undo_spawn(ref)
-        raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
+        # No spawn reply: the node did not answer at all. The function may well
+        # have started and be blocking that node's event loop (time.sleep, a
+        # busy loop), which stops it from answering anything.
+        raise RpcTimeout(
+            f"{name} on {node}: no answer from {node} within {timeout}s (is the node overloaded, "
+            "or is a function blocking its event loop, e.g. time.sleep?)"
+        )
     if reply[2] != "ok":
         if reply[3] == NOCONNECTION:
-            raise NodeDown(node)
+            raise net._node_down(node)
         raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
     if down is None:
         net._undo_spawn(ref, pid)
