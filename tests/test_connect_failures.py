@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import pybeam
-from pybeam import NodeDown, net, rpc
+from pybeam import NodeDown, gen_server, net, rpc
 from pybeam.testing import LocalCluster, eventually
 
 ClusterFactory = Callable[..., LocalCluster]
@@ -51,3 +51,11 @@ async def test_a_refused_connection_is_named(cluster: ClusterFactory) -> None:
         assert await pybeam.connect(f"gone@127.0.0.1:{port}") is False
         why = net.connect_failure("gone@127.0.0.1")
         assert why is not None and "connection refused" in why
+
+
+async def test_a_gen_server_call_to_an_unreachable_node_names_the_cause(cluster: ClusterFactory) -> None:
+    async with cluster(1):
+        with pytest.raises(NodeDown) as caught:
+            await gen_server.call(("server", "nobody@127.0.0.1"), "get", timeout=10)
+        assert caught.value.reason is not None and "not registered" in caught.value.reason
+        assert "not registered with the port mapper" in str(caught.value)

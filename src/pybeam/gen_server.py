@@ -252,7 +252,12 @@ def _down_error(server: Any, node: str, reason: Any) -> Exception:
     if reason == NOPROC:
         return NoServer(server)
     if reason == NOCONNECTION:
-        return NodeDown(node, f"node {node} of server {server!r} cannot be reached (noconnection)")
+        from . import net  # here: it brings in the distribution layer
+
+        why = net.connect_failure(node) if node != kernel.node_name() else None
+        return NodeDown(
+            node, f"node {node} of server {server!r} cannot be reached: {why or 'noconnection'}", reason=why
+        )
     return CallExit(server, reason)
 
 
