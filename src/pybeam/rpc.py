@@ -134,7 +134,9 @@ async def call(
     Raises :class:`RemoteError` if it raised there, :class:`NodeDown` if the
     node cannot be reached or goes down, :class:`RpcTimeout` after ``timeout``
     seconds (None: wait as long as it takes). Cancelled, it kills the remote
-    process and leaves nothing of the call in the caller's mailbox.
+    process and leaves nothing of the call in the caller's mailbox. A function
+    that blocks (``time.sleep``) stalls the whole target node until it returns,
+    so a timeout cannot stop it there.
     """
     check_node_name(node)
     name = _name(fn)
