@@ -694,7 +694,9 @@ class NetKernel:
             writer.close()
             pending = self._pending.get(peer.name)
             if pending is not None:
-                self._connect_failed(peer.name, pending)
+                self._connect_failed(
+                    peer.name, pending, "cannot set up the connection (an internal error: see the log)"
+                )
             return
         self._conns[peer.name] = conn
         self._lost.discard(peer.name)
