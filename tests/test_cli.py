@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+import pybeam
 from pybeam.testing import free_port
 
 COOKIE = "CLITESTCOOKIE"
@@ -27,9 +28,12 @@ TIMEOUT = 20.0
 class Child:
     """A running ``python -m pybeam ...``, its output read by threads as it comes."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], cwd: Path | None = None, flags: Sequence[str] = ()
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pybeam", *args],
+            [sys.executable, *flags, "-m", "pybeam", *args],
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -90,8 +94,8 @@ class Cli:
         self.env.pop("PYBEAM_COOKIE", None)
         self.children: list[Child] = []
 
-    def start(self, *args: str) -> Child:
-        child = Child(list(args), self.env)
+    def start(self, *args: str, cwd: Path | None = None, flags: Sequence[str] = ()) -> Child:
+        child = Child(list(args), self.env, cwd, flags)
         self.children.append(child)
         return child
 
@@ -205,6 +209,69 @@ def test_rpc_errors(cli: Cli) -> None:
     wrong_cookie = cli.run("rpc", "n@127.0.0.1", "operator:add", "1", "2", "--cookie", "WRONG")
     assert wrong_cookie.returncode == 1
     assert "cannot be reached" in wrong_cookie.stderr
+
+
+def test_connect_failures_name_their_cause(cli: Cli) -> None:
+    cli.node("n@127.0.0.1")
+
+    wrong_cookie = cli.run("rpc", "n@127.0.0.1", "operator:add", "1", "2", "--cookie", "WRONG")
+    assert wrong_cookie.returncode == 1
+    assert "node n@127.0.0.1 cannot be reached: cookie refused by peer" in wrong_cookie.stderr
+
+    unknown = cli.rpc("nobody@127.0.0.1", "operator:add", "1", "2")
+    assert unknown.returncode == 1
+    assert "not registered with the port mapper" in unknown.stderr
+
+    wrong = cli.start("node", "--name", "d@127.0.0.1", "--cookie", "OTHER", "--connect", "n@127.0.0.1")
+    assert wrong.wait() == 1
+    assert "cannot connect to n@127.0.0.1: cookie refused by peer" in wrong.stderr
+
+    bad = cli.start("node", "--name", "c@127.0.0.1", "--cookie", COOKIE, "--connect", "nobody@127.0.0.1")
+    assert bad.wait() == 1
+    assert "cannot connect to nobody@127.0.0.1: node nobody@127.0.0.1 is not registered" in bad.stderr
+
+
+def test_bad_usage_is_told_plainly(cli: Cli) -> None:
+    version = cli.run("--version")
+    assert (version.returncode, version.stdout) == (0, f"pybeam {pybeam.__version__}\n"), version.stderr
+
+    ticktime = cli.run("node", "--name", "n@127.0.0.1", "--ticktime", "abc")
+    assert ticktime.returncode == 2
+    assert "--ticktime: must be a number of seconds, got 'abc'" in ticktime.stderr
+    assert "_positive" not in ticktime.stderr
+    for bad in ("0", "-1", "nan", "inf"):
+        assert cli.run("rpc", "n@127.0.0.1", "operator:add", "--timeout", bad).returncode == 2
+
+    # The target's name is blamed, not the calling node's.
+    target = cli.rpc("a", "operator:add", "1", "2")
+    assert target.returncode == 1
+    assert "target node 'a' is not a valid node name" in target.stderr
+
+    # A function not written module:function is refused here, before any node is reached.
+    dotted = cli.rpc("nobody@127.0.0.1", "operator.add", "1", "2")
+    assert dotted.returncode == 1
+    assert "a function is named 'module:function', got 'operator.add'" in dotted.stderr
+    assert "cannot be reached" not in dotted.stderr
+
+
+def test_a_blocking_function_is_not_said_not_to_start(cli: Cli) -> None:
+    cli.node("n@127.0.0.1")
+    blocked = cli.run("rpc", "n@127.0.0.1", "time:sleep", "3", "--cookie", COOKIE, "--timeout", "0.5")
+    assert blocked.returncode == 1
+    assert "did not start" not in blocked.stderr
+    assert "time:sleep on n@127.0.0.1" in blocked.stderr
+    assert "within 0.5s" in blocked.stderr
+
+
+def test_node_imports_modules_of_the_working_directory(cli: Cli, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_service.py").write_text("def hello(who):\n    return f'hello {who}'\n")
+    # -P: no working directory on sys.path, as when run through the `pybeam` script.
+    node = cli.start("node", "--name", "n@127.0.0.1", "--cookie", COOKIE, cwd=project, flags=["-P"])
+    node.wait_line(r"^pybeam node n@127\.0\.0\.1 up")
+    result = cli.rpc("n@127.0.0.1", "my_service:hello", "world")
+    assert (result.returncode, result.stdout) == (0, "'hello world'\n"), result.stderr
 
 
 def test_names_without_a_port_mapper(cli: Cli) -> None:

@@ -171,7 +171,7 @@ async def test_bad_arguments_are_refused_up_front() -> None:
     with pytest.raises(pybeam.BadArg):
         await gen_server.start(object, 0)  # type: ignore[arg-type]
     with pytest.raises(pybeam.BadArg):
-        await gen_server.call(42, "get")  # type: ignore[arg-type]
+        await gen_server.call(42, "get")  # type: ignore[call-overload]
 
 
 class StopsInInit(GenServer):

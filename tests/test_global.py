@@ -172,7 +172,7 @@ async def test_a_restarted_server_starts_empty() -> None:
     assert await global_.register_name("a", p)
 
 
-async def test_resolvers() -> None:
+async def test_resolvers(caplog: pytest.LogCaptureFixture) -> None:
     me = pybeam.self()
     p, q = pybeam.spawn(forwarder, me), pybeam.spawn(forwarder, me)
     global_.notify_all_name("n", p, q)
@@ -186,8 +186,10 @@ async def test_resolvers() -> None:
         q,
         ("global_name_conflict", "n", p),
     )
-    # Here both are on one node: the lower pid wins.
-    assert global_.lower_node_wins("n", q, p) == p
+    # Here both are on one node: the lower pid wins; the loser's end is logged.
+    with caplog.at_level(logging.WARNING, logger="pybeam.global"):
+        assert global_.lower_node_wins("n", q, p) == p
+    assert f"global: Name conflict terminating ('n', {q!r})" in caplog.text
     assert pybeam.is_alive(p) and not pybeam.is_alive(q)
 
 
@@ -278,6 +280,9 @@ async def test_partition_heal_keeps_the_pid_of_the_lower_node(cluster: ClusterFa
         await _converged(c.nodes, {"x": ours_x, "y": ours_y})
         await eventually(lambda: _dead(agent_x), what="loser on n2 killed")
         await eventually(lambda: _dead(agent_y), what="loser on n3 killed")
+        # The node that resolved the conflicts says whom it killed, as OTP's global does.
+        await eventually(lambda: f"Name conflict terminating ('x', {agent_x!r})" in c.logs(n1))
+        await eventually(lambda: f"Name conflict terminating ('y', {agent_y!r})" in c.logs(n1))
         assert await rpc.call(n1, alive, ours_x) and await rpc.call(n1, alive, ours_y)
 
 

@@ -26,6 +26,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import math
 import os
 import secrets
 import signal
@@ -36,9 +37,10 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import net, rpc
+from . import __version__, net, rpc
 from .distribution import epmd
 from .distribution.cookie import CookieError
+from .distribution.net_kernel import function_name
 from .distribution.tls import TLSOptions
 from .errors import Exit, NodeDown, PybeamError
 from .node import Node
@@ -113,11 +115,8 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
     try:
         for peer in args.connect:
             if not await net.connect(peer):
-                return _error(
-                    "node",
-                    f"cannot connect to {peer}: it is not running, not registered with the port "
-                    "mapper, or has another cookie",
-                )
+                why = net.connect_failure(peer) or "it is not running, not registered, or has another cookie"
+                return _error("node", f"cannot connect to {peer}: {why}")
         shell: _Shell | None = None
         if args.shell:
             shell = _Shell(entered, loop, stop)
@@ -379,7 +378,8 @@ class _Console(code.InteractiveConsole):
 async def _rpc_main(args: argparse.Namespace) -> int:
     address: str = args.node
     try:
-        target, host, _ = parse_address(address)
+        target, host, _ = parse_address(address, "target node")
+        function_name(args.function)  # a bad name is refused here, not by the other node
     except ValueError as e:
         return _error("rpc", str(e))
     name = args.name or f"rpc_{secrets.token_hex(4)}@{host}"
@@ -391,11 +391,8 @@ async def _rpc_main(args: argparse.Namespace) -> int:
     try:
         async with node:
             if not await net.connect(address):
-                return _error(
-                    "rpc",
-                    f"node {target} cannot be reached (is it running, registered with this port "
-                    "mapper, and using the same cookie?)",
-                )
+                why = net.connect_failure(address) or "is it running, registered, and using the same cookie?"
+                return _error("rpc", f"node {target} cannot be reached: {why}")
             try:
                 result = await rpc.call(target, args.function, *call_args, timeout=args.timeout)
             except rpc.RemoteError as e:
@@ -403,7 +400,9 @@ async def _rpc_main(args: argparse.Namespace) -> int:
                 if e.remote_traceback:
                     lines.append("remote traceback:\n" + e.remote_traceback.rstrip())
                 return _error("rpc", "\n".join(lines))
-            except NodeDown:
+            except NodeDown as e:
+                if e.reason:
+                    return _error("rpc", str(e))
                 return _error("rpc", f"node {target} cannot be reached (it went down during the call)")
             except rpc.RpcTimeout as e:
                 return _error("rpc", f"timeout: {e}")
@@ -436,14 +435,18 @@ async def _names_main(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROG, description="Run and talk to pybeam nodes.")
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     node = sub.add_parser("node", help="run a node until SIGTERM/SIGINT", description="Run a node.")
@@ -516,9 +519,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_working_directory() -> None:
+    # As `python -m pybeam` does (its sys.path[0] is the working directory),
+    # so that `pybeam node` run from a project folder can import its modules.
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``pybeam`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _add_working_directory()
     if argv and argv[0] == "epmd":
         # Its own parser, options and help.
         return epmd.main(argv[1:])

@@ -29,11 +29,23 @@ class NoProc(PybeamError, LookupError):
 
 
 class NodeDown(PybeamError, ConnectionError):
-    """The node is not connected and cannot be reached (BEAM's ``noconnection``)."""
+    """The node is not connected and cannot be reached (BEAM's ``noconnection``).
 
-    def __init__(self, node: str, message: str | None = None) -> None:
-        super().__init__(message or f"node {node} cannot be reached (noconnection)")
+    ``reason`` says why connecting failed when that is known (e.g. ``"cookie
+    refused by peer ..."``, ``"node b@host is not registered with the port
+    mapper ..."``, ``"connection refused ..."``), else None.
+    """
+
+    def __init__(self, node: str, message: str | None = None, *, reason: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"node {node} cannot be reached: {reason}"
+                if reason
+                else f"node {node} cannot be reached (noconnection)"
+            )
+        super().__init__(message)
         self.node = node
+        self.reason = reason
 
 
 class NotDistributed(PybeamError):

@@ -39,12 +39,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from collections.abc import Hashable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeGuard, TypeVar, overload
 
 from . import kernel
 from .arguments import check_timeout
 from .errors import BadArg, Exit, NodeDown, NoProc, PybeamError
+from .expect import check_result
 from .logtext import clip, short
 from .pattern import ANY
 from .terms import NOCONNECTION, NOPROC, NORMAL, Crash, Pid, Ref
@@ -77,13 +79,16 @@ __all__ = [
 
 logger = logging.getLogger("pybeam")
 
+T = TypeVar("T")
+
 DEFAULT_TIMEOUT = 5.0
 
 #: What a server is addressed by: a pid, a local registered name,
-#: ``(name, node)`` for a name on another node, or ``("global", name)``.
-ServerRef: TypeAlias = Pid | str | tuple[str, str]
+#: ``(name, node)`` for a name on another node, or ``("global", name)``
+#: (a global name is any hashable term).
+ServerRef: TypeAlias = Pid | str | tuple[str, Hashable]
 #: What a server may be registered as: a local name or ``("global", name)``.
-Name: TypeAlias = str | tuple[str, str] | None
+Name: TypeAlias = str | tuple[str, Hashable] | None
 
 
 class _Ignore:
@@ -200,7 +205,7 @@ def is_normal_exit(reason: Any) -> bool:
     return type(reason) is tuple and len(reason) == 2 and reason[0] == "shutdown"
 
 
-def _is_global(ref: Any) -> TypeGuard[tuple[str, str]]:
+def _is_global(ref: Any) -> TypeGuard[tuple[str, Hashable]]:
     return type(ref) is tuple and len(ref) == 2 and ref[0] == "global"
 
 
@@ -247,7 +252,12 @@ def _down_error(server: Any, node: str, reason: Any) -> Exception:
     if reason == NOPROC:
         return NoServer(server)
     if reason == NOCONNECTION:
-        return NodeDown(node, f"node {node} of server {server!r} cannot be reached (noconnection)")
+        from . import net  # here: it brings in the distribution layer
+
+        why = net.connect_failure(node) if node != kernel.node_name() else None
+        return NodeDown(
+            node, f"node {node} of server {server!r} cannot be reached: {why or 'noconnection'}", reason=why
+        )
     return CallExit(server, reason)
 
 
@@ -281,8 +291,28 @@ def _late_reply(tag: Ref) -> bool:
 # -- the client side ----------------------------------------------------------------
 
 
-async def call(server: ServerRef, request: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+@overload
+async def call(
+    server: ServerRef, request: Any, timeout: float | None = ..., *, expect: None = ...
+) -> Any: ...
+
+
+@overload
+async def call(server: ServerRef, request: Any, timeout: float | None = ..., *, expect: type[T]) -> T: ...
+
+
+async def call(
+    server: ServerRef,
+    request: Any,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    expect: type[Any] | None = None,
+) -> Any:
     """Send ``request`` to ``server``'s ``handle_call`` and return its reply.
+
+    ``expect``: the reply's type, for the type checker (the call is typed as
+    returning it) and checked at run time: a reply of another type raises
+    :class:`~pybeam.expect.UnexpectedResult` (a ``TypeError``).
 
     ``server`` is a pid, a local name, ``(name, node)`` or ``("global", name)``;
     ``timeout`` is in seconds (None: wait as long as it takes). Raises
@@ -318,7 +348,7 @@ async def call(server: ServerRef, request: Any, timeout: float | None = DEFAULT_
         raise CallTimeout(server, timeout)
     if len(msg) == 2:
         kernel.demonitor(ref, flush=True)
-        return msg[1]
+        return check_result(f"call to {server!r}", msg[1], expect)
     raise _down_error(server, node, msg[4])
 
 

@@ -122,8 +122,11 @@ _servers: dict[Pid, _Server] = {}
 def lower_node_wins(name: Any, pid1: Pid, pid2: Pid) -> Pid:
     """The default resolver: the pid on the node whose name sorts lower keeps
     the name; the other is killed (``exit(pid, "kill")``, as OTP's
-    ``random_exit_name`` does, with a deterministic choice)."""
+    ``random_exit_name`` does, with a deterministic choice), and that is
+    logged: ``global: Name conflict terminating (name, pid)``."""
     winner, loser = sorted((pid1, pid2))
+    # Logged as OTP's random_exit_name does: else the loser just vanishes.
+    logger.warning("global: Name conflict terminating %r", (name, loser))
     kernel.exit(loser, KILL)
     return winner
 

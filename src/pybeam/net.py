@@ -21,6 +21,7 @@ from .terms import KILL, NOCONNECTION, Pid, Ref
 
 __all__ = [
     "connect",
+    "connect_failure",
     "disconnect",
     "drain",
     "get_cookie",
@@ -52,6 +53,27 @@ async def connect(node: str) -> bool:
     """
     parse_address(node)
     return await _kernel().connect(node)
+
+
+def connect_failure(node: str) -> str | None:
+    """Why the last attempt to connect to ``node`` failed, None if it did not
+    (:func:`connect` returns only a bool, as ``net_kernel:connect_node``).
+
+    E.g. ``"cookie refused by peer (...)"``, ``"node b@127.0.0.1 is not
+    registered with the port mapper on 127.0.0.1"``, ``"connection refused (...)"``.
+    """
+    name = parse_address(node)[0]
+    dist = current_node().dist
+    return dist.connect_failure(name) if isinstance(dist, NetKernel) else None
+
+
+def _node_down(node: str) -> NodeDown:
+    """The NodeDown for ``node``, with why connecting to it failed if known."""
+    try:
+        reason = connect_failure(node)
+    except (ValueError, LookupError):
+        reason = None
+    return NodeDown(node, reason=reason)
 
 
 async def drain(node: str) -> None:
@@ -217,7 +239,7 @@ async def spawn_on(
     if status == "ok":
         return (value, ref) if monitor else value
     if value == NOCONNECTION:
-        raise NodeDown(node)
+        raise _node_down(node)
     raise SpawnError(
         f"node {node} could not spawn {fn if isinstance(fn, str) else function_name(fn)}: {value}"
     )

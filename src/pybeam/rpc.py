@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from . import kernel, net
 from .arguments import check_nodes, check_timeout
 from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, Exit, NodeDown, PybeamError
+from .expect import check_result
 from .nodename import check_node_name
 from .pattern import ANY
 from .terms import NOCONNECTION, Crash, Pid, Ref
@@ -27,6 +28,8 @@ from .terms import NOCONNECTION, Crash, Pid, Ref
 __all__ = ["RemoteError", "RpcError", "RpcTimeout", "call", "cast", "multicall"]
 
 DEFAULT_TIMEOUT = 5.0
+
+T = TypeVar("T")
 
 
 class RpcError(PybeamError):
@@ -98,16 +101,42 @@ def _outcome(node: str, fn: str, reason: Any) -> Any:
             return error
 
 
+@overload
 async def call(
-    node: str, fn: Callable[..., Any] | str, *args: Any, timeout: float | None = DEFAULT_TIMEOUT
+    node: str,
+    fn: Callable[..., Any] | str,
+    *args: Any,
+    timeout: float | None = ...,
+    expect: None = ...,
+) -> Any: ...
+
+
+@overload
+async def call(
+    node: str, fn: Callable[..., Any] | str, *args: Any, timeout: float | None = ..., expect: type[T]
+) -> T: ...
+
+
+async def call(
+    node: str,
+    fn: Callable[..., Any] | str,
+    *args: Any,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    expect: type[Any] | None = None,
 ) -> Any:
     """Run ``fn(*args)`` on ``node`` and return its result (``rpc:call``).
+
+    ``expect``: the result's type, for the type checker (the call is typed as
+    returning it) and checked at run time: a result of another type raises
+    :class:`~pybeam.expect.UnexpectedResult` (a ``TypeError``).
 
     ``fn`` is a module-level function (sync or async) or ``"module:function"``.
     Raises :class:`RemoteError` if it raised there, :class:`NodeDown` if the
     node cannot be reached or goes down, :class:`RpcTimeout` after ``timeout``
     seconds (None: wait as long as it takes). Cancelled, it kills the remote
-    process and leaves nothing of the call in the caller's mailbox.
+    process and leaves nothing of the call in the caller's mailbox. A function
+    that blocks (``time.sleep``) stalls the whole target node until it returns,
+    so a timeout cannot stop it there.
     """
     check_node_name(node)
     name = _name(fn)
@@ -130,10 +159,16 @@ async def call(
         raise
     if reply is None:
         net._undo_spawn(ref)
-        raise RpcTimeout(f"{name} on {node} did not start within {timeout}s")
+        # No spawn reply: the node did not answer at all. The function may well
+        # have started and be blocking that node's event loop (time.sleep, a
+        # busy loop), which stops it from answering anything.
+        raise RpcTimeout(
+            f"{name} on {node}: no answer from {node} within {timeout}s (is the node overloaded, "
+            "or is a function blocking its event loop, e.g. time.sleep?)"
+        )
     if reply[2] != "ok":
         if reply[3] == NOCONNECTION:
-            raise NodeDown(node)
+            raise net._node_down(node)
         raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
     if down is None:
         net._undo_spawn(ref, pid)
@@ -141,7 +176,7 @@ async def call(
     outcome = _outcome(node, name, down[4])
     if isinstance(outcome, BaseException):
         raise outcome
-    return outcome
+    return check_result(f"{name} on {node}", outcome, expect)
 
 
 def cast(node: str, fn: Callable[..., Any] | str, *args: Any) -> None:

@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .errors import Exit
 from .node import Node
+from .process import _current
 
 __all__ = ["new_event_loop", "run"]
 
@@ -29,11 +31,25 @@ def run(main: Callable[..., Coroutine[Any, Any, T]], *args: Any, node: Node | No
 
     ``main`` acts as a process of that node (it can ``receive``, ``link``...).
     When it returns, every process still running on the node is shut down.
+    If ``main``'s process is killed (an exit signal through a link, say),
+    this raises :class:`~pybeam.Exit` with its exit reason.
     """
 
     async def _main() -> T:
         async with node if node is not None else Node():
-            return await main(*args)
+            return await _as_process(main(*args))
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_main())
+
+
+async def _as_process(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``main``'s coroutine; if its process is killed meanwhile (which
+    cancels it), raise ``Exit(reason)`` rather than a bare ``CancelledError``."""
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        proc = _current.get()
+        if proc is not None and not proc.alive:
+            raise Exit(proc.reason) from None
+        raise

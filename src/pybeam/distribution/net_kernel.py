@@ -111,8 +111,12 @@ class _Pending:
 
 
 def function_name(fn: Callable[..., Any] | str) -> str:
-    """``"module:qualname"`` for a module-level function (or the string itself)."""
+    """``"module:qualname"`` for a module-level function (or the string itself,
+    checked to have that form: a ``ValueError`` if not)."""
     if isinstance(fn, str):
+        head, sep, tail = fn.partition(":")
+        if not sep or not head or not tail:
+            raise ValueError(f"a function is named 'module:function', got {fn!r}")
         return fn
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
@@ -171,6 +175,17 @@ def _parse_address(node: object, arg: str = "node") -> tuple[str, str, int | Non
     return parse_address(node, arg)
 
 
+def _failure(error: BaseException) -> str:
+    """A connect failure told so that a user sees its cause."""
+    if isinstance(error, HandshakeError) and error.reason == "cookie":
+        return "cookie refused by peer (the two nodes do not use the same cookie)"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused ({error})"
+    if isinstance(error, TimeoutError):
+        return "timed out while connecting"
+    return str(error) or type(error).__name__
+
+
 class NetKernel:
     """The distribution layer of one node; the node's :class:`~pybeam.node.RemoteRouter`."""
 
@@ -185,6 +200,8 @@ class NetKernel:
         self._reregister_task: asyncio.Task[None] | None = None
         self._conns: dict[str, Connection] = {}
         self._pending: dict[str, _Pending] = {}
+        # Why the last attempt to connect to a node failed, for the caller to tell its user.
+        self._failures: dict[str, str] = {}
         #: Where each peer was last reached, was told to be (``connect`` with a
         #: port) or is said to be by the mesh. Tried first when connecting; one
         #: that fails is forgotten and the port mapper asked (see _reach).
@@ -406,7 +423,12 @@ class NetKernel:
     def _flags(self) -> dict[str, Any]:
         return {"hidden": self.options.hidden, "port": self.port}
 
+    def connect_failure(self, node: str) -> str | None:
+        """Why the last attempt to connect to ``node`` failed; None if it did not fail."""
+        return self._failures.get(node)
+
     def _start_connect(self, name: str) -> _Pending:
+        self._failures.pop(name, None)
         pending = _Pending(done=asyncio.get_running_loop().create_future())
         self._pending[name] = pending
         # Not in the context of the process whose signal started it: the
@@ -530,18 +552,19 @@ class NetKernel:
             if e.reason == "duplicate" and await self._peer_attempt_wins(name, pending, started):
                 return
             logger.info("cannot connect to %s: %s", name, e)
-            self._connect_failed(name, pending)
+            self._connect_failed(name, pending, _failure(e))
         except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
             logger.info("cannot connect to %s: %s", name, e)
-            self._connect_failed(name, pending)
-        except Exception:
+            self._connect_failed(name, pending, _failure(e))
+        except Exception as e:
             # A bug must not leave the signals queued and connect() waiting forever.
             logger.exception("node %s: connecting to %s failed", self.node.name, name)
-            self._connect_failed(name, pending)
+            self._connect_failed(name, pending, f"internal error: {e!r}")
         else:
             self._install(peer, reader, writer)
 
-    def _connect_failed(self, name: str, pending: _Pending) -> None:
+    def _connect_failed(self, name: str, pending: _Pending, why: str = "unknown") -> None:
+        self._failures[name] = why
         if self._pending.get(name) is pending:
             del self._pending[name]
         for control in pending.queue:
@@ -671,7 +694,9 @@ class NetKernel:
             writer.close()
             pending = self._pending.get(peer.name)
             if pending is not None:
-                self._connect_failed(peer.name, pending)
+                self._connect_failed(
+                    peer.name, pending, "cannot set up the connection (an internal error: see the log)"
+                )
             return
         self._conns[peer.name] = conn
         self._lost.discard(peer.name)
