@@ -36,7 +36,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import net, rpc
+from . import application, net, rpc
 from .distribution import epmd
 from .distribution.cookie import CookieError
 from .distribution.tls import TLSOptions
@@ -118,6 +118,11 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
                     f"cannot connect to {peer}: it is not running, not registered with the port "
                     "mapper, or has another cookie",
                 )
+        for app in args.app:
+            try:
+                await application.start(app, node=entered)
+            except application.ApplicationError as e:
+                return _error("node", str(e))
         shell: _Shell | None = None
         if args.shell:
             shell = _Shell(entered, loop, stop)
@@ -482,6 +487,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="BYTES",
         help="bytes queued to one peer above which senders wait (default 1 MB, as dist_buf_busy_limit)",
+    )
+    node.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MOD[:FN]",
+        help="start an application at boot: MOD.FN() (default FN: start) returns its top supervisor's "
+        "pid; repeatable, started in order and stopped in reverse order when the node stops",
     )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
     node.add_argument(

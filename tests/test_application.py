@@ -1,0 +1,180 @@
+"""Applications and orderly shutdown (init:stop): started at boot in order,
+stopped in reverse order, each supervision tree from the top with its shutdown
+times, on a local node (Node.stop, pybeam.run) and on a real OS-process node
+stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import pybeam
+from pybeam import Pid, application, rpc, supervisor
+from pybeam.application import ApplicationError
+from pybeam.gen_server import GenServer
+from pybeam.testing import LocalCluster, eventually
+
+#: What the local tests' servers did, in order.
+EVENTS: list[str] = []
+
+
+class Recorder(GenServer):
+    """Traps exits, so its terminate runs when its supervisor stops it; a
+    ``stuck`` one never returns from terminate (its supervisor must kill it)."""
+
+    def init(self, arg: tuple[str, bool]) -> Any:
+        pybeam.trap_exit(True)
+        return arg
+
+    async def terminate(self, reason: Any, state: tuple[str, bool]) -> None:
+        id, stuck = state
+        EVENTS.append(f"terminate {id} {reason}")
+        print(f"terminate {id} {reason}", flush=True)  # the OS-process test reads it in the node's log
+        if stuck:
+            await asyncio.sleep(3600)
+
+
+def recorder(id: str, stuck: bool = False) -> supervisor.ChildSpec:
+    return Recorder.child_spec((id, stuck), id=id, shutdown=0.5 if stuck else 5.0)
+
+
+async def start_one() -> Pid:
+    return await supervisor.start_link([recorder("one_a"), recorder("one_b")])
+
+
+async def start_two() -> Pid:
+    return await supervisor.start_link(
+        [recorder("two_a"), recorder("two_stuck", stuck=True), recorder("two_c")]
+    )
+
+
+def bad_start() -> Any:
+    return "not a pid"
+
+
+def crashing_start() -> Any:
+    raise RuntimeError("no database")
+
+
+#: The order init:stop gives for apps one then two: two first, each tree last child first.
+STOP_ORDER = ["two_c", "two_stuck", "two_a", "one_b", "one_a"]
+
+
+def terminations(lines: list[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith("terminate ")]
+
+
+@pytest.fixture(autouse=True)
+def _clear_events() -> None:
+    EVENTS.clear()
+
+
+def test_parse() -> None:
+    assert application.parse("myapp") == ("myapp", "start")
+    assert application.parse("my.app:boot") == ("my.app", "boot")
+    for bad in ("", ":start", "a:", "a b", "a:b.c", "a..b"):
+        with pytest.raises(ApplicationError):
+            application.parse(bad)
+
+
+async def test_node_stop_stops_applications_in_reverse_order_from_the_top() -> None:
+    node = pybeam.Node()
+    await node.start()
+    try:
+        # Functions, not "module:fn" strings: pytest imports this file under
+        # another module name than "tests.test_application", whose EVENTS would differ.
+        top1 = await application.start(start_one, node=node)
+        top2 = await application.start(start_two, node=node)
+        assert node.process(top1) is not None and node.process(top2) is not None
+        names = application.which_applications(node)
+        assert [n.rpartition(":")[2] for n in names] == ["start_one", "start_two"]
+        assert EVENTS == []
+    finally:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await node.stop()
+        took = loop.time() - began
+    assert terminations(EVENTS) == STOP_ORDER
+    assert all(e.endswith(" shutdown") for e in EVENTS)
+    # The stuck child was killed after its 0.5 s, and the tree went on.
+    assert took >= 0.5
+    assert node.processes() == []
+
+
+async def test_an_application_that_does_not_start_names_why() -> None:
+    async with pybeam.Node() as node:
+        with pytest.raises(ApplicationError, match="returned 'not a pid', not a pid"):
+            await application.start(bad_start, node=node)
+        with pytest.raises(ApplicationError, match="RuntimeError: no database"):
+            await application.start("tests.test_application:crashing_start")
+        with pytest.raises(ApplicationError, match="cannot import"):
+            await application.start("tests.no_such_module")
+        with pytest.raises(ApplicationError, match="has no function"):
+            await application.start("tests.test_application:nope")
+        assert application.which_applications(node) == []
+
+
+async def test_an_application_whose_tree_dies_is_logged_and_the_node_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with pybeam.Node() as node:
+        top = await application.start(start_one, node=node)
+        with caplog.at_level(logging.WARNING, logger="pybeam"):
+            pybeam.exit(top, "kill")
+            await eventually(lambda: application.which_applications(node) == [])
+        assert "exited: 'killed'" in caplog.text
+        assert node.running
+
+
+def _run_main() -> list[str]:
+    async def main() -> str:
+        return "done"
+
+    assert pybeam.run(main, apps=[start_one, start_two]) == "done"
+    return list(EVENTS)
+
+
+def test_run_stops_its_applications_when_main_returns() -> None:
+    assert terminations(_run_main()) == STOP_ORDER
+
+
+async def test_sigterm_stops_a_nodes_applications_in_order(beam_node: pybeam.Node) -> None:
+    apps = ["tests.test_application:start_one", "tests.test_application:start_two"]
+    async with LocalCluster(1, apps=apps) as cluster:
+        (n1,) = cluster.nodes
+        names = await rpc.call(n1, "pybeam.application:which_applications")
+        assert names == apps
+        assert await cluster.stop_node(n1) == 0
+        log = cluster.logs(n1)
+    assert terminations(log.splitlines()) == STOP_ORDER, log
+    assert "did not stop within 0.5s of shutdown: killing it" in log
+    # Killed after its terminate began, before the next sibling's.
+    assert log.index("terminate two_stuck") < log.index("killing it") < log.index("terminate two_a")
+
+
+def test_pybeam_node_with_a_bad_app_exits_with_its_reason(epmd_port: int) -> None:
+    env = dict(os.environ, PYBEAM_EPMD_PORT=str(epmd_port), PYBEAM_COOKIE="APPTEST")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pybeam",
+            "node",
+            "--name",
+            "badapp@127.0.0.1",
+            "--app",
+            "tests.test_application:bad_start",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "application tests.test_application:bad_start did not start" in done.stderr
