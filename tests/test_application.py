@@ -178,3 +178,36 @@ def test_pybeam_node_with_a_bad_app_exits_with_its_reason(epmd_port: int) -> Non
     )
     assert done.returncode == 1
     assert "application tests.test_application:bad_start did not start" in done.stderr
+
+
+async def start_linked_sup() -> Pid:
+    return await supervisor.start_link([recorder("rpc_child")])
+
+
+async def start_unlinked_sup() -> Pid:
+    return await supervisor.start([recorder("rpc_child")])
+
+
+async def test_rpc_of_start_link_warns_the_caller_that_the_tree_dies_with_the_rpc_process(
+    beam_node: pybeam.Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with LocalCluster(1) as cluster:
+        (n1,) = cluster.nodes
+        with caplog.at_level(logging.WARNING, logger="pybeam"):
+            sup = await rpc.call(n1, "tests.test_application:start_linked_sup")
+
+        # The trap itself (as in OTP): the supervisor stops with the rpc process...
+        async def sup_gone() -> bool:
+            return not await rpc.call(n1, "pybeam.kernel:is_alive", sup)
+
+        await eventually(sup_gone)
+        # ...and both sides say why, naming the way out.
+        assert f"its process was linked to {sup!r}" in caplog.text
+        assert "start_link in an rpc stops at once" in caplog.text
+        await eventually(lambda: "start_link in an rpc stops at once" in cluster.logs(n1))
+        # Unlinked, no warning, and it lives on.
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pybeam"):
+            sup = await rpc.call(n1, "tests.test_application:start_unlinked_sup")
+        assert await rpc.call(n1, "pybeam.kernel:is_alive", sup)
+        assert "linked to" not in caplog.text
