@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -211,3 +212,41 @@ async def test_rpc_of_start_link_warns_the_caller_that_the_tree_dies_with_the_rp
             sup = await rpc.call(n1, "tests.test_application:start_unlinked_sup")
         assert await rpc.call(n1, "pybeam.kernel:is_alive", sup)
         assert "linked to" not in caplog.text
+
+
+_CTRL_C_MAIN = """
+import pybeam
+from tests.test_application import start_one, start_two
+
+async def main():
+    print("ready", flush=True)
+    await pybeam.receive("never")
+
+pybeam.run(main, apps=[start_one, start_two])
+"""
+
+
+def test_ctrl_c_stops_pybeam_runs_applications_in_order(tmp_path: Any) -> None:
+    script = tmp_path / "main.py"
+    script.write_text(_CTRL_C_MAIN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        # A shell's background job ignores SIGINT, and Python then keeps ignoring it: undo that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert terminations(out.splitlines()) == STOP_ORDER, out
+    assert "KeyboardInterrupt" in out
