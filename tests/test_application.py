@@ -250,3 +250,15 @@ def test_ctrl_c_stops_pybeam_runs_applications_in_order(tmp_path: Any) -> None:
             proc.wait()
     assert terminations(out.splitlines()) == STOP_ORDER, out
     assert "KeyboardInterrupt" in out
+
+
+async def test_a_second_stop_waits_for_the_first() -> None:
+    node = pybeam.Node()
+    await node.start()
+    await application.start(start_two, node=node)
+    first = asyncio.ensure_future(node.stop())
+    await eventually(lambda: any(e.startswith("terminate two_c") for e in EVENTS))
+    await node.stop()  # returns only once the whole shutdown is done
+    assert terminations(EVENTS) == ["two_c", "two_stuck", "two_a"]
+    assert node.processes() == []
+    await first

@@ -207,7 +207,7 @@ class Node:
         self._pid_timers: dict[Pid, set[Ref]] = {}
         #: Each application's name and master, in start order (see :mod:`pybeam.application`).
         self._applications: list[tuple[str, Pid]] = []
-        self._stopping = False
+        self._stopping: asyncio.Future[None] | None = None
         self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
 
     def __repr__(self) -> str:
@@ -237,14 +237,21 @@ class Node:
         start order (each supervision tree from the top, within its shutdown
         times), then every remaining process (reason ``shutdown``), then the
         distribution. ``timeout`` bounds the wait for the remaining processes."""
-        if not self.running or self._stopping:
+        if not self.running:
             return
-        self._stopping = True
+        if self._stopping is not None:
+            # A second stop (a second SIGTERM, say) waits for the first.
+            await asyncio.shield(self._stopping)
+            return
+        stopping = self._stopping = asyncio.get_running_loop().create_future()
         try:
             await self._stop_applications()
         finally:
-            self._stopping = False
-            await self._stop_processes(timeout)
+            try:
+                await self._stop_processes(timeout)
+            finally:
+                self._stopping = None
+                stopping.set_result(None)
 
     def add_application(self, name: str, master: Pid) -> None:
         """Record a started application's master, for :meth:`stop`."""
