@@ -5,7 +5,7 @@ and register names, on nodes that (with :mod:`pybeam.distribution`) connect over
 The functions below are the ones a BEAM user knows; see ``docs/``.
 """
 
-from . import dynamic_supervisor, errand, gen_server, global_, pg, rpc, supervisor
+from . import application, dynamic_supervisor, errand, gen_server, global_, pg, rpc, supervisor
 from .errors import BadArg, Exit, NodeDown, NoProc, NotDistributed, PybeamError, SpawnError
 from .gen_server import GenServer
 from .kernel import (
@@ -75,6 +75,7 @@ __all__ = [
     "Ref",
     "SpawnError",
     "Term",
+    "application",
     "cancel_timer",
     "connect",
     "current_node",

@@ -37,7 +37,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, net, rpc
+from . import __version__, application, net, rpc
 from .distribution import epmd
 from .distribution.cookie import CookieError
 from .distribution.net_kernel import function_name
@@ -117,6 +117,11 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
             if not await net.connect(peer):
                 why = net.connect_failure(peer) or "it is not running, not registered, or has another cookie"
                 return _error("node", f"cannot connect to {peer}: {why}")
+        for app in args.app:
+            try:
+                await application.start(app, node=entered)
+            except application.ApplicationError as e:
+                return _error("node", str(e))
         shell: _Shell | None = None
         if args.shell:
             shell = _Shell(entered, loop, stop)
@@ -485,6 +490,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="BYTES",
         help="bytes queued to one peer above which senders wait (default 1 MB, as dist_buf_busy_limit)",
+    )
+    node.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MOD[:FN]",
+        help="start an application at boot: MOD.FN() (default FN: start) returns its top supervisor's "
+        "pid; repeatable, started in order and stopped in reverse order when the node stops",
     )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
     node.add_argument(

@@ -38,6 +38,9 @@ logger = logging.getLogger("pybeam")
 
 DEFAULT_NAME = "nonode@nohost"
 
+#: What :meth:`Node.stop` sends an application master (see :mod:`pybeam.application`).
+APPLICATION_STOP = "$pybeam_application_stop"
+
 _node_ctx: contextvars.ContextVar[Node | None] = contextvars.ContextVar("pybeam_node", default=None)
 _default_nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Node] = weakref.WeakKeyDictionary()
 
@@ -202,6 +205,9 @@ class Node:
         self._timers: dict[Ref, tuple[asyncio.TimerHandle, Any, Any]] = {}
         #: The timers aimed at each local pid: they die with it (as in BEAM).
         self._pid_timers: dict[Pid, set[Ref]] = {}
+        #: Each application's name and master, in start order (see :mod:`pybeam.application`).
+        self._applications: list[tuple[str, Pid]] = []
+        self._stopping: asyncio.Future[None] | None = None
         self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
 
     def __repr__(self) -> str:
@@ -227,7 +233,46 @@ class Node:
         return self
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Kill every process of the node (reason ``shutdown``) and wait for them."""
+        """Stop the node as ``init:stop`` does: its applications in reverse
+        start order (each supervision tree from the top, within its shutdown
+        times), then every remaining process (reason ``shutdown``), then the
+        distribution. ``timeout`` bounds the wait for the remaining processes."""
+        if not self.running:
+            return
+        if self._stopping is not None:
+            # A second stop (a second SIGTERM, say) waits for the first.
+            await asyncio.shield(self._stopping)
+            return
+        stopping = self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            await self._stop_applications()
+        finally:
+            try:
+                await self._stop_processes(timeout)
+            finally:
+                self._stopping = None
+                stopping.set_result(None)
+
+    def add_application(self, name: str, master: Pid) -> None:
+        """Record a started application's master, for :meth:`stop`."""
+        self._applications.append((name, master))
+
+    def applications(self) -> list[str]:
+        """The running applications' names, in start order."""
+        return [name for name, master in self._applications if master in self._procs]
+
+    async def _stop_applications(self) -> None:
+        current = asyncio.current_task()
+        while self._applications:
+            _, master = self._applications.pop()
+            proc = self._procs.get(master)
+            if proc is None or proc.task is None or proc.task is current:
+                continue
+            proc.put(APPLICATION_STOP)
+            # No time limit, as init:stop's default: each child's own shutdown bounds it.
+            await asyncio.wait([proc.task])
+
+    async def _stop_processes(self, timeout: float) -> None:
         if not self.running:
             return
         self.running = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
@@ -23,6 +24,7 @@ from .errors import BadArg, Exit, NodeDown, PybeamError
 from .expect import check_result
 from .nodename import check_node_name
 from .pattern import ANY
+from .process import current_process
 from .terms import NOCONNECTION, Crash, Pid, Ref
 
 __all__ = ["RemoteError", "RpcError", "RpcTimeout", "call", "cast", "multicall"]
@@ -30,6 +32,7 @@ __all__ = ["RemoteError", "RpcError", "RpcTimeout", "call", "cast", "multicall"]
 DEFAULT_TIMEOUT = 5.0
 
 T = TypeVar("T")
+logger = logging.getLogger("pybeam")
 
 
 class RpcError(PybeamError):
@@ -73,7 +76,29 @@ async def _execute(fn_name: str, args: tuple[Any, ...]) -> None:
         # SystemExit and KeyboardInterrupt too: in a process they are a
         # crash like any other, and this one is the caller's to report.
         raise Exit(Crash.from_exception(e)) from None
+    warning = _left_linked(fn_name)
+    if warning is not None:
+        logger.warning("%s", warning)
+        raise Exit(("rpc_return", result, warning))
     raise Exit(("rpc_return", result))
+
+
+def _left_linked(fn_name: str) -> str | None:
+    """The start_link trap: a process the function linked to this short-lived
+    one that traps exits (a supervisor, a GenServer) stops when it exits. Say so."""
+    proc = current_process()
+    if proc is None or not proc.links:
+        return None
+    node = proc.node
+    linked = sorted(p for p in proc.links if (other := node.process(p)) is not None and other.trap_exit)
+    if not linked:
+        return None
+    pids = ", ".join(map(repr, linked))
+    return (
+        f"rpc of {fn_name} on {node.name}: its process was linked to {pids}, which trap exits and get its "
+        "exit signal as it ends: a supervisor or GenServer started with start_link in an rpc stops at "
+        "once. Start it with start() instead, or as an application (pybeam node --app, see docs/otp.md)"
+    )
 
 
 _EXECUTE = function_name(_execute)
@@ -90,6 +115,9 @@ def _outcome(node: str, fn: str, reason: Any) -> Any:
     """The call's result from the DOWN reason, or the error it stands for."""
     match reason:
         case ("rpc_return", value):
+            return value
+        case ("rpc_return", value, str() as warning):
+            logger.warning("%s", warning)
             return value
         case Crash() as crash:
             return RemoteError(node, fn, crash)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from . import application
 from .errors import Exit
 from .node import Node
 from .process import _current
@@ -26,17 +27,27 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run(main: Callable[..., Coroutine[Any, Any, T]], *args: Any, node: Node | None = None) -> T:
+def run(
+    main: Callable[..., Coroutine[Any, Any, T]],
+    *args: Any,
+    node: Node | None = None,
+    apps: Sequence[application.AppSpec] = (),
+) -> T:
     """Run ``main(*args)`` on a fresh event loop, inside a node, and return its result.
 
     ``main`` acts as a process of that node (it can ``receive``, ``link``...).
-    When it returns, every process still running on the node is shut down.
-    If ``main``'s process is killed (an exit signal through a link, say),
-    this raises :class:`~pybeam.Exit` with its exit reason.
+    ``apps`` (``"mod[:fn]"`` or functions, see :mod:`pybeam.application`) are
+    started in order before ``main``. When ``main`` returns (or raises, or
+    Ctrl-C cancels it) the node stops as ``init:stop`` does: the applications
+    in reverse order, each supervision tree from the top, then every process
+    still running. If ``main``'s process is killed (an exit signal through a
+    link, say), this raises :class:`~pybeam.Exit` with its exit reason.
     """
 
     async def _main() -> T:
-        async with node if node is not None else Node():
+        async with node if node is not None else Node() as running:
+            for app in apps:
+                await application.start(app, node=running)
             return await _as_process(main(*args))
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -106,7 +106,9 @@ class LocalCluster:
 
     ``cookie`` defaults to the manager's; ``ticktime`` to the manager's (nodes
     with different ticktimes declare each other down); ``env`` adds variables
-    to the children's environment. Start waits (at most ``startup_timeout``
+    to the children's environment. ``apps`` are applications
+    (``"mod[:fn]"``, see :mod:`pybeam.application`) every node starts at boot,
+    in order, as ``pybeam node --app``. Start waits (at most ``startup_timeout``
     seconds) until every node is connected to the manager and to every other
     node, and raises :class:`ClusterError` with the node's log if one exits or
     does not connect in time. The manager is ``node``, or else the current
@@ -122,6 +124,7 @@ class LocalCluster:
         cookie: str | None = None,
         ticktime: float | None = None,
         env: Mapping[str, str] | None = None,
+        apps: Sequence[str] = (),
         startup_timeout: float = 20.0,
         node: Node | None = None,
     ) -> None:
@@ -133,6 +136,7 @@ class LocalCluster:
         self.cookie = cookie
         self.ticktime = ticktime
         self.env = dict(env or {})
+        self.apps = list(apps)
         self.startup_timeout = startup_timeout
         #: The node names, in order.
         self.nodes: list[str] = []
@@ -283,6 +287,8 @@ class LocalCluster:
         ]
         if self.cookie == _manager_kernel(self.manager).cookie:
             argv += ["--connect", self.manager.name]
+        for app in self.apps:
+            argv += ["--app", app]
         with open(self._log_path(name), "wb") as log:
             proc = subprocess.Popen(
                 argv,
@@ -315,7 +321,9 @@ class LocalCluster:
         while waiting:
             for name in sorted(waiting):
                 self._check_running(name)
-                if kernel.is_connected(name):
+                # Connected, and booted: the node prints its "up" line once its
+                # applications have started.
+                if kernel.is_connected(name) and f"node {name} up" in self.logs(name):
                     waiting.discard(name)
                 elif cookie != kernel.cookie and await self._registered(name):
                     await kernel.connect(name)
