@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from examples.redis_server import RedisServer
-from pybeam.testing import free_port
+from pybeam.testing import free_port, processes_using_epmd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,20 +31,6 @@ def run_cli(*args: str, epmd_port: int | None = None) -> subprocess.CompletedPro
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
-
-
-def nodes_using(epmd_port: int) -> list[int]:
-    """Pids of processes whose environment names this port mapper (the run's nodes)."""
-    found = []
-    needle = f"PYBEAM_EPMD_PORT={epmd_port}".encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.fixture
@@ -72,7 +58,7 @@ def test_wordcount_prints_the_top_words_and_leaves_nothing_behind(
     assert "reduce 5/5" in done.stderr  # the progress bar
     with redis.Redis.from_url(redis_server.url) as client:
         assert client.keys("mr:*") == []
-    assert nodes_using(port) == []
+    assert processes_using_epmd(port) == []
 
 
 def test_identity_with_a_node_killed_halfway_gets_every_line_back(tmp_path: Path) -> None:
@@ -84,7 +70,7 @@ def test_identity_with_a_node_killed_halfway_gets_every_line_back(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert done.stdout == "every line came back: 20000 distinct lines\n"
     assert "(SIGKILL) halfway" in done.stderr
-    assert nodes_using(port) == []  # neither the nodes nor the redis-server (same environment)
+    assert processes_using_epmd(port) == []  # neither the nodes nor the redis-server (same environment)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +106,7 @@ def test_errors_are_one_line_and_exit_1(
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
     assert line.startswith(message.format(**names))
-    assert nodes_using(port) == []
+    assert processes_using_epmd(port) == []
 
 
 @pytest.mark.parametrize("args", [[], ["wordcount"], ["wordcount", "f", "--nodes", "two"], ["count", "f"]])
@@ -168,7 +154,7 @@ def test_interrupted_or_killed_in_the_middle_leaves_no_process_behind(
     path.write_text("alpha beta gamma delta\n" * 800_000)  # 18 MB: a few seconds of work
     port = free_port()
     proc = start_cli_and_wait_for_progress(path, port)
-    assert nodes_using(port)  # the node and the private redis-server run
+    assert processes_using_epmd(port)  # the node and the private redis-server run
     proc.send_signal(getattr(signal, signal_name))
     _, err = proc.communicate(timeout=60)
     if signal_name == "SIGINT":
@@ -178,6 +164,6 @@ def test_interrupted_or_killed_in_the_middle_leaves_no_process_behind(
     # A SIGKILLed parent runs nothing: its children stop by themselves (the
     # nodes when their stdin closes, redis-server by PR_SET_PDEATHSIG).
     deadline = time.monotonic() + 20
-    while nodes_using(port) and time.monotonic() < deadline:
+    while processes_using_epmd(port) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert nodes_using(port) == []
+    assert processes_using_epmd(port) == []

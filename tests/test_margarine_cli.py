@@ -16,23 +16,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pybeam.testing import free_port
+from pybeam.testing import free_port, processes_using_epmd
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def processes_using(epmd_port: int) -> list[int]:
-    """Pids of processes whose environment names this port mapper (the run's nodes)."""
-    found = []
-    needle = f"PYBEAM_EPMD_PORT={epmd_port}".encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def request(method: str, url: str, body: str | None = None) -> tuple[int, str, str | None]:
@@ -82,14 +68,14 @@ def test_the_cluster_serves_then_ctrl_c_stops_every_node_and_redis(how: signal.S
         status, code, location = request("POST", urls[0], "url=https://elixir-lang.org")
         assert (status, location) == (201, urls[0] + code)
         assert request("GET", urls[1] + code) == (302, "https://elixir-lang.org", "https://elixir-lang.org")
-        assert len(processes_using(epmd_port)) >= 2
+        assert len(processes_using_epmd(epmd_port)) >= 2
 
         proc.send_signal(how)
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 10
-        while (processes_using(epmd_port) or answers(redis_port)) and time.monotonic() < deadline:
+        while (processes_using_epmd(epmd_port) or answers(redis_port)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert processes_using(epmd_port) == []
+        assert processes_using_epmd(epmd_port) == []
         assert not answers(redis_port)
         assert not any(answers(urlsplit(u).port or 0) for u in urls)
     finally:
@@ -138,4 +124,4 @@ def test_a_taken_base_port_is_one_line_and_leaves_nothing() -> None:
         rf"margarine: node margarine1_\w+@127\.0\.0\.1 cannot serve on port {port}: address already in use\n",
         done.stderr,
     ), done.stderr
-    assert processes_using(epmd_port) == []
+    assert processes_using_epmd(epmd_port) == []

@@ -230,6 +230,9 @@ class _Guard(Coroutine[Any, Any, Any]):
         self._coro = coro
         self._proc = proc
 
+    # send and throw repeat each other on purpose: a shared helper would add
+    # a Python call to every step of every process.
+
     def send(self, value: Any) -> Any:
         try:
             return self._coro.send(value)

@@ -5,13 +5,14 @@
 - :func:`partition` / :func:`heal`: cut a group of nodes off from the others,
   and undo it.
 - :func:`eventually`: wait for a condition, retrying while nodes settle.
+- :func:`processes_using_epmd`: what a run that had its own port mapper left behind.
 - :mod:`pybeam.testing.pytest_plugin`: fixtures ``epmd_port``, ``beam_node``
   and ``cluster``; load it with ``pytest_plugins = ["pybeam.testing.pytest_plugin"]``.
 
 See ``docs/cli_and_testing.md``.
 """
 
-from .cluster import ClusterError, LocalCluster, free_port, run_in_process
+from .cluster import ClusterError, LocalCluster, free_port, processes_using_epmd, run_in_process
 from .eventually import eventually
 from .schism import heal, partition, partitioned
 
@@ -23,5 +24,6 @@ __all__ = [
     "heal",
     "partition",
     "partitioned",
+    "processes_using_epmd",
     "run_in_process",
 ]

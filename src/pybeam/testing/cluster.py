@@ -42,7 +42,7 @@ from ..errand import run as run_in_process
 from ..errors import NotDistributed, PybeamError
 from ..node import Node, current_node
 
-__all__ = ["ClusterError", "LocalCluster", "run_in_process"]
+__all__ = ["ClusterError", "LocalCluster", "processes_using_epmd", "run_in_process"]
 
 T = TypeVar("T")
 
@@ -59,6 +59,23 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def processes_using_epmd(epmd_port: int) -> list[int]:
+    """The OS pids of processes whose environment names this port mapper
+    (``PYBEAM_EPMD_PORT``): a run's nodes, and what they started. Empty
+    once a run that had a port mapper of its own left nothing behind.
+    Linux only (it reads ``/proc``)."""
+    found = []
+    needle = f"PYBEAM_EPMD_PORT={epmd_port}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass  # gone meanwhile, or not ours to read
+    return found
 
 
 class ClusterError(PybeamError):
