@@ -17,6 +17,7 @@ import redis
 
 import examples.margarine as margarine
 import pybeam
+from examples.margarine.cache import REPLICA
 from examples.redis_server import RedisServer
 from pybeam import rpc
 from pybeam.testing import LocalCluster, eventually, free_port, heal, partition
@@ -41,8 +42,30 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def start_margarine(c: LocalCluster, server: RedisServer, cache: str = "replicated") -> list[str]:
-    """Start margarine on every node of ``c``; their URLs, in order."""
-    return [await rpc.call(node, margarine.start, free_port(), server.url, cache) for node in c.nodes]
+    """Start margarine on every node of ``c``; their URLs, in order.
+
+    With the replicated cache, returns once every node sees every replica in
+    the group: a link stored before a node has seen a newcomer join reaches
+    the newcomer only lazily (docs/margarine.md), and these tests check
+    replication among nodes that know each other.
+    """
+    urls = [await rpc.call(node, margarine.start, free_port(), server.url, cache) for node in c.nodes]
+    if cache == "replicated":
+        n = len(c.nodes)
+        await eventually(
+            lambda: all_see([rpc.call(node, replicas_seen) for node in c.nodes], n),
+            what=f"every node sees {n} cache replicas",
+        )
+    return urls
+
+
+def replicas_seen() -> int:
+    """On a node (by rpc): how many cache replicas it knows of."""
+    return len(pybeam.pg.get_members(REPLICA))
+
+
+async def all_see(counts: list[Awaitable[int]], n: int) -> bool:
+    return all([await count == n for count in counts])
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, str | None]:

@@ -67,7 +67,8 @@ class ReplicatedCache:
     group and applies what the others send. A node that joins late *receives
     the cache*: its replica asks one member for a copy (one copy over the wire,
     not one per member). Anything it still misses — the member died before
-    answering, a link stored during a partition — it catches up lazily, from
+    answering, a link stored during a partition, or one stored elsewhere while
+    it was joining, before that node saw it join — it catches up lazily, from
     Redis, at the first lookup: links never change, so that is always right.
     """
 
