@@ -7,6 +7,8 @@
 ``pybeam rpc NODE module:function [ARGS...]``
     Call a function on a running node from a short-lived hidden node and print
     the result's ``repr`` (like ``erl_call``).
+``pybeam processes NODE [--json]``
+    A running node's processes, as a table or JSON (like observer's process tab).
 ``pybeam names``
     The nodes registered with this host's port mapper (like ``epmd -names``).
 ``pybeam epmd``
@@ -419,6 +421,78 @@ async def _rpc_main(args: argparse.Namespace) -> int:
         return _error("rpc", f"cannot start the calling node {name}: {e}")
 
 
+# -- pybeam processes ---------------------------------------------------------------------
+
+_COLUMNS = (
+    ("pid", "PID"),
+    ("registered_name", "NAME"),
+    ("initial_call", "INITIAL CALL"),
+    ("status", "STATUS"),
+    ("message_queue_len", "MSGS"),
+    ("links", "LINKS"),
+    ("monitors", "MONITORS"),
+)
+
+
+async def _call_remote(
+    command: str, args: argparse.Namespace, function: str, *call_args: Any
+) -> tuple[int, Any]:
+    """Call ``function`` on ``args.node`` from a short-lived hidden node: (0,
+    the result), or (1, None) after saying on stderr why not."""
+    address: str = args.node
+    try:
+        target, host, _ = parse_address(address, "target node")
+    except ValueError as e:
+        return _error(command, str(e)), None
+    name = f"{command}_{secrets.token_hex(4)}@{host}"
+    try:
+        node = Node(name, cookie=args.cookie, hidden=True, epmd_port=args.epmd_port)
+    except _START_ERRORS as e:
+        return _error(command, str(e)), None
+    try:
+        async with node:
+            if not await net.connect(address):
+                why = net.connect_failure(address) or "is it running, registered, and using the same cookie?"
+                return _error(command, f"node {target} cannot be reached: {why}"), None
+            try:
+                return 0, await rpc.call(target, function, *call_args, timeout=args.timeout)
+            except rpc.RemoteError as e:
+                return _error(command, f"{function} raised on {target}: {e.kind}: {e.message}"), None
+            except NodeDown as e:
+                return _error(
+                    command, str(e) if e.reason else f"node {target} went down during the call"
+                ), None
+            except rpc.RpcTimeout as e:
+                return _error(command, f"timeout: {e}"), None
+            except PybeamError as e:
+                return _error(command, str(e)), None
+    except _START_ERRORS as e:
+        return _error(command, f"cannot start the calling node {name}: {e}"), None
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+async def _processes_main(args: argparse.Namespace) -> int:
+    status, rows = await _call_remote("processes", args, "pybeam.observer:processes_info")
+    if status:
+        return status
+    if args.json:
+        import json
+
+        out = [{**row, "pid": repr(row["pid"])} for row in rows]
+        print(json.dumps(out, indent=1), flush=True)
+        return 0
+    table = [[title for _, title in _COLUMNS]]
+    table += [[_cell(row.get(key)) for key, _ in _COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    sys.stdout.flush()
+    return 0
+
+
 # -- pybeam names ------------------------------------------------------------------------
 
 
@@ -522,6 +596,21 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     call.add_argument("-v", "--verbose", action="store_true", help="log connections")
 
+    procs = sub.add_parser(
+        "processes",
+        help="list a running node's processes",
+        description="List NODE's processes: pid, registered name, initial call, status, "
+        "mailbox length, links and monitors (like observer's process tab).",
+    )
+    procs.add_argument("node", metavar="NODE")
+    procs.add_argument(
+        "--json", action="store_true", help="print JSON (a list of objects) instead of a table"
+    )
+    procs.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    procs.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds (default 5)")
+    procs.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    procs.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
     names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     names.add_argument(
@@ -553,6 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "rpc":
         return _run(_rpc_main(args))
+    if args.command == "processes":
+        return _run(_processes_main(args))
     return _run(_serve_node_checked(args))
 
 
