@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from test_cli import COOKIE, Cli
+from test_cli import COOKIE, TIMEOUT, Cli
 
 
 @pytest.fixture
@@ -97,3 +99,57 @@ def test_processes_errors_are_one_clear_line(cli: Cli) -> None:
     wrong_cookie = cli.run("processes", "n@127.0.0.1", "--cookie", "WRONG")
     assert wrong_cookie.returncode == 1
     assert "cookie refused by peer" in wrong_cookie.stderr
+
+
+def test_remsh_runs_statements_in_a_process_of_the_node(cli: Cli) -> None:
+    node, _ = cli.node("n@127.0.0.1")
+    script = "\n".join(
+        [
+            "x = 21",
+            "x * 2",
+            "pybeam.node_name()",
+            "me = pybeam.self()",
+            "pybeam.self() == me",  # the same session process across statements
+            "await asyncio.sleep(0)",
+            "def f(y):",
+            "    return y + x",
+            "",
+            "f(1)",
+            "print('printed', me.node)",
+            "1/0",
+            "pybeam.exit('bye')",
+            "pybeam.self() == me",  # a new session process
+            "'still here'",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pybeam", "remsh", "n@127.0.0.1", "--cookie", COOKIE],
+        input=script + "\n",
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "42",
+        "'n@127.0.0.1'",
+        "True",
+        "22",
+        "printed n@127.0.0.1",
+        "Traceback (most recent call last):",
+        '  File "<remsh>", line 1, in <module>',
+        "ZeroDivisionError: division by zero",
+        "** (EXIT) the shell process exited with reason 'bye'",
+        "False",
+        "'still here'",
+    ], result.stderr
+    assert node.proc.poll() is None  # the node goes on
+    # Leaving the shell ended its session process.
+    listed = cli.run("processes", "n@127.0.0.1", "--json", "--cookie", COOKIE)
+    assert listed.returncode == 0, listed.stderr
+    assert [r for r in json.loads(listed.stdout) if r["initial_call"] == "pybeam.remsh:_session"] == []
+
+    unknown = cli.run("remsh", "nobody@127.0.0.1", "--cookie", COOKIE)
+    assert unknown.returncode == 1
+    assert "pybeam remsh: node nobody@127.0.0.1 cannot be reached" in unknown.stderr

@@ -9,6 +9,8 @@
     the result's ``repr`` (like ``erl_call``).
 ``pybeam processes NODE [--json]``
     A running node's processes, as a table or JSON (like observer's process tab).
+``pybeam remsh NODE``
+    A shell whose statements run in a shell process of a running node.
 ``pybeam names``
     The nodes registered with this host's port mapper (like ``epmd -names``).
 ``pybeam epmd``
@@ -493,6 +495,80 @@ async def _processes_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pybeam remsh ---------------------------------------------------------------------------
+
+
+class _RemoteConsole(code.InteractiveConsole):
+    """A console whose complete statements run in a session process of a remote node."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str) -> None:
+        super().__init__(filename="<remsh>")
+        self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        self.loop = loop
+        self.target = target
+        self.session: Any = None
+        self.key = secrets.token_hex(8)
+        self.reader = None if sys.stdin.isatty() else _FdLineReader(0)
+
+    def call(self, function: str, *args: Any) -> Any:
+        coro = rpc.call(self.target, function, *args, timeout=None)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def raw_input(self, prompt: str = "") -> str:
+        if self.reader is None:
+            return input(prompt)
+        sys.stderr.write(prompt)  # as the local shell: stdout holds only what statements print
+        sys.stderr.flush()
+        line = self.reader.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    def runsource(self, source: str, filename: str = "<input>", symbol: str = "single") -> bool:
+        try:
+            if self.compile(source, filename, symbol) is None:
+                return True  # incomplete: read more lines
+        except (OverflowError, SyntaxError, ValueError):
+            self.showsyntaxerror(filename)
+            return False
+        try:
+            if self.session is None:
+                self.session = self.call("pybeam.remsh:open_session", self.key)
+            output = self.call("pybeam.remsh:evaluate", self.session, source)
+        except rpc.RemoteError as e:
+            if e.kind != "pybeam.remsh.SessionEnded":
+                raise
+            self.session = None  # the next statement starts a new one, as iex does
+            output = f"{e.message}\n"
+        sys.stdout.write(output)
+        sys.stdout.flush()
+        return False
+
+
+async def _remsh_main(args: argparse.Namespace) -> int:
+    status, _ = await _call_remote("remsh", args, "pybeam.kernel:node_name")
+    if status:
+        return status
+    # A second, long-lived connection for the session (the check above used its own node).
+    target, host, _ = parse_address(args.node, "target node")
+    node = Node(
+        f"remsh_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
+    )
+    async with node:
+        if not await net.connect(args.node):
+            return _error("remsh", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
+        console = _RemoteConsole(asyncio.get_running_loop(), target)
+        banner = f"pybeam remsh on node {target}\nTop-level await works; `pybeam` and `asyncio` are imported."
+        try:
+            await asyncio.to_thread(console.interact, banner, "")
+        except (NodeDown, PybeamError) as e:
+            return _error("remsh", str(e))
+        finally:
+            with contextlib.suppress(Exception):
+                await rpc.call(target, "pybeam.remsh:close_session", console.key, console.session, timeout=2)
+    return 0
+
+
 # -- pybeam names ------------------------------------------------------------------------
 
 
@@ -611,6 +687,18 @@ def _parser() -> argparse.ArgumentParser:
     procs.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     procs.add_argument("-v", "--verbose", action="store_true", help="log connections")
 
+    remsh = sub.add_parser(
+        "remsh",
+        help="a shell whose statements run on a running node",
+        description="A shell connected to NODE (like iex --remsh): each statement runs in a "
+        "shell process of NODE, over the distribution.",
+    )
+    remsh.add_argument("node", metavar="NODE")
+    remsh.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    remsh.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds to connect")
+    remsh.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    remsh.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
     names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     names.add_argument(
@@ -644,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_rpc_main(args))
     if args.command == "processes":
         return _run(_processes_main(args))
+    if args.command == "remsh":
+        return _run(_remsh_main(args))
     return _run(_serve_node_checked(args))
 
 
