@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pybeam.testing import eventually
 from test_cli import COOKIE, TIMEOUT, Cli
 
 
@@ -153,3 +155,22 @@ def test_remsh_runs_statements_in_a_process_of_the_node(cli: Cli) -> None:
     unknown = cli.run("remsh", "nobody@127.0.0.1", "--cookie", COOKIE)
     assert unknown.returncode == 1
     assert "pybeam remsh: node nobody@127.0.0.1 cannot be reached" in unknown.stderr
+
+
+def _sessions(cli: Cli) -> list[dict[str, object]]:
+    listed = cli.run("processes", "n@127.0.0.1", "--json", "--cookie", COOKIE)
+    assert listed.returncode == 0, listed.stderr
+    return [r for r in json.loads(listed.stdout) if r["initial_call"] == "pybeam.remsh:_session"]
+
+
+def test_a_killed_remsh_leaves_no_shell_process_behind(cli: Cli) -> None:
+    cli.node("n@127.0.0.1")
+    remsh = cli.start("remsh", "n@127.0.0.1", "--cookie", COOKIE)
+    assert remsh.proc.stdin is not None
+    remsh.proc.stdin.write("'ready'\n")
+    remsh.proc.stdin.flush()
+    remsh.wait_line(r"^'ready'$")
+    assert len(_sessions(cli)) == 1
+    remsh.proc.kill()
+    remsh.wait()
+    asyncio.run(eventually(lambda: _sessions(cli) == [], timeout=TIMEOUT, what="the session ended"))

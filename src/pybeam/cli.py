@@ -501,13 +501,14 @@ async def _processes_main(args: argparse.Namespace) -> int:
 class _RemoteConsole(code.InteractiveConsole):
     """A console whose complete statements run in a session process of a remote node."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, client: Any) -> None:
         super().__init__(filename="<remsh>")
         self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         self.loop = loop
         self.target = target
         self.session: Any = None
         self.key = secrets.token_hex(8)
+        self.client = client
         self.reader = None if sys.stdin.isatty() else _FdLineReader(0)
 
     def call(self, function: str, *args: Any) -> Any:
@@ -533,7 +534,7 @@ class _RemoteConsole(code.InteractiveConsole):
             return False
         try:
             if self.session is None:
-                self.session = self.call("pybeam.remsh:open_session", self.key)
+                self.session = self.call("pybeam.remsh:open_session", self.key, self.client)
             output = self.call("pybeam.remsh:evaluate", self.session, source)
         except rpc.RemoteError as e:
             if e.kind != "pybeam.remsh.SessionEnded":
@@ -543,6 +544,10 @@ class _RemoteConsole(code.InteractiveConsole):
         sys.stdout.write(output)
         sys.stdout.flush()
         return False
+
+
+async def _wait_forever() -> None:
+    await asyncio.Event().wait()
 
 
 async def _remsh_main(args: argparse.Namespace) -> int:
@@ -557,7 +562,10 @@ async def _remsh_main(args: argparse.Namespace) -> int:
     async with node:
         if not await net.connect(args.node):
             return _error("remsh", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
-        console = _RemoteConsole(asyncio.get_running_loop(), target)
+        # A process of ours for the session to monitor: if this command is
+        # killed, the connection drops and the session ends on its own.
+        client, _ = node.spawn(_wait_forever)
+        console = _RemoteConsole(asyncio.get_running_loop(), target, client)
         banner = f"pybeam remsh on node {target}\nTop-level await works; `pybeam` and `asyncio` are imported."
         try:
             await asyncio.to_thread(console.interact, banner, "")

@@ -28,10 +28,15 @@ _FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _namespaces: dict[str, dict[str, Any]] = {}
 
 
-def open_session(key: str) -> Pid:
-    """Start a session process on this node, with the namespace kept for ``key``."""
+def open_session(key: str, client: Pid | None = None) -> Pid:
+    """Start a session process on this node, with the namespace kept for ``key``.
+
+    With ``client`` (a process of the shell's node), the session monitors it
+    and ends, namespace and all, when it dies or its node goes away (the
+    remsh was killed).
+    """
     namespace = _namespaces.setdefault(key, {"__name__": "__main__", "asyncio": asyncio, "pybeam": pybeam})
-    return spawn(_session, namespace)
+    return spawn(_session, namespace, key, client)
 
 
 def close_session(key: str, session: Pid | None) -> None:
@@ -60,10 +65,14 @@ class SessionEnded(Exception):
     """The session's process has exited (a statement called ``pybeam.exit``, say)."""
 
 
-async def _session(namespace: dict[str, Any]) -> None:
+async def _session(namespace: dict[str, Any], key: str, client: Pid | None) -> None:
+    watch = monitor(client) if client is not None else None
     while True:
         msg = await receive()
         if msg == ("remsh_close",):
+            return
+        if watch is not None and isinstance(msg, tuple) and len(msg) == 5 and msg[:2] == ("DOWN", watch):
+            _namespaces.pop(key, None)
             return
         if not (isinstance(msg, tuple) and len(msg) == 4 and msg[0] == "remsh_eval"):
             continue  # not for us: dropped, so that the mailbox does not grow
