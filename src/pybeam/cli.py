@@ -7,6 +7,10 @@
 ``pybeam rpc NODE module:function [ARGS...]``
     Call a function on a running node from a short-lived hidden node and print
     the result's ``repr`` (like ``erl_call``).
+``pybeam processes NODE [--json]``
+    A running node's processes, as a table or JSON (like observer's process tab).
+``pybeam remsh NODE``
+    A shell whose statements run in a shell process of a running node.
 ``pybeam names``
     The nodes registered with this host's port mapper (like ``epmd -names``).
 ``pybeam epmd``
@@ -419,6 +423,160 @@ async def _rpc_main(args: argparse.Namespace) -> int:
         return _error("rpc", f"cannot start the calling node {name}: {e}")
 
 
+# -- pybeam processes ---------------------------------------------------------------------
+
+_COLUMNS = (
+    ("pid", "PID"),
+    ("registered_name", "NAME"),
+    ("initial_call", "INITIAL CALL"),
+    ("status", "STATUS"),
+    ("message_queue_len", "MSGS"),
+    ("links", "LINKS"),
+    ("monitors", "MONITORS"),
+)
+
+
+async def _call_remote(
+    command: str, args: argparse.Namespace, function: str, *call_args: Any
+) -> tuple[int, Any]:
+    """Call ``function`` on ``args.node`` from a short-lived hidden node: (0,
+    the result), or (1, None) after saying on stderr why not."""
+    address: str = args.node
+    try:
+        target, host, _ = parse_address(address, "target node")
+    except ValueError as e:
+        return _error(command, str(e)), None
+    name = f"{command}_{secrets.token_hex(4)}@{host}"
+    try:
+        node = Node(name, cookie=args.cookie, hidden=True, epmd_port=args.epmd_port)
+    except _START_ERRORS as e:
+        return _error(command, str(e)), None
+    try:
+        async with node:
+            if not await net.connect(address):
+                why = net.connect_failure(address) or "is it running, registered, and using the same cookie?"
+                return _error(command, f"node {target} cannot be reached: {why}"), None
+            try:
+                return 0, await rpc.call(target, function, *call_args, timeout=args.timeout)
+            except rpc.RemoteError as e:
+                return _error(command, f"{function} raised on {target}: {e.kind}: {e.message}"), None
+            except NodeDown as e:
+                return _error(
+                    command, str(e) if e.reason else f"node {target} went down during the call"
+                ), None
+            except rpc.RpcTimeout as e:
+                return _error(command, f"timeout: {e}"), None
+            except PybeamError as e:
+                return _error(command, str(e)), None
+    except _START_ERRORS as e:
+        return _error(command, f"cannot start the calling node {name}: {e}"), None
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+async def _processes_main(args: argparse.Namespace) -> int:
+    status, rows = await _call_remote("processes", args, "pybeam.observer:processes_info")
+    if status:
+        return status
+    if args.json:
+        import json
+
+        out = [{**row, "pid": repr(row["pid"])} for row in rows]
+        print(json.dumps(out, indent=1), flush=True)
+        return 0
+    table = [[title for _, title in _COLUMNS]]
+    table += [[_cell(row.get(key)) for key, _ in _COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    sys.stdout.flush()
+    return 0
+
+
+# -- pybeam remsh ---------------------------------------------------------------------------
+
+
+class _RemoteConsole(code.InteractiveConsole):
+    """A console whose complete statements run in a session process of a remote node."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, client: Any) -> None:
+        super().__init__(filename="<remsh>")
+        self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        self.loop = loop
+        self.target = target
+        self.session: Any = None
+        self.key = secrets.token_hex(8)
+        self.client = client
+        self.reader = None if sys.stdin.isatty() else _FdLineReader(0)
+
+    def call(self, function: str, *args: Any) -> Any:
+        coro = rpc.call(self.target, function, *args, timeout=None)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def raw_input(self, prompt: str = "") -> str:
+        if self.reader is None:
+            return input(prompt)
+        sys.stderr.write(prompt)  # as the local shell: stdout holds only what statements print
+        sys.stderr.flush()
+        line = self.reader.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    def runsource(self, source: str, filename: str = "<input>", symbol: str = "single") -> bool:
+        try:
+            if self.compile(source, filename, symbol) is None:
+                return True  # incomplete: read more lines
+        except (OverflowError, SyntaxError, ValueError):
+            self.showsyntaxerror(filename)
+            return False
+        try:
+            if self.session is None:
+                self.session = self.call("pybeam.remsh:open_session", self.key, self.client)
+            output = self.call("pybeam.remsh:evaluate", self.session, source)
+        except rpc.RemoteError as e:
+            if e.kind != "pybeam.remsh.SessionEnded":
+                raise
+            self.session = None  # the next statement starts a new one, as iex does
+            output = f"{e.message}\n"
+        sys.stdout.write(output)
+        sys.stdout.flush()
+        return False
+
+
+async def _wait_forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def _remsh_main(args: argparse.Namespace) -> int:
+    status, _ = await _call_remote("remsh", args, "pybeam.kernel:node_name")
+    if status:
+        return status
+    # A second, long-lived connection for the session (the check above used its own node).
+    target, host, _ = parse_address(args.node, "target node")
+    node = Node(
+        f"remsh_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
+    )
+    async with node:
+        if not await net.connect(args.node):
+            return _error("remsh", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
+        # A process of ours for the session to monitor: if this command is
+        # killed, the connection drops and the session ends on its own.
+        client, _ = node.spawn(_wait_forever)
+        console = _RemoteConsole(asyncio.get_running_loop(), target, client)
+        banner = f"pybeam remsh on node {target}\nTop-level await works; `pybeam` and `asyncio` are imported."
+        try:
+            await asyncio.to_thread(console.interact, banner, "")
+        except (NodeDown, PybeamError) as e:
+            return _error("remsh", str(e))
+        finally:
+            with contextlib.suppress(Exception):
+                await rpc.call(target, "pybeam.remsh:close_session", console.key, console.session, timeout=2)
+    return 0
+
+
 # -- pybeam names ------------------------------------------------------------------------
 
 
@@ -522,6 +680,33 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     call.add_argument("-v", "--verbose", action="store_true", help="log connections")
 
+    procs = sub.add_parser(
+        "processes",
+        help="list a running node's processes",
+        description="List NODE's processes: pid, registered name, initial call, status, "
+        "mailbox length, links and monitors (like observer's process tab).",
+    )
+    procs.add_argument("node", metavar="NODE")
+    procs.add_argument(
+        "--json", action="store_true", help="print JSON (a list of objects) instead of a table"
+    )
+    procs.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    procs.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds (default 5)")
+    procs.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    procs.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
+    remsh = sub.add_parser(
+        "remsh",
+        help="a shell whose statements run on a running node",
+        description="A shell connected to NODE (like iex --remsh): each statement runs in a "
+        "shell process of NODE, over the distribution.",
+    )
+    remsh.add_argument("node", metavar="NODE")
+    remsh.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    remsh.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds to connect")
+    remsh.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    remsh.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
     names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     names.add_argument(
@@ -553,6 +738,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "rpc":
         return _run(_rpc_main(args))
+    if args.command == "processes":
+        return _run(_processes_main(args))
+    if args.command == "remsh":
+        return _run(_remsh_main(args))
     return _run(_serve_node_checked(args))
 
 

@@ -16,7 +16,7 @@ from .errors import BadArg, Exit
 from .mailbox import NO_DEFAULT
 from .node import current_node
 from .pattern import compile_pattern
-from .process import Process, _current
+from .process import Process, _call, _current
 from .terms import Pid, Ref
 
 __all__ = [
@@ -281,6 +281,8 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         return None
     return {
         "registered_name": proc.name,
+        "initial_call": _initial_call(proc),
+        "status": _status(proc),
         "message_queue_len": len(proc),
         "messages": proc.messages(),
         "links": sorted(proc.links or ()),
@@ -288,3 +290,36 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         "monitored_by": [watcher for watcher, _ in (proc.monitored_by or {}).values()],
         "trap_exit": proc.trap_exit,
     }
+
+
+def _initial_call(proc: Process) -> str | None:
+    # Read off the task's coroutine on demand rather than recorded at spawn,
+    # which keeps spawn as cheap as it was.
+    task = proc.task
+    if task is None:
+        return None
+    coro: Any = task.get_coro()
+    inner = getattr(coro, "_coro", coro)  # behind the process's guard
+    frame = getattr(inner, "cr_frame", None)
+    code = getattr(inner, "cr_code", None)
+    if code is None:
+        return None
+    if code is _call.__code__ and frame is not None:
+        # A plain function runs inside the runtime's small `_call` coroutine.
+        fn = frame.f_locals.get("fn")
+        module = getattr(fn, "__module__", None) or "?"
+        return f"{module}:{getattr(fn, '__qualname__', repr(fn))}"
+    module = frame.f_globals.get("__name__", "?") if frame is not None else "?"
+    return f"{module}:{getattr(inner, '__qualname__', code.co_qualname)}"
+
+
+def _status(proc: Process) -> str:
+    # BEAM's three that matter here: exiting (killed, its code not yet
+    # stopped), waiting (blocked in receive), running (everything else:
+    # runnable or awaiting something other than its mailbox).
+    task = proc.task
+    if not proc.alive or (task is not None and task.cancelling()):
+        return "exiting"
+    if proc._waiter is not None or proc._wait is not None:
+        return "waiting"
+    return "running"
