@@ -607,6 +607,14 @@ def _positive(text: str) -> float:
     return value
 
 
+def _client_options(command: argparse.ArgumentParser, timeout_help: str) -> None:
+    """The options of every command that talks to a running node from a short-lived one."""
+    command.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
+    command.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help=timeout_help)
+    command.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
+    command.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROG, description="Run and talk to pybeam nodes.")
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
@@ -674,11 +682,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("node", metavar="NODE")
     call.add_argument("function", metavar="module:function")
     call.add_argument("args", nargs="*", metavar="ARGS")
-    call.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
-    call.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds (default 5)")
     call.add_argument("--name", help="the calling node's name (default rpc_<random>@<NODE's host>)")
-    call.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
-    call.add_argument("-v", "--verbose", action="store_true", help="log connections")
+    _client_options(call, "seconds (default 5)")
 
     procs = sub.add_parser(
         "processes",
@@ -690,10 +695,7 @@ def _parser() -> argparse.ArgumentParser:
     procs.add_argument(
         "--json", action="store_true", help="print JSON (a list of objects) instead of a table"
     )
-    procs.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
-    procs.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds (default 5)")
-    procs.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
-    procs.add_argument("-v", "--verbose", action="store_true", help="log connections")
+    _client_options(procs, "seconds (default 5)")
 
     remsh = sub.add_parser(
         "remsh",
@@ -702,10 +704,7 @@ def _parser() -> argparse.ArgumentParser:
         "shell process of NODE, over the distribution.",
     )
     remsh.add_argument("node", metavar="NODE")
-    remsh.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
-    remsh.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help="seconds to connect")
-    remsh.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
-    remsh.add_argument("-v", "--verbose", action="store_true", help="log connections")
+    _client_options(remsh, "seconds to connect")
 
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
     names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
