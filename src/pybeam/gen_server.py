@@ -70,6 +70,7 @@ __all__ = [
     "StartTimeout",
     "call",
     "cast",
+    "enter_loop",
     "is_normal_exit",
     "reply",
     "start",
@@ -436,6 +437,25 @@ async def start_link(
     the :class:`StartError` rather than the exit signal.
     """
     return await _start(server, arg, name, timeout, link=True)
+
+
+async def enter_loop(server: GenServer, state: Any, *, parent: Pid | None = None) -> NoReturn:
+    """Make the calling process a server of ``server`` from ``state``: its
+    callbacks handle the process's messages until it stops (OTP's
+    ``gen_server:enter_loop``).
+
+    For a process started otherwise than by :func:`start` (``init`` is not
+    called): the kernel's servers, say, which are spawned and registered at
+    once so that their names are never free while a node runs. ``parent`` is
+    the process whose exit signal, when trapped, stops the server.
+    """
+    if not isinstance(server, GenServer):
+        raise BadArg(f"not a GenServer instance: {server!r}")
+    me = kernel.self()
+    info = kernel.process_info(me)
+    name = None if info is None else info["registered_name"]
+    label = f"{name!r} ({me!r})" if name is not None else repr(me)
+    await _Loop(server, label, parent, state).run()
 
 
 def _kill_flush(pid: Pid, mref: Ref, link: bool) -> None:

@@ -13,11 +13,14 @@ processes with monitors and nodes with ``monitor_nodes``.
 
 The protocol
 ------------
-*Servers everywhere.* A node's server starts on the first call on that node
-(or :func:`start` / :func:`ensure_started`). A running server starts the
-server of every node it is connected to, and of every node that connects
-later (``rpc.cast(node, ensure_started)`` on nodeup), so that, as in OTP where
-the kernel starts ``global`` on every node, no code has to start it anywhere.
+*Servers everywhere.* Every node's kernel supervisor (see
+:mod:`pybeam.kernel_sup`) starts its server, a GenServer, as OTP's kernel
+starts ``global``, and restarts it when it crashes. A restarted server
+rebuilds its table from the cluster (*discover and sync*, below); the names
+of its own node's processes are lost with the server that owned them (in
+OTP they live in tables the server owns, and a crash of ``global`` takes the
+node down, which frees them everywhere): peers drop them when they see the
+old server end, and the processes, which keep running, may register again.
 
 *The owner writes.* A claim "``name`` is held by ``pid``" is written only by
 the server of ``pid``'s node, its *owner*, which monitors ``pid`` and sends
@@ -69,15 +72,16 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import errand, kernel, net, rpc
+from . import errand, kernel, kernel_sup, net, rpc
 from .arguments import check_delay
 from .distribution.net_kernel import function_name, resolve_function
-from .errors import BadArg, NodeDown, NotDistributed, PybeamError
-from .node import current_node
+from .errors import BadArg, NodeDown
+from .kernel_sup import SyncWaiters
 from .terms import KILL, NOPROC, Pid, Ref, Term
 
 __all__ = [
     "NAME",
+    "NameServer",
     "Resolver",
     "ensure_started",
     "lower_node_wins",
@@ -110,11 +114,6 @@ _MAX_BACKOFF = 0.25
 # change before returning anyway (they still get it; only the wait ends).
 _ACK_TIMEOUT = 5.0
 
-# Each running server's state, by its pid. The functions that only read
-# (whereis_name, registered_names) read it directly, as OTP's read global's
-# ETS tables: the server is the only writer, and a node runs on one thread.
-_servers: dict[Pid, _Server] = {}
-
 
 # -- resolvers ------------------------------------------------------------------
 
@@ -144,21 +143,9 @@ def notify_all_name(name: Any, pid1: Pid, pid2: Pid) -> None:
 
 
 def ensure_started() -> Pid:
-    """The pid of this node's server, starting it if it is not running."""
-    pid = kernel.whereis(NAME)
-    if pid is not None:
-        if pid not in _servers:
-            raise BadArg(f"{NAME!r} is registered by a process that is not pybeam.global_'s server")
-        return pid
-    state = _Server()
-    state.node = kernel.node_name()
-    pid, _ = current_node().spawn(_serve, (state,))
-    # Registered before anything can run: a node is one thread, so two callers
-    # cannot both find the name free.
-    kernel.register(NAME, pid)
-    state.pid = pid
-    _servers[pid] = state
-    return pid
+    """The pid of this node's server, starting it if it is not running
+    (under the node's kernel supervisor)."""
+    return kernel_sup.ensure_started(NameServer, NAME, None, static=True)
 
 
 async def start(timeout: float = 5.0) -> Pid:
@@ -166,8 +153,7 @@ async def start(timeout: float = 5.0) -> Pid:
     seconds) until it has the names of every node connected now."""
     check_delay(timeout, "timeout")
     pid = ensure_started()
-    # In an errand: cancelled, no reply is left to come to the caller.
-    await errand.run(_call, pid, ("wait_synced", timeout))
+    await kernel_sup.ask(pid, ("wait_synced", timeout))
     return pid
 
 
@@ -232,7 +218,7 @@ async def unregister_name(name: Term) -> None:
 def whereis_name(name: Term) -> Pid | None:
     """The pid registered as ``name`` in the cluster, or None."""
     _check_name(name)
-    return _servers[ensure_started()].whereis(name)
+    return _server().whereis(name)
 
 
 def send(name: Term, msg: Any) -> Pid:
@@ -249,7 +235,7 @@ def send(name: Term, msg: Any) -> Pid:
 
 def registered_names() -> list[Term]:
     """Every globally registered name."""
-    return _servers[ensure_started()].registered()
+    return _server().registered()
 
 
 # -- the caller's side of a registration -------------------------------------------
@@ -277,23 +263,13 @@ async def _reachable(pid: Pid) -> bool:
     return pid.node in net.nodes() or await net.ping(pid.node) == "pong"
 
 
-async def _call(server: Pid, request: Any) -> Any:
-    """A call to a local server (``gen_server:call``): its reply, or
-    :class:`PybeamError` if it ends first."""
-    ref = kernel.monitor(server)
-    kernel.send(server, ("$call", ref, kernel.self(), request))
-    msg = await kernel.receive(_tagged(("$reply", "DOWN"), ref))
-    kernel.demonitor(ref, flush=True)
-    if msg[0] == "DOWN":
-        raise PybeamError(f"the server {server!r} ended during a call: {msg[4]!r}")
-    return msg[2]
-
-
-def _tagged(tags: tuple[str, ...], ref: Any) -> Callable[[Any], bool]:
-    def match(m: Any) -> bool:
-        return type(m) is tuple and len(m) >= 3 and m[0] in tags and m[1] == ref
-
-    return match
+def _server() -> _Server:
+    # The server is the only writer of its table, and a node is one thread:
+    # reads need not go through it (as OTP's read global's ETS tables).
+    pid = ensure_started()
+    state = kernel_sup.state_of(NAME, NameServer)
+    assert state is not None, pid
+    return state  # type: ignore[no-any-return]
 
 
 class _Lock:
@@ -433,18 +409,42 @@ async def _try_lock(name: Term, me: Pid) -> _Lock | None:
 # -- the server -------------------------------------------------------------------
 
 
-async def _serve(state: _Server) -> None:
-    try:
-        await state.run()
-    finally:
-        _servers.pop(state.pid, None)
+class NameServer(kernel_sup.Service):
+    """The GenServer of one node's name server (OTP's ``global_name_server``);
+    its state is a :class:`_Server`."""
+
+    def new_state(self, arg: Any) -> _Server:
+        state = _Server()
+        state.node = kernel.node_name()
+        return state
+
+    def init(self, state: _Server) -> _Server:
+        state.pid = kernel.self()
+        for node in kernel_sup.node_subscribe():
+            state.nodeup(node)
+        return state
+
+    def handle_call(self, request: Any, from_: tuple[Pid, Ref], state: _Server) -> Any:
+        match request:
+            case ("wait_synced", timeout):
+                done = state.waiters.wait(from_, timeout, state.synced)
+                return ("noreply", state) if done is None else ("reply", done, state)
+        raise BadArg(f"global: unknown request {request!r}")
+
+    def handle_cast(self, request: Any, state: _Server) -> Any:
+        logger.debug("global: %s ignores the cast %r", state.node, request)
+        return ("noreply", state)
+
+    def handle_info(self, msg: Any, state: _Server) -> Any:
+        state.handle(msg)
+        return ("noreply", state)
 
 
 class _Server:
     """One node's name server: its replica of the table, its locks, its peers."""
 
     def __init__(self) -> None:
-        self.pid: Pid = None  # type: ignore[assignment]  # set by ensure_started before it runs
+        self.pid: Pid = None  # type: ignore[assignment]  # set by init, in the process
         self.node = ""
         #: name -> {pid: its resolver's name}; more than one pid only in a conflict
         self.claims: dict[Term, dict[Pid, str | None]] = {}
@@ -463,8 +463,8 @@ class _Server:
         #: conflicts this node resolved: name -> losers on other nodes whose
         #: owners were told to drop them (not shown while they do)
         self.losing: dict[Term, set[Pid]] = {}
-        #: callers of start() waiting for syncs: (caller, tag, nodes left, timer)
-        self.waiters: list[tuple[Pid, Ref, set[str], Ref]] = []
+        #: callers of start() waiting for syncs
+        self.waiters = SyncWaiters()
 
     # -- reads ------------------------------------------------------------------
 
@@ -479,19 +479,10 @@ class _Server:
     def registered(self) -> list[Term]:
         return [name for name in self.claims if self.live(name)]
 
-    # -- the loop ---------------------------------------------------------------
-
-    async def run(self) -> None:
-        with contextlib.suppress(NotDistributed):
-            net.monitor_nodes(True)
-        # Subscribed first, then listed: a node that comes up in between is
-        # seen twice, which is harmless; none is missed.
-        for node in net.nodes():
-            self.nodeup(node)
-        while True:
-            self.handle(await kernel.receive())
+    # -- messages -----------------------------------------------------------------
 
     def handle(self, msg: Any) -> None:
+        """A message from a registration, a peer, a monitor or net_kernel."""
         match msg:
             case ("lock", Ref() as ref, Pid() as holder, name):
                 self.lock(ref, holder, name)
@@ -536,10 +527,8 @@ class _Server:
                 self.node_gone(node)
             case ("DOWN", Ref() as ref, "process", _, _):
                 self.down(ref)
-            case ("$call", Ref() as ref, Pid() as caller, ("wait_synced", timeout)):
-                self.wait_synced(caller, ref, timeout)
             case ("wait_timeout", Ref() as ref):
-                self.reply_waiters(lambda w: w[1] == ref)
+                self.waiters.update(self.synced, ref)
             case _:
                 logger.debug("global: %s ignores %r", self.node, msg)
 
@@ -695,8 +684,6 @@ class _Server:
 
     def nodeup(self, node: str) -> None:
         kernel.send((NAME, node), ("discover", self.pid))
-        # Start its server if it has none; it then discovers us itself.
-        rpc.cast(node, ensure_started)
 
     def add_peer(self, peer: Pid) -> None:
         old = self.peers.pop(peer.node, None)
@@ -728,7 +715,7 @@ class _Server:
         for name in {name for name, _ in old} | {name for name, _ in new}:
             self.check(name)
         self.synced.add(node)
-        self.reply_waiters()
+        self.waiters.update(self.synced)
 
     def node_gone(self, node: str) -> None:
         self.drop_node(node)
@@ -736,7 +723,7 @@ class _Server:
         if peer is not None:
             kernel.demonitor(peer[1], flush=True)
         self.synced.discard(node)
-        self.reply_waiters()
+        self.waiters.update(self.synced)
 
     def down(self, ref: Ref) -> None:
         pid = self.watch.pop(ref, None)
@@ -753,29 +740,3 @@ class _Server:
             if r == ref:
                 # Its server ended (or its node went down): its claims went with it.
                 self.node_gone(node)
-
-    # -- start() ---------------------------------------------------------------------------
-
-    def wait_synced(self, caller: Pid, ref: Ref, timeout: float) -> None:
-        left = set(net.nodes()) - self.synced
-        if not left:
-            kernel.send(caller, ("$reply", ref, True))
-            return
-        timer = kernel.send_after(timeout, self.pid, ("wait_timeout", ref))
-        self.waiters.append((caller, ref, left, timer))
-
-    def reply_waiters(self, force: Callable[[Any], bool] | None = None) -> None:
-        if not self.waiters:
-            return
-        connected = set(net.nodes())
-        keep = []
-        for w in self.waiters:
-            caller, ref, left, timer = w
-            left &= connected
-            left -= self.synced
-            if not left or (force is not None and force(w)):
-                kernel.cancel_timer(timer)
-                kernel.send(caller, ("$reply", ref, not left))
-            else:
-                keep.append(w)
-        self.waiters = keep

@@ -22,7 +22,7 @@ import logging
 import secrets
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import BadArg, NoProc
@@ -127,6 +127,18 @@ def set_distribution_factory(factory: DistributionFactory) -> None:
     _distribution_factory = factory
 
 
+#: Starts a node's kernel (the supervisor of global and pg): installed by
+#: :mod:`pybeam.kernel_sup`, which builds on this module.
+KernelStarter = Callable[["Node"], Awaitable[None]]
+_kernel_starter: KernelStarter | None = None
+
+
+def set_kernel_starter(starter: KernelStarter) -> None:
+    """Install what starts a node's kernel when the node starts."""
+    global _kernel_starter
+    _kernel_starter = starter
+
+
 class Node:
     """A BEAM-like node: it owns processes, names and timers.
 
@@ -207,6 +219,8 @@ class Node:
         self._pid_timers: dict[Pid, set[Ref]] = {}
         #: Each application's name and master, in start order (see :mod:`pybeam.application`).
         self._applications: list[tuple[str, Pid]] = []
+        #: The kernel's master process (see :mod:`pybeam.kernel_sup`), once started.
+        self.kernel: Pid | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
 
@@ -230,13 +244,15 @@ class Node:
             self.creation = await dist.start()
             self.dist = self.remote = dist
         self._bind(asyncio.get_running_loop())
+        if _kernel_starter is not None:
+            await _kernel_starter(self)
         return self
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the node as ``init:stop`` does: its applications in reverse
         start order (each supervision tree from the top, within its shutdown
-        times), then every remaining process (reason ``shutdown``), then the
-        distribution. ``timeout`` bounds the wait for the remaining processes."""
+        times), then the kernel's (global, pg), then every remaining process
+        (reason ``shutdown``), then the distribution. ``timeout`` bounds the wait for the remaining processes."""
         if not self.running:
             return
         if self._stopping is not None:
@@ -262,15 +278,20 @@ class Node:
         return [name for name, master in self._applications if master in self._procs]
 
     async def _stop_applications(self) -> None:
-        current = asyncio.current_task()
         while self._applications:
             _, master = self._applications.pop()
-            proc = self._procs.get(master)
-            if proc is None or proc.task is None or proc.task is current:
-                continue
-            proc.put(APPLICATION_STOP)
-            # No time limit, as init:stop's default: each child's own shutdown bounds it.
-            await asyncio.wait([proc.task])
+            await self._stop_master(master)
+        # The kernel last, as init:stop stops the kernel application last.
+        if self.kernel is not None:
+            await self._stop_master(self.kernel)
+
+    async def _stop_master(self, master: Pid) -> None:
+        proc = self._procs.get(master)
+        if proc is None or proc.task is None or proc.task is asyncio.current_task():
+            return
+        proc.put(APPLICATION_STOP)
+        # No time limit, as init:stop's default: each child's own shutdown bounds it.
+        await asyncio.wait([proc.task])
 
     async def _stop_processes(self, timeout: float) -> None:
         if not self.running:

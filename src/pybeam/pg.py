@@ -27,13 +27,21 @@ So each node is the only writer of its own members, and the membership views
 converge (strong eventual consistency, as OTP says): updates from one node
 arrive in order; those of different nodes may arrive in different orders.
 
-Where pybeam differs: a scope is started on demand, by the first call on a
-node (or :func:`start`), and a running scope process also starts the same
-scope on every node it is connected to and on each node that comes up
-(``rpc.cast(node, ensure_started, scope)``), so no code needs to start it on
-every node; OTP starts the default scope from the kernel application and others
-by hand. A scope therefore spans every connected node, not an overlay chosen
-by where it was started.
+The scope processes are GenServers. Every node's kernel supervisor (see
+:mod:`pybeam.kernel_sup`) runs the default scope, as OTP's kernel does with
+``start_pg``, and restarts it when it crashes: the new scope process
+discovers its peers again and gets their members back, while its own node's
+memberships are lost, as in OTP ("local membership is not preserved if scope
+process exits and restarts"): the old process was the one that knew and
+monitored them, and peers drop them when they see it end.
+
+Where pybeam differs: another scope is started on demand, by the first call
+for it on a node (or :func:`start`), and added to that node's kernel
+supervisor; a running scope process also starts the same scope on every
+node it is connected to and on each node that comes up (``rpc.cast(node,
+ensure_started, scope)``), so no code needs to start it on every node (OTP
+starts other scopes by hand). A scope therefore spans every connected node,
+not an overlay chosen by where it was started.
 """
 
 from __future__ import annotations
@@ -43,9 +51,10 @@ import contextlib
 import logging
 from typing import Any, Literal
 
-from . import errand, kernel, net, rpc
+from . import gen_server, kernel, kernel_sup, rpc
 from .arguments import check_delay
-from .errors import BadArg, NotDistributed, PybeamError
+from .errors import BadArg
+from .kernel_sup import SyncWaiters
 from .logtext import short
 from .node import current_node
 from .pattern import ANY, compile_pattern
@@ -53,6 +62,7 @@ from .terms import Pid, Ref, Term
 
 __all__ = [
     "DEFAULT_SCOPE",
+    "Scope",
     "demonitor",
     "ensure_started",
     "get_local_members",
@@ -71,32 +81,15 @@ logger = logging.getLogger("pybeam.pg")
 #: The scope used when none is given (and its scope process's registered name).
 DEFAULT_SCOPE = "pg"
 
-# Each running scope process's state, by its pid. The read functions
-# (get_members, which_groups...) read it directly, as OTP's read the scope's
-# ETS table: the scope process is its only writer, and a node is one thread.
-_scopes: dict[Pid, _Scope] = {}
-
-
 # -- the API ----------------------------------------------------------------------
 
 
 def ensure_started(scope: str = DEFAULT_SCOPE) -> Pid:
-    """The pid of this node's process for ``scope``, starting it if needed."""
+    """The pid of this node's process for ``scope``, starting it if needed
+    (under the node's kernel supervisor)."""
     if type(scope) is not str or not scope:
         raise BadArg(f"a scope is a non-empty str, got {scope!r}")
-    pid = kernel.whereis(scope)
-    if pid is not None:
-        if pid not in _scopes:
-            raise BadArg(f"{scope!r} is registered by a process that is not a pg scope")
-        return pid
-    state = _Scope(scope)
-    pid, _ = current_node().spawn(_serve, (state,))
-    # Registered before anything else runs (a node is one thread): two callers
-    # cannot both start the scope.
-    kernel.register(scope, pid)
-    state.pid = pid
-    _scopes[pid] = state
-    return pid
+    return kernel_sup.ensure_started(Scope, scope, scope, static=scope == DEFAULT_SCOPE)
 
 
 async def start(scope: str = DEFAULT_SCOPE, timeout: float = 5.0) -> Pid:
@@ -190,7 +183,12 @@ async def demonitor(ref: Ref, scope: str = DEFAULT_SCOPE) -> bool:
 
 
 def _state(scope: str) -> _Scope:
-    return _scopes[ensure_started(scope)]
+    # The scope process is the only writer of its state, and a node is one
+    # thread: reads need not go through it (as OTP's read its ETS table).
+    pid = ensure_started(scope)
+    state = kernel_sup.state_of(scope, Scope)
+    assert state is not None, pid
+    return state  # type: ignore[no-any-return]
 
 
 def _local_pids(pids: Pid | list[Pid]) -> list[Pid]:
@@ -212,9 +210,7 @@ def _check_group(group: Term) -> None:
 
 
 async def _ask(server: Pid, request: Any) -> Any:
-    """:func:`_call` in an errand (see :mod:`pybeam.errand`): cancelled, the
-    caller leaves no monitor and no reply to come behind."""
-    return await errand.run(_call, server, request)
+    return await kernel_sup.ask(server, request)
 
 
 async def _subscribe(server: Pid, request: tuple[Any, ...]) -> Any:
@@ -225,26 +221,15 @@ async def _subscribe(server: Pid, request: tuple[Any, ...]) -> Any:
     token = kernel.make_ref()
     me = kernel.self()
     try:
-        return await errand.run(_call, server, (*request, me, token))
+        return await kernel_sup.ask(server, (*request, me, token))
     except asyncio.CancelledError:
         kernel.send(server, ("$forget", token))
         raise
 
 
 async def _call(server: Pid, request: Any) -> Any:
-    """A call to a local scope process (``gen_server:call``): its reply, or
-    :class:`PybeamError` if it ends first."""
-    ref = kernel.monitor(server)
-    kernel.send(server, ("$call", ref, kernel.self(), request))
-
-    def ours(m: Any) -> bool:
-        return type(m) is tuple and len(m) >= 3 and m[0] in ("$reply", "DOWN") and m[1] == ref
-
-    msg = await kernel.receive(ours)
-    kernel.demonitor(ref, flush=True)
-    if msg[0] == "DOWN":
-        raise PybeamError(f"the pg scope process {server!r} ended during a call: {msg[4]!r}")
-    return msg[2]
+    """A call to a local scope process by the caller itself."""
+    return await gen_server.call(server, request, None)
 
 
 def _remove_each(items: list[Pid], remove: list[Pid]) -> list[Pid]:
@@ -261,11 +246,32 @@ def _remove_each(items: list[Pid], remove: list[Pid]) -> list[Pid]:
 # -- the scope process -------------------------------------------------------------------
 
 
-async def _serve(state: _Scope) -> None:
-    try:
-        await state.run()
-    finally:
-        _scopes.pop(state.pid, None)
+class Scope(kernel_sup.Service):
+    """The GenServer of one node's process for one scope (OTP's ``pg``
+    gen_server); its state is a :class:`_Scope`."""
+
+    def new_state(self, arg: Any) -> _Scope:
+        return _Scope(arg)
+
+    def init(self, state: _Scope) -> _Scope:
+        state.pid = kernel.self()
+        for node in kernel_sup.node_subscribe():
+            state.nodeup(node)
+        return state
+
+    def handle_call(self, request: Any, from_: tuple[Pid, Ref], state: _Scope) -> Any:
+        reply = state.call(from_, request)
+        if reply is _NO_REPLY:
+            return ("noreply", state)
+        return ("reply", reply, state)
+
+    def handle_cast(self, request: Any, state: _Scope) -> Any:
+        logger.debug("pg %s: ignoring the cast %s", state.scope, short(request))
+        return ("noreply", state)
+
+    def handle_info(self, msg: Any, state: _Scope) -> Any:
+        state.handle(msg)
+        return ("noreply", state)
 
 
 class _Scope:
@@ -274,7 +280,7 @@ class _Scope:
 
     def __init__(self, scope: str) -> None:
         self.scope = scope
-        self.pid: Pid = None  # type: ignore[assignment]  # set by ensure_started before it runs
+        self.pid: Pid = None  # type: ignore[assignment]  # set by init, in the process
         #: group -> (all members, local members); a group with none is absent
         self.groups: dict[Term, tuple[list[Pid], list[Pid]]] = {}
         #: local members: pid -> (our monitor on it, its groups, once per join)
@@ -291,20 +297,11 @@ class _Scope:
         #: the token of each subscription (monitor ref -> token), by which a
         #: subscriber that was cancelled while subscribing undoes it
         self.token_of: dict[Ref, Ref] = {}
-        #: callers of start() waiting for syncs: (caller, tag, nodes left, timer)
-        self.waiters: list[tuple[Pid, Ref, set[str], Ref]] = []
-
-    async def run(self) -> None:
-        with contextlib.suppress(NotDistributed):
-            net.monitor_nodes(True)
-        # Subscribed first, then listed: a node that comes up in between is
-        # discovered twice, which is harmless; none is missed.
-        for node in net.nodes():
-            self.nodeup(node)
-        while True:
-            self.handle(await kernel.receive())
+        #: callers of start() waiting for syncs
+        self.waiters = SyncWaiters()
 
     def handle(self, msg: Any) -> None:
+        """A message from a peer, a monitor or net_kernel."""
         match msg:
             case ("join", Pid() as peer, group, list() as pids):
                 entry = self.remote.get(peer)
@@ -330,10 +327,6 @@ class _Scope:
                     kernel.send(peer, ("discover", self.pid))
             case ("sync", Pid() as peer, list() as groups):
                 self.sync(peer, groups)
-            case ("$call", Ref() as ref, Pid() as caller, tuple() as request):
-                reply = self.call(caller, ref, request)
-                if reply is not _NO_REPLY:
-                    kernel.send(caller, ("$reply", ref, reply))
             case ("$forget", Ref() as token):
                 self.forget(token)
             case ("DOWN", Ref() as ref, "process", _, _):
@@ -342,13 +335,15 @@ class _Scope:
                 self.nodeup(node)
             case ("nodedown", str()):
                 # Nothing to do: the monitor on the peer's scope process fires.
-                self.reply_waiters()
+                self.waiters.update(self.synced_nodes())
             case ("wait_timeout", Ref() as ref):
-                self.reply_waiters(ref)
+                self.waiters.update(self.synced_nodes(), ref)
             case _:
                 logger.debug("pg %s: ignoring %s", self.scope, short(msg))
 
-    def call(self, caller: Pid, ref: Ref, request: tuple[Any, ...]) -> Any:
+    def call(self, from_: tuple[Pid, Ref], request: Any) -> Any:
+        """A request of this node's API: the reply, or :data:`_NO_REPLY`."""
+        caller = from_[0]
         match request:
             case ("join_local", group, list() as pids):
                 if not pids:
@@ -403,12 +398,8 @@ class _Scope:
             case ("demonitor", Ref() as mref):
                 return self.unsubscribe(mref)
             case ("wait_synced", timeout):
-                unsynced = set(net.nodes()) - self.synced_nodes()
-                if not unsynced:
-                    return True
-                timer = kernel.send_after(timeout, self.pid, ("wait_timeout", ref))
-                self.waiters.append((caller, ref, unsynced, timer))
-                return _NO_REPLY
+                done = self.waiters.wait(from_, timeout, self.synced_nodes())
+                return _NO_REPLY if done is None else done
         raise BadArg(f"pg: unknown request {request!r}")
 
     # -- the table ----------------------------------------------------------------
@@ -495,8 +486,10 @@ class _Scope:
 
     def nodeup(self, node: str) -> None:
         kernel.send((self.scope, node), ("discover", self.pid))
-        # Start the scope there if it is not running; it then discovers us.
-        rpc.cast(node, ensure_started, self.scope)
+        if self.scope != DEFAULT_SCOPE:
+            # Start the scope there if it is not running; it then discovers
+            # us. (Every node's kernel runs the default scope.)
+            rpc.cast(node, ensure_started, self.scope)
 
     def add_peer(self, peer: Pid) -> None:
         mref = kernel.monitor(peer)
@@ -520,7 +513,7 @@ class _Scope:
             self.leave_remote(group, gone)
             self.join_remote(group, added)
         self.remote[peer] = (mref, new)
-        self.reply_waiters()
+        self.waiters.update(self.synced_nodes())
 
     def synced_nodes(self) -> set[str]:
         return {peer.node for peer in self.remote}
@@ -539,28 +532,12 @@ class _Scope:
             _, its_groups = self.remote.pop(peer)
             for group, pids in its_groups.items():
                 self.leave_remote(group, pids)
-            self.reply_waiters()
+            self.waiters.update(self.synced_nodes())
             return
         if self.scope_monitors.pop(ref, None) is None:
             self.drop_group_monitor(ref)
         else:
             self.token_of.pop(ref, None)
-
-    def reply_waiters(self, timed_out: Ref | None = None) -> None:
-        if not self.waiters:
-            return
-        connected = set(net.nodes())
-        synced = self.synced_nodes()
-        keep = []
-        for caller, ref, left, timer in self.waiters:
-            left &= connected
-            left -= synced
-            if not left or ref == timed_out:
-                kernel.cancel_timer(timer)
-                kernel.send(caller, ("$reply", ref, not left))
-            else:
-                keep.append((caller, ref, left, timer))
-        self.waiters = keep
 
 
 class _NoReply:
