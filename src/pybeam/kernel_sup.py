@@ -72,8 +72,9 @@ MAX_SECONDS = 3600.0
 # read the state directly (as OTP's read the servers' ETS tables). Entries go
 # when their process's task ends.
 _services: dict[Pid, tuple[type[Service], Any]] = {}
-# The nodes whose kernel was started (the default node's, lazily, at most once).
-_booted: weakref.WeakSet[Node] = weakref.WeakSet()
+# The nodes whose kernel was started (the default node's lazily, at most
+# once): the future gets the kernel supervisor's pid.
+_booted: weakref.WeakKeyDictionary[Node, asyncio.Future[Pid]] = weakref.WeakKeyDictionary()
 
 
 class Service(GenServer):
@@ -146,19 +147,20 @@ def ensure_started(cls: type[Service], name: str, arg: Any, *, static: bool) -> 
     another one is added to it as a new child."""
     pid, new = start_service(cls, name, arg)
     node = current_node()
-    if node not in _booted:
-        _boot(node)  # the default node: its kernel takes this server over
-    elif new and not static:
-        node.spawn(_supervise, (service_spec(cls, name, arg),))
+    booted = _booted.get(node)
+    if booted is None:
+        booted = _boot(node)  # the default node: its kernel takes static servers over
+    if new and not static:
+        node.spawn(_supervise, (booted, service_spec(cls, name, arg)))
     return pid
 
 
-async def _supervise(spec: ChildSpec) -> None:
+async def _supervise(booted: asyncio.Future[Pid], spec: ChildSpec) -> None:
     # A new dynamic service: the kernel supervisor takes it over. Refused if
     # the child exists already (its restart, pending, takes it over) or if
     # the supervisor is gone (it stays unsupervised).
     with contextlib.suppress(PybeamError):
-        await supervisor.start_child(NAME, spec)
+        await supervisor.start_child(await asyncio.shield(booted), spec)
 
 
 def _children() -> list[ChildSpec]:
@@ -173,8 +175,8 @@ def _children() -> list[ChildSpec]:
 
 def _boot(node: Node) -> asyncio.Future[Pid]:
     """Spawn ``node``'s kernel master; the future gets the kernel supervisor."""
-    _booted.add(node)
     started: asyncio.Future[Pid] = asyncio.get_running_loop().create_future()
+    _booted[node] = started
     master, _ = node.spawn(_master, (started,))
     node.kernel = master
     proc = node.process(master)
@@ -185,6 +187,8 @@ def _boot(node: Node) -> asyncio.Future[Pid]:
             started.set_exception(PybeamError("the kernel master ended before the kernel started"))
 
     proc.task.add_done_callback(ended)
+    # Awaited or not (the default node's), its failure is logged by the master.
+    started.add_done_callback(lambda f: f.cancelled() or f.exception())
     return started
 
 
