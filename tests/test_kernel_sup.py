@@ -90,8 +90,9 @@ async def test_every_started_node_runs_global_and_pg_under_kernel_sup() -> None:
         assert [c.id for c in await supervisor.which_children(sup)] == SERVICES
         kids = await children()
         for name in SERVICES:
-            assert pybeam.whereis(name) == kids[name]
-            info = pybeam.process_info(kids[name])
+            pid = kids[name]
+            assert pid is not None and pybeam.whereis(name) == pid
+            info = pybeam.process_info(pid)
             assert info is not None and sup in info["links"]
         assert global_.ensure_started() == kids[global_.NAME]
         assert pg.ensure_started() == kids[pg.DEFAULT_SCOPE]
@@ -152,6 +153,7 @@ async def test_another_scope_joins_the_kernel_supervisor_and_is_restarted() -> N
     p = pybeam.spawn(sleeper)
     await pg.join("g", p, scope="other")
     scope = pybeam.whereis("other")
+    assert scope is not None
 
     async def supervised() -> bool:
         return (await children()).get("other") == scope
@@ -173,7 +175,7 @@ async def test_a_kernel_sup_past_its_intensity_exits_and_the_node_goes_on(
     with caplog.at_level(logging.ERROR, logger="pybeam"):
         for _ in range(kernel_sup.MAX_RESTARTS):
             old = kill(pg.DEFAULT_SCOPE)
-            await eventually(lambda: restarted(pg.DEFAULT_SCOPE, old))
+            await eventually(lambda old=old: restarted(pg.DEFAULT_SCOPE, old))  # type: ignore[misc]
         kill(pg.DEFAULT_SCOPE)
         assert await receive(("DOWN", ref, "process", sup, "shutdown"), timeout=10)
         await eventually(lambda: "the kernel supervisor exited" in caplog.text)
