@@ -429,7 +429,10 @@ class NameServer(kernel_sup.Service):
             case ("wait_synced", timeout):
                 done = state.waiters.wait(from_, timeout, state.synced)
                 return ("noreply", state) if done is None else ("reply", done, state)
-        raise BadArg(f"global: unknown request {request!r}")
+        # As OTP's global: logged, and left unanswered (no crash, which would
+        # cost this node's names).
+        logger.warning("global: %s received an unexpected call: %r", state.node, request)
+        return ("noreply", state)
 
     def handle_cast(self, request: Any, state: _Server) -> Any:
         logger.debug("global: %s ignores the cast %r", state.node, request)
