@@ -137,6 +137,19 @@ async def test_a_killed_global_is_restarted_and_its_local_names_are_lost() -> No
     assert global_.whereis_name("svc") == p
 
 
+async def test_global_survives_an_unexpected_call(caplog: pytest.LogCaptureFixture) -> None:
+    # As OTP's: a warning and no answer, not a crash that would cost the node's names.
+    p = pybeam.spawn(sleeper)
+    assert await global_.register_name("kept", p)
+    server = global_.ensure_started()
+    with caplog.at_level(logging.WARNING, logger="pybeam.global"):
+        with pytest.raises(gen_server.CallTimeout):
+            await gen_server.call(global_.NAME, "junk", timeout=0.2)
+    assert "received an unexpected call: 'junk'" in caplog.text
+    assert global_.ensure_started() == server
+    assert global_.whereis_name("kept") == p
+
+
 async def test_a_read_right_after_a_crash_gets_the_server_its_supervisor_takes_over() -> None:
     global_.ensure_started()
     await eventually(lambda: pybeam.whereis(kernel_sup.NAME) is not None)
