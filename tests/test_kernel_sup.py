@@ -142,9 +142,8 @@ async def test_global_survives_an_unexpected_call(caplog: pytest.LogCaptureFixtu
     p = pybeam.spawn(sleeper)
     assert await global_.register_name("kept", p)
     server = global_.ensure_started()
-    with caplog.at_level(logging.WARNING, logger="pybeam.global"):
-        with pytest.raises(gen_server.CallTimeout):
-            await gen_server.call(global_.NAME, "junk", timeout=0.2)
+    with caplog.at_level(logging.WARNING, logger="pybeam.global"), pytest.raises(gen_server.CallTimeout):
+        await gen_server.call(global_.NAME, "junk", timeout=0.2)
     assert "received an unexpected call: 'junk'" in caplog.text
     assert global_.ensure_started() == server
     assert global_.whereis_name("kept") == p
