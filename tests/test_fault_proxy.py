@@ -376,6 +376,11 @@ async def sleeper() -> None:
     await pybeam.receive()
 
 
+async def linked(node: str, pid: Pid) -> bool:
+    info: Any = await rpc.call(node, pybeam.process_info, pid)
+    return bool(info and info["links"])
+
+
 async def dead(node: str, pid: Pid) -> bool:
     return not await rpc.call(node, pybeam.is_alive, pid)
 
@@ -396,6 +401,10 @@ async def test_a_cut_gives_noconnection_to_monitors_and_links_on_both_sides(
     await rpc.call(b, spawn_holder, on_a, me)
     for _ in range(2):
         await pybeam.receive(("holding", ANY), timeout=10)
+    # A link is set up by a signal to the other node: wait until both ends
+    # have it, else the cut could catch it on the way (and lose it, as BEAM would).
+    for node, pid in ((a, on_a), (b, on_b)):
+        await eventually(lambda n=node, p=pid: linked(n, p), what=f"{pid} is linked")  # type: ignore[misc]
     [conn] = proxy.connections
     assert proxy.cut(reset=reset) == 1
     reports = {}
