@@ -419,3 +419,26 @@ async def test_a_cut_gives_noconnection_to_monitors_and_links_on_both_sides(
     # The link's other end got the same exit signal, and (not trapping exits) died of it.
     for node, pid in ((a, on_a), (b, on_b)):
         await eventually(lambda n=node, p=pid: dead(n, p), what=f"{pid} died of the exit signal")  # type: ignore[misc]
+
+
+def node_here() -> str:
+    return pybeam.node_name()
+
+
+async def call_over(node: str, fn: str) -> Any:
+    """On a node (by rpc): an rpc from here to ``node``, over their direct connection."""
+    return await rpc.call(node, fn, timeout=10)
+
+
+async def test_a_slow_link_is_not_a_dead_one(pair: tuple[str, str, FaultProxy]) -> None:
+    a, b, proxy = pair
+    [conn] = proxy.connections
+    since = time.monotonic()
+    # Half the ticktime each way: ticks come late, but they keep coming.
+    proxy.delay(TICKTIME / 2)
+    assert await rpc.call(a, call_over, b, f"{__name__}:node_here", timeout=15) == b
+    assert await rpc.call(b, call_over, a, f"{__name__}:node_here", timeout=15) == a
+    # Past the tick window, with the delay on: long enough for a tick timeout, had there been one.
+    await asyncio.sleep(max(0.0, since + 1.5 * TICKTIME + MARGIN - time.monotonic()))
+    assert await nodedown_at(a, b, since) is None and await nodedown_at(b, a, since) is None
+    assert conn.open and conn.forwarded["to_client"] > 0
