@@ -129,6 +129,18 @@ class Soak:
         kind = f"{where}: {type(e).__name__}"
         self.report.errors[kind] += 1
 
+    async def status_loop(self, until: float) -> None:
+        """A line a minute, so that a long run shows it is alive."""
+        while time.monotonic() < until:
+            await asyncio.sleep(min(60.0, max(until - time.monotonic(), 0.0)))
+            r = self.report
+            print(
+                f"{time.strftime('%H:%M:%S')} status: {sum(r.faults.values())} faults, "
+                f"{r.jobs_exact}/{r.jobs_started} jobs exact, {r.redirects} redirects, "
+                f"{sum(r.errors.values())} errors",
+                flush=True,
+            )
+
     # -- faults -----------------------------------------------------------------------
 
     def persisted(self) -> int:
@@ -298,11 +310,15 @@ async def soak(minutes: float, seed: int, nodes: int) -> Report:
         until = time.monotonic() + minutes * 60
         # Each loop is a process of its own: a process has one mailbox, and
         # only one receive may wait on it at a time.
-        await asyncio.gather(
-            run_in_process(s.fault_loop, until),
-            run_in_process(s.job_loop, until),
-            run_in_process(s.traffic_loop, until, http),
-        )
+        status = asyncio.ensure_future(s.status_loop(until))
+        try:
+            await asyncio.gather(
+                run_in_process(s.fault_loop, until),
+                run_in_process(s.job_loop, until),
+                run_in_process(s.traffic_loop, until, http),
+            )
+        finally:
+            status.cancel()
         print(f"{time.strftime('%H:%M:%S')} time is up: healing, then checking the counters")
         await s.converge(http)
         print(f"{time.strftime('%H:%M:%S')} stopping the nodes")

@@ -261,7 +261,9 @@ class FaultProxy:
         for conn in [*self._live, *self._held]:
             conn.cut(reset=True)
         self._held.clear()
-        await asyncio.sleep(0)  # let the cancelled tasks finish
+        # Let the cancelled forwarding tasks finish, so none outlives the proxy.
+        tasks = [t for conn in self.history for t in conn._tasks if t is not asyncio.current_task()]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def __aenter__(self) -> FaultProxy:
         return await self.start()
@@ -328,6 +330,10 @@ class FaultProxy:
         except (OSError, TimeoutError):
             _reset(writer)  # the target refused: so does the proxy, as a closed port would
             return
+        if self._server is None:  # closed while we were connecting
+            _reset(writer)
+            _reset(server[1])
+            return
         self.accepted += 1
         conn = ProxiedConnection(self, (reader, writer), server)
         self.history.append(conn)
@@ -383,5 +389,5 @@ def _own_port() -> int:
     dist = current_node().dist
     port = getattr(dist, "port", None)
     if not isinstance(port, int):
-        raise RuntimeError("this node is not distributed")
+        raise RuntimeError(f"cannot tell which port {current_node().name} listens on (not distributed?)")
     return port
