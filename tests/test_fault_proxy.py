@@ -20,7 +20,7 @@ import pytest
 
 import pybeam
 from pybeam import ANY, Pid, rpc
-from pybeam.testing import FaultProxy, LocalCluster, eventually, route_through
+from pybeam.testing import FaultProxy, eventually, route_through
 from pybeam.testing.proxy import Direction, Side, listening_port
 
 TICKTIME = 2.0
@@ -218,8 +218,8 @@ async def _events() -> list[tuple[str, str, float]]:
 
 
 @pytest.fixture
-async def tick_node(epmd_port: int) -> AsyncIterator[pybeam.Node]:
-    """The test's node with a ticktime of TICKTIME (its clusters take it)."""
+async def beam_node(epmd_port: int) -> AsyncIterator[pybeam.Node]:
+    """The plugin's ``beam_node`` (which ``cluster`` manages from), with a ticktime of TICKTIME."""
     name = f"test_{secrets.token_hex(4)}@127.0.0.1"
     async with pybeam.Node(
         name, cookie=secrets.token_hex(16), ticktime=TICKTIME, epmd_port=epmd_port
@@ -228,9 +228,9 @@ async def tick_node(epmd_port: int) -> AsyncIterator[pybeam.Node]:
 
 
 @pytest.fixture
-async def pair(tick_node: pybeam.Node) -> AsyncIterator[tuple[str, str, FaultProxy]]:
+async def pair(cluster: Any) -> AsyncIterator[tuple[str, str, FaultProxy]]:
     """Nodes a and b, a dialing b through a proxy, with event watchers started."""
-    async with LocalCluster(2, prefix="fp", node=tick_node) as c:
+    async with cluster(2, prefix="fp") as c:
         a, b = c.nodes
         async with FaultProxy(await listening_port(b)) as proxy:
             for node in (a, b):
