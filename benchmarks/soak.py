@@ -133,6 +133,8 @@ class Soak:
         """A line a minute, so that a long run shows it is alive."""
         while time.monotonic() < until:
             await asyncio.sleep(min(60.0, max(until - time.monotonic(), 0.0)))
+            if time.monotonic() >= until:
+                return  # the report follows
             r = self.report
             print(
                 f"{time.strftime('%H:%M:%S')} status: {sum(r.faults.values())} faults, "

@@ -85,7 +85,8 @@ class ProxiedConnection:
         self._writers: dict[Side, asyncio.StreamWriter] = {"client": client[1], "server": server[1]}
         #: Bytes passed on so far, per direction.
         self.forwarded: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
-        #: Why the connection ended (``"closed"``, ``"cut"``, ``"reset"``...), None while open.
+        #: Why it stopped forwarding: ``"closed"`` (both sides sent FIN), ``"reset"``,
+        #: ``"cut"``, ``"half_open"`` or ``"blackhole"``; None while it forwards.
         self.ended: str | None = None
         #: The side that is held open and silent after :meth:`FaultProxy.half_open`.
         self.silent: Side | Literal["both"] | None = None
@@ -102,7 +103,8 @@ class ProxiedConnection:
 
     @property
     def open(self) -> bool:
-        """True until the connection ends (a silent connection is still open: it is never closed)."""
+        """True while it forwards. A half-open or blackholed connection is not open in
+        this sense, though its silent side's socket stays open until the proxy closes."""
         return self.ended is None
 
     def _dest(self, direction: Direction) -> asyncio.StreamWriter:
