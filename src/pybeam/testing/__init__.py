@@ -6,6 +6,8 @@
   and undo it.
 - :func:`eventually`: wait for a condition, retrying while nodes settle.
 - :func:`processes_using_epmd`: what a run that had its own port mapper left behind.
+- :class:`FaultProxy` / :func:`route_through`: a TCP proxy between two real
+  nodes that delays, stalls, cuts and half-opens their connection.
 - :mod:`pybeam.testing.pytest_plugin`: fixtures ``epmd_port``, ``beam_node``
   and ``cluster``; load it with ``pytest_plugins = ["pybeam.testing.pytest_plugin"]``.
 
@@ -14,10 +16,12 @@ See ``docs/cli_and_testing.md``.
 
 from .cluster import ClusterError, LocalCluster, free_port, processes_using_epmd, run_in_process
 from .eventually import eventually
+from .proxy import FaultProxy, route_through
 from .schism import heal, partition, partitioned
 
 __all__ = [
     "ClusterError",
+    "FaultProxy",
     "LocalCluster",
     "eventually",
     "free_port",
@@ -25,5 +29,6 @@ __all__ = [
     "partition",
     "partitioned",
     "processes_using_epmd",
+    "route_through",
     "run_in_process",
 ]
