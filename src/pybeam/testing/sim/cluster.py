@@ -84,7 +84,9 @@ class SimCluster:
         latency: float = 0.001,
         cookie: str = "simulated",
     ) -> None:
-        self.names: list[str] = list(names) if names is not None else [f"n{i}@127.0.0.1" for i in range(1, count + 1)]
+        self.names: list[str] = (
+            list(names) if names is not None else [f"n{i}@127.0.0.1" for i in range(1, count + 1)]
+        )
         self.ticktime = ticktime
         self.connect_timeout = connect_timeout
         self.latency = latency
@@ -241,7 +243,9 @@ class SimCluster:
 
     # -- faults --------------------------------------------------------------------------
 
-    def partition(self, side: Iterable[str], other: Iterable[str] | None = None, *, oneway: bool = False) -> None:
+    def partition(
+        self, side: Iterable[str], other: Iterable[str] | None = None, *, oneway: bool = False
+    ) -> None:
         """Cut ``side`` off from ``other`` (default: every other node); with
         ``oneway`` only traffic from ``side`` to ``other`` is held."""
         side = sorted(side)
@@ -329,7 +333,7 @@ def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
         with virtual_monotonic():
             asyncio.set_event_loop(loop)
             try:
-                return loop.run_until_complete(main())  # type: ignore[arg-type]
+                return loop.run_until_complete(main())
             finally:
                 _cancel_all(loop)
                 asyncio.set_event_loop(None)

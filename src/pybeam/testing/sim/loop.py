@@ -19,7 +19,6 @@ import heapq
 import random
 import sys
 import weakref
-from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any, TypeVar
 
@@ -68,9 +67,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     # -- who is doing this ----------------------------------------------------------
 
-    def create_task(  # type: ignore[override]
-        self, coro: Coroutine[Any, Any, T] | Generator[Any, None, T], *, name: str | None = None, context: Context | None = None
-    ) -> asyncio.Task[T]:
+    def create_task(self, coro: Any, *, name: object = None, context: Context | None = None) -> Any:
         task = super().create_task(coro, name=name, context=context)
         self._owners[task] = _find_owner(sys._getframe(1)) or self.current_owner()
         return task
@@ -86,49 +83,55 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     # -- the network ----------------------------------------------------------------
 
-    async def create_connection(self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any) -> Any:  # type: ignore[override]
+    async def create_connection(
+        self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
+    ) -> Any:
         if self.net is None:
             raise OSError("a simulated loop has no real network")
         if kw.get("ssl") is not None:
             raise OSError("TLS is not simulated")
         return await self.net.connect(self.owner(), protocol_factory, host, port)
 
-    async def create_server(self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any) -> Any:  # type: ignore[override]
+    async def create_server(
+        self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
+    ) -> Any:
         if self.net is None:
             raise OSError("a simulated loop has no real network")
         if kw.get("ssl") is not None:
             raise OSError("TLS is not simulated")
         return self.net.listen(self.owner(), protocol_factory, host, port)
 
-    async def getaddrinfo(self, host: Any, port: Any, **kw: Any) -> Any:  # type: ignore[override]
+    async def getaddrinfo(self, host: Any, port: Any, **kw: Any) -> Any:
         raise OSError(f"a simulated loop resolves no names (asked for {host!r})")
 
     # -- the iteration ----------------------------------------------------------------
 
     def _run_once(self) -> None:
-        scheduled = self._scheduled
+        # asyncio's own loop state (private, hence Any): this loop replaces its iteration.
+        this: Any = self
+        scheduled = this._scheduled
         while scheduled and scheduled[0]._cancelled:
-            self._timer_cancelled_count -= 1
+            this._timer_cancelled_count -= 1
             heapq.heappop(scheduled)._scheduled = False
         # Threads (call_soon_threadsafe) and signals still wake the loop.
-        events = self._selector.select(0)
-        if not events and not self._ready and not self._stopping:
+        events = this._selector.select(0)
+        if not events and not this._ready and not this._stopping:
             if scheduled:
                 self._vtime = max(self._vtime, scheduled[0]._when)
             else:
-                events = self._selector.select(_IDLE_GRACE)
+                events = this._selector.select(_IDLE_GRACE)
                 if not events:
                     raise SimDeadlock(
                         f"simulation deadlock at virtual time {self._vtime - EPOCH:.3f}s: "
                         "every task waits and no timer is set"
                     )
-        self._process_events(events)
+        this._process_events(events)
         now = self._vtime
         while scheduled and scheduled[0]._when <= now:
             handle = heapq.heappop(scheduled)
             handle._scheduled = False
-            self._ready.append(handle)
-        ready = self._ready
+            this._ready.append(handle)
+        ready = this._ready
         batch = [ready.popleft() for _ in range(len(ready))]
         if self._rng is not None and len(batch) > 1:
             self._rng.shuffle(batch)

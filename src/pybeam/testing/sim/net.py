@@ -54,7 +54,9 @@ class _Socket:
 class SimServer:
     """A listening address on the simulated network (an ``asyncio.Server`` look-alike)."""
 
-    def __init__(self, net: SimNetwork, owner: Owner, addresses: list[Address], factory: Callable[[], Any]) -> None:
+    def __init__(
+        self, net: SimNetwork, owner: Owner, addresses: list[Address], factory: Callable[[], Any]
+    ) -> None:
         self.net = net
         self.owner = owner
         self.addresses = addresses
@@ -113,7 +115,7 @@ class SimTransport(asyncio.Transport):
         #: The host of this end crashed: nothing in or out, nobody told.
         self.dead = False
         self._reading = True
-        self._pump_handle: asyncio.TimerHandle | None = None
+        self._pump_handle: asyncio.Handle | None = None
         self._limits = (65536, 16384)
 
     def __repr__(self) -> str:
@@ -366,7 +368,7 @@ class SimNetwork:
         (a host gone): they notice by their tick timeout. Ends to owner-less
         services (the port mapper) always get their FIN: that mapper runs on
         the crashed node's host and sees its client die."""
-        for address, server in list(self._servers.items()):
+        for server in list(self._servers.values()):
             if server.owner == node:
                 server.close()
         for end in list(self._ends.get(node, ())):
@@ -390,8 +392,8 @@ class SimNetwork:
     # -- connections ------------------------------------------------------------------
 
     def listen(self, owner: Owner, factory: Callable[[], Any], host: Any, port: Any) -> SimServer:
-        hosts = [host] if isinstance(host, str) or host is None else list(host)
-        hosts = list(dict.fromkeys(h or "0.0.0.0" for h in hosts))
+        given = [host] if isinstance(host, str) or host is None else list(host)
+        hosts: list[str] = list(dict.fromkeys(str(h or "0.0.0.0") for h in given))
         port = int(port or 0)
         if port == 0:
             port = next(self._ports)
@@ -414,19 +416,26 @@ class SimNetwork:
     def _server_at(self, address: Address) -> SimServer | None:
         return self._servers.get(address) or self._servers.get(("0.0.0.0", address[1]))
 
-    async def connect(self, owner: Owner, factory: Callable[[], Any], host: Any, port: Any) -> tuple[SimTransport, Any]:
+    async def connect(
+        self, owner: Owner, factory: Callable[[], Any], host: Any, port: Any
+    ) -> tuple[SimTransport, Any]:
         """Open a connection from ``owner`` to ``host:port``."""
         address = (str(host), int(port))
         while True:
             server = self._server_at(address)
             if server is None:
-                raise ConnectionRefusedError(errno.ECONNREFUSED, f"connect to {address[0]}:{address[1]}: connection refused")
+                raise ConnectionRefusedError(
+                    errno.ECONNREFUSED, f"connect to {address[0]}:{address[1]}: connection refused"
+                )
             target = server.owner
             if owner is not None and target is not None:
                 key = (min(owner, target), max(owner, target))
                 until = self._refused.get(key)
                 if until is not None and until > self.loop.time():
-                    raise ConnectionRefusedError(errno.ECONNREFUSED, f"connect to {address[0]}:{address[1]}: connection refused (link dropped)")
+                    raise ConnectionRefusedError(
+                        errno.ECONNREFUSED,
+                        f"connect to {address[0]}:{address[1]}: connection refused (link dropped)",
+                    )
             if not (self.blocked(owner, target) or self.blocked(target, owner)):
                 break
             # A SYN into a black hole: wait until the link heals (the caller's
@@ -438,7 +447,9 @@ class SimNetwork:
         if rtt > 0:
             await asyncio.sleep(rtt)
             if not server.is_serving():
-                raise ConnectionRefusedError(errno.ECONNREFUSED, f"connect to {address[0]}:{address[1]}: connection refused")
+                raise ConnectionRefusedError(
+                    errno.ECONNREFUSED, f"connect to {address[0]}:{address[1]}: connection refused"
+                )
         local = ("127.0.0.1", next(self._ports))
         client_protocol = factory()
         server_protocol = server.factory()
