@@ -1,10 +1,45 @@
 """Simulated clusters: many pybeam nodes in one process, in virtual time, under faults.
 
+- :class:`SimCluster`: real nodes (net kernel, handshake, ticks, port mapper)
+  on an in-memory network, with faults (partition, heal, delay, drop, kill,
+  restart, freeze), inside :func:`run` on a :class:`VirtualLoop`.
+- Schedules of faults as data (:mod:`.schedule`), hypothesis strategies for
+  them (:mod:`.strategies`), and :class:`Scenario` / :func:`explore` /
+  :func:`run_schedule` to test a service under them (:mod:`.runner`).
+
 See docs/testing_failures.md.
 """
 
 from .cluster import EPMD_PORT, SimCluster, run
 from .loop import SimDeadlock, VirtualLoop
 from .net import SimNetwork
+from .runner import Scenario, explore, reproducer, run_schedule
+from .schedule import Delay, Drop, Freeze, Heal, Kill, Partition, Restart, Step, Wait, apply, describe
+from .strategies import FAULTS, schedules, steps
 
-__all__ = ["EPMD_PORT", "SimCluster", "SimDeadlock", "SimNetwork", "VirtualLoop", "run"]
+__all__ = [
+    "EPMD_PORT",
+    "FAULTS",
+    "Delay",
+    "Drop",
+    "Freeze",
+    "Heal",
+    "Kill",
+    "Partition",
+    "Restart",
+    "Scenario",
+    "SimCluster",
+    "SimDeadlock",
+    "SimNetwork",
+    "Step",
+    "VirtualLoop",
+    "Wait",
+    "apply",
+    "describe",
+    "explore",
+    "reproducer",
+    "run",
+    "run_schedule",
+    "schedules",
+    "steps",
+]

@@ -83,6 +83,7 @@ class SimCluster:
         connect_timeout: float = 2.0,
         latency: float = 0.001,
         cookie: str = "simulated",
+        on_start: Callable[[SimCluster, str], Awaitable[None]] | None = None,
     ) -> None:
         self.names: list[str] = (
             list(names) if names is not None else [f"n{i}@127.0.0.1" for i in range(1, count + 1)]
@@ -91,6 +92,9 @@ class SimCluster:
         self.connect_timeout = connect_timeout
         self.latency = latency
         self.cookie = cookie
+        #: Run after each node starts (at :meth:`start` and each :meth:`restart`):
+        #: what a node's boot script would start (applications, services).
+        self.on_start = on_start
         #: The running incarnation of each node (a killed one is absent).
         self.nodes: dict[str, Node] = {}
         #: What happened, in order: (virtual seconds since start, event, details...).
@@ -143,6 +147,9 @@ class SimCluster:
         for name in self.names:
             await self._boot(name)
         await self.wait_meshed()
+        if self.on_start is not None:
+            for name in self.names:
+                await self.on_start(self, name)
         self.record("started", len(self.names))
         return self
 
@@ -226,7 +233,10 @@ class SimCluster:
         group = sorted(self.nodes if names is None else set(names) & set(self.nodes))
         deadline = self.loop.time() + timeout
         while True:
-            missing = [(a, b) for a in group for b in group if a < b and b not in self.connected(a)]
+            # Both ways: a peer may still hold the connection of a crashed
+            # incarnation that the restarted one has never made.
+            seen = {name: set(self.connected(name)) for name in group}
+            missing = [(a, b) for a in group for b in group if a != b and b not in seen[a]]
             if not missing:
                 return
             if self.loop.time() > deadline:
@@ -311,11 +321,34 @@ class SimCluster:
             raise PybeamError(f"{name} is running")
         node = await self._boot(name)
         self.record("restart", name)
+        if self.on_start is not None:
+            await self.on_start(self, name)
         return node
 
     def alive(self, name: str) -> bool:
         """Whether ``name`` runs now."""
         return name in self.nodes
+
+    async def recover(self, settle: float = 0.0) -> None:
+        """Undo every fault: heal, thaw, end delays, restart killed nodes; let
+        the connections the faults doomed time out; wait for the full mesh,
+        then ``settle`` more virtual seconds."""
+        net = self.net
+        net.heal()
+        for name, handle in list(self._thaws.items()):
+            handle.cancel()
+            self._thaw(name)
+        net.clear_delays()
+        for name in self.names:
+            if name not in self.nodes:
+                await self.restart(name)
+        # Connections that a fault has doomed (a tick timeout running out)
+        # go down first, so that the mesh made next is one that lasts.
+        await asyncio.sleep(self.ticktime * 1.5)
+        await self.wait_meshed()
+        self.record("recovered")
+        if settle > 0:
+            await asyncio.sleep(settle)
 
 
 def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:

@@ -353,6 +353,11 @@ class SimNetwork:
                 broken += 1
         return broken
 
+    def clear_delays(self) -> None:
+        """End every delay and every refusal of a dropped link."""
+        self._delays.clear()
+        self._refused.clear()
+
     def freeze(self, node: str) -> None:
         """Hold everything ``node`` sends and everything sent to it."""
         self._frozen.add(node)
