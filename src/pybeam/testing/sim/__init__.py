@@ -5,13 +5,17 @@
   restart, freeze), inside :func:`run` on a :class:`VirtualLoop`.
 - Schedules of faults as data (:mod:`.schedule`), hypothesis strategies for
   them (:mod:`.strategies`), and :class:`Scenario` / :func:`explore` /
-  :func:`run_schedule` to test a service under them (:mod:`.runner`).
+  :func:`run_schedule` to test a service under them (:mod:`.runner`);
+  :class:`SimStateMachine`, a hypothesis state machine over a simulated
+  cluster (:mod:`.machine`); :func:`replay` of a schedule on real nodes
+  (:mod:`.replay`).
 
 See docs/testing_failures.md.
 """
 
 from .cluster import EPMD_PORT, SimCluster, run
 from .loop import SimDeadlock, VirtualLoop
+from .machine import SimStateMachine
 from .net import SimNetwork
 from .runner import Scenario, explore, reproducer, run_schedule
 from .schedule import Delay, Drop, Freeze, Heal, Kill, Partition, Restart, Step, Wait, apply, describe
@@ -31,6 +35,7 @@ __all__ = [
     "SimCluster",
     "SimDeadlock",
     "SimNetwork",
+    "SimStateMachine",
     "Step",
     "VirtualLoop",
     "Wait",

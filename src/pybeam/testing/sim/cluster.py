@@ -104,6 +104,7 @@ class SimCluster:
         self._epmd: _SimEpmd | None = None
         self._t0 = 0.0
         self._background: set[asyncio.Task[Any]] = set()
+        self._reaping: set[asyncio.Task[Any]] = set()
         self._thaws: dict[str, asyncio.TimerHandle] = {}
 
     def __repr__(self) -> str:
@@ -180,6 +181,8 @@ class SimCluster:
 
     async def stop(self) -> None:
         """Stop every node (cleanly) and the port mapper."""
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
         for name in list(self.nodes):
             node = self.nodes.pop(name)
             with contextlib.suppress(Exception):
@@ -305,6 +308,7 @@ class SimCluster:
         thaw = self._thaws.pop(name, None)
         if thaw is not None:
             thaw.cancel()
+        self.net.crashed(node)
         self.net.sever(name, fin=fin)
         for pid in node.processes():
             proc = node.process(pid)
@@ -312,7 +316,9 @@ class SimCluster:
                 node.terminate(proc, "killed")
         # What is left (the net kernel's tasks, the mapper registration) goes
         # in the background: nothing of it can reach another node any more.
-        self._spawn_bg(node._stop_processes(1.0))
+        reaping = self.loop.create_task(node._stop_processes(1.0))
+        self._reaping.add(reaping)
+        reaping.add_done_callback(self._reaping.discard)
         self.record("kill", name)
 
     async def restart(self, name: str) -> Node:

@@ -22,6 +22,8 @@ import weakref
 from contextvars import Context
 from typing import Any, TypeVar
 
+from ...node import Node
+
 __all__ = ["SimDeadlock", "VirtualLoop", "owner_of_task"]
 
 T = TypeVar("T")
@@ -57,7 +59,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self._rng = random.Random(seed) if seed is not None else None
         self.net: Any = None
         #: Which simulated node each task works for (None: the harness).
-        self._owners: weakref.WeakKeyDictionary[asyncio.Task[Any], str | None] = weakref.WeakKeyDictionary()
+        self._owners: weakref.WeakKeyDictionary[asyncio.Task[Any], Node | None] = weakref.WeakKeyDictionary()
         #: Callbacks run so far: a cheap measure of the work a run did.
         self.steps = 0
 
@@ -72,12 +74,12 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self._owners[task] = _find_owner(sys._getframe(1)) or self.current_owner()
         return task
 
-    def current_owner(self) -> str | None:
+    def current_owner(self) -> Node | None:
         """The node the running task works for (None: the harness)."""
         task = asyncio.current_task(self)
         return self._owners.get(task) if task is not None else None
 
-    def owner(self) -> str | None:
+    def owner(self) -> Node | None:
         """The node the running code works for: found on the stack, else its task's."""
         return _find_owner(sys._getframe(1)) or self.current_owner()
 
@@ -141,26 +143,24 @@ class VirtualLoop(asyncio.SelectorEventLoop):
                 handle._run()
 
 
-def owner_of_task(task: asyncio.Task[Any]) -> str | None:
+def owner_of_task(task: asyncio.Task[Any]) -> Node | None:
     """The simulated node ``task`` works for, if it runs on a :class:`VirtualLoop`."""
     loop = task.get_loop()
     return loop._owners.get(task) if isinstance(loop, VirtualLoop) else None
 
 
-def _find_owner(frame: Any) -> str | None:
-    """The name of the node whose code is on the stack: a ``self`` that is a
-    Node, or has one as ``.node`` (a net kernel, a connection's owner)."""
-    from ...node import Node
-
+def _find_owner(frame: Any) -> Node | None:
+    """The node whose code is on the stack: a ``self`` that is a distributed
+    Node, or has one as ``.node`` (a net kernel, say)."""
     depth = 0
     while frame is not None and depth < _OWNER_DEPTH:
         this = frame.f_locals.get("self")
         if this is not None:
             if isinstance(this, Node):
-                return this.name if this.distributed else None
+                return this if this.distributed else None
             node = getattr(this, "node", None)
             if isinstance(node, Node):
-                return node.name
+                return node
         frame = frame.f_back
         depth += 1
     return None

@@ -28,9 +28,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ...node import Node
 
 __all__ = ["SimNetwork", "SimServer", "SimTransport"]
 
@@ -284,6 +288,7 @@ class SimNetwork:
         #: Directed links whose traffic is held: (from, to).
         self._cut: set[tuple[str, str]] = set()
         self._frozen: set[str] = set()
+        self._crashed: weakref.WeakSet[Node] = weakref.WeakSet()
         self._delays: dict[tuple[str, str], float] = {}
         #: Links refused until a virtual time: (a, b) with a < b.
         self._refused: dict[tuple[str, str], float] = {}
@@ -367,6 +372,10 @@ class SimNetwork:
         self._frozen.discard(node)
         self._release()
 
+    def crashed(self, node: Node) -> None:
+        """Mark this incarnation of a node as crashed: it can open nothing any more."""
+        self._crashed.add(node)
+
     def sever(self, node: str, *, fin: bool = False) -> None:
         """``node`` crashed: its listeners and ends vanish. With ``fin`` its
         peers get a FIN (a process killed on a live host); without, nothing
@@ -396,7 +405,10 @@ class SimNetwork:
 
     # -- connections ------------------------------------------------------------------
 
-    def listen(self, owner: Owner, factory: Callable[[], Any], host: Any, port: Any) -> SimServer:
+    def listen(self, node: Node | None, factory: Callable[[], Any], host: Any, port: Any) -> SimServer:
+        if node is not None and node in self._crashed:
+            raise OSError(errno.ENETDOWN, f"{node.name} has crashed")
+        owner = node.name if node is not None else None
         given = [host] if isinstance(host, str) or host is None else list(host)
         hosts: list[str] = list(dict.fromkeys(str(h or "0.0.0.0") for h in given))
         port = int(port or 0)
@@ -422,9 +434,14 @@ class SimNetwork:
         return self._servers.get(address) or self._servers.get(("0.0.0.0", address[1]))
 
     async def connect(
-        self, owner: Owner, factory: Callable[[], Any], host: Any, port: Any
+        self, node: Node | None, factory: Callable[[], Any], host: Any, port: Any
     ) -> tuple[SimTransport, Any]:
-        """Open a connection from ``owner`` to ``host:port``."""
+        """Open a connection from ``node`` (None: the harness) to ``host:port``."""
+        if node is not None and node in self._crashed:
+            # What is left of a crashed node (its tasks being cancelled) must
+            # not reach anyone: a re-registration with the mapper, say.
+            raise OSError(errno.ENETDOWN, f"{node.name} has crashed")
+        owner = node.name if node is not None else None
         address = (str(host), int(port))
         while True:
             server = self._server_at(address)
