@@ -4,9 +4,10 @@ Every node runs a ``gcounter`` process holding one count per node
 incarnation (name and creation: a restarted node must not reuse the
 entry of its earlier life). An increment bumps the local entry and sends
 the whole state to every connected node; a state received is merged by
-taking the larger count of each entry. A node that comes up (``nodeup``)
-gets the whole state too: what was sent while a link was down is lost with
-the connection, and this exchange is what makes up for it.
+taking the larger count of each entry, and passed on if it taught us
+something (the sender may not reach every node we reach). A node that comes
+up (``nodeup``) gets the whole state too: what was sent while a link was
+down is lost with the connection, and this exchange is what makes up for it.
 
 ``buggy=True`` plants a bug: the exchange on ``nodeup`` is skipped (its
 author thought the broadcasts enough). docs/testing_failures.md shows the
@@ -33,10 +34,14 @@ async def serve(buggy: bool) -> None:
     def entries() -> Entries:
         return [(node, creation, n) for (node, creation), n in sorted(counts.items())]
 
-    def merge(other: Entries) -> None:
+    def merge(other: Entries) -> bool:
+        changed = False
         for node, creation, n in other:
             key = (node, creation)
-            counts[key] = max(counts.get(key, 0), n)
+            if n > counts.get(key, 0):
+                counts[key] = n
+                changed = True
+        return changed
 
     for node in pybeam.nodes():  # those connected before this process started
         send((NAME, node), ("sync", pybeam.self()))
@@ -50,7 +55,11 @@ async def serve(buggy: bool) -> None:
             case ("read", Pid() as caller):
                 send(caller, ("value", sum(counts.values())))
             case ("state", list() as other):
-                merge(other)
+                if merge(other):
+                    # What we just learnt may be news to the others too:
+                    # the sender may reach nodes we reach and it does not.
+                    for node in pybeam.nodes():
+                        send((NAME, node), ("state", entries()))
             case ("sync", Pid() as peer):
                 send(peer, ("state", entries()))
             case ("nodeup", node):

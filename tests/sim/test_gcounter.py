@@ -9,7 +9,7 @@ import pytest
 
 from pybeam.testing import sim
 from pybeam.testing.sim import Scenario, SimCluster, explore, run_schedule
-from pybeam.testing.sim.schedule import Heal, Partition, Step, Wait
+from pybeam.testing.sim.schedule import Drop, Heal, Kill, Partition, Restart, Step, Wait
 
 from . import gcounter
 
@@ -69,3 +69,11 @@ def test_without_faults_even_the_buggy_counter_converges() -> None:
     # The bug needs a fault to show: the property test is what finds it.
     run_schedule(BuggyCounter, [Wait(1.0), Wait(1.0), Wait(1.0)])
     run_schedule(CounterConverges, [Partition((0,)), Wait(5.0), Heal()])
+
+
+def test_a_count_only_one_replica_heard_is_passed_on() -> None:
+    # Found by benchmarks/sim.py's random schedules: without passing on what
+    # a merge teaches, n2's count that only n1 heard before n2 crashed never
+    # reached n3 (n1 and n3 stayed connected, so no nodeup made up for it).
+    schedule: list[Step] = [Drop(1, 2, 1.0), Wait(5.0), Restart(0), Heal(), Wait(5.0), Kill(1)]
+    run_schedule(CounterConverges, schedule, seed=373)

@@ -256,3 +256,26 @@ def test_a_simulated_loop_reaches_no_real_socket() -> None:
             await asyncio.open_connection("127.0.0.1", 1)
 
     sim.run(main)
+
+
+def test_what_a_crashed_node_sent_into_a_partition_never_arrives() -> None:
+    # Held by the cut link, those bytes were dropped by the network, and a
+    # crashed host retransmits nothing: a heal must not deliver them.
+    async def main() -> list[Any]:
+        async with SimCluster(2, ticktime=TICK) as c:
+            a, b = c.names
+            got: list[Any] = []
+            pid = c.spawn(b, collector, 1, got)
+            c.partition([a], [b])
+
+            async def send() -> None:
+                pybeam.send(pid, "from the grave")
+
+            await c.call(a, send)
+            await c.sleep(0.5)
+            c.kill(a)
+            c.heal()
+            await c.sleep(TICK * 2)
+            return got
+
+    assert sim.run(main) == []

@@ -387,6 +387,10 @@ class SimNetwork:
                 server.close()
         for end in list(self._ends.get(node, ())):
             peer = end.peer
+            if peer is not None and self.blocked(node, peer.owner):
+                # Held by a cut link: those bytes were lost in the network,
+                # and the crashed host will never send them again.
+                peer.inbox.clear()
             if peer is not None and (fin or peer.owner is None) and not end.is_closing():
                 self._send(end, _EOF, b"")
             end.dead = True
