@@ -175,6 +175,31 @@ def test_a_node_frozen_past_the_tick_time_is_declared_down_and_comes_back() -> N
     sim.run(main)
 
 
+def test_a_frozen_node_runs_nothing_until_it_thaws() -> None:
+    # As SIGSTOP: its processes and timers wait; on thaw they run, late.
+    async def main() -> list[Any]:
+        async with SimCluster(2, ticktime=TICK) as c:
+            a, b = c.names
+            ticks: list[Any] = []
+
+            async def ticker() -> None:
+                for _ in range(6):
+                    await asyncio.sleep(1.0)
+                    ticks.append(c.now())
+
+            c.spawn(b, ticker)
+            await c.sleep(2.5)
+            c.freeze(b, 2.0)
+            await c.sleep(1.0)
+            assert len(ticks) == 2  # nothing ran on b while frozen
+            await c.sleep(4.0)
+            return ticks
+
+    ticks = sim.run(main)
+    assert len(ticks) == 6
+    assert ticks[2] >= ticks[1] + 2.0  # the tick due during the freeze came at the thaw
+
+
 def test_a_delayed_link_delivers_later_and_in_order() -> None:
     async def main() -> tuple[float, list[Any]]:
         async with SimCluster(2, ticktime=TICK) as c:

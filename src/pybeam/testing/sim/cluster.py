@@ -285,8 +285,11 @@ class SimCluster:
         self.record("drop", a, b, refuse_for, broken)
 
     def freeze(self, name: str, seconds: float) -> None:
-        """Stop ``name``'s traffic both ways for ``seconds`` (held, then delivered)."""
+        """Stop ``name`` for ``seconds``, as SIGSTOP would: none of its
+        processes, timers or net kernel runs, and its traffic both ways is held
+        (delivered when it thaws, if the connection still stands)."""
         self.net.freeze(name)
+        self.loop.freeze(name)
         old = self._thaws.pop(name, None)
         if old is not None:
             old.cancel()
@@ -295,6 +298,7 @@ class SimCluster:
 
     def _thaw(self, name: str) -> None:
         self._thaws.pop(name, None)
+        self.loop.thaw(name)
         self.net.thaw(name)
         self.record("thaw", name)
 
@@ -308,6 +312,9 @@ class SimCluster:
         thaw = self._thaws.pop(name, None)
         if thaw is not None:
             thaw.cancel()
+        # What a frozen node was kept from runs now, against dead processes
+        # and a severed network: the crash is what ends it.
+        self.loop.thaw(name)
         self.net.crashed(node)
         self.net.sever(name, fin=fin)
         for pid in node.processes():

@@ -62,6 +62,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self._owners: weakref.WeakKeyDictionary[asyncio.Task[Any], Node | None] = weakref.WeakKeyDictionary()
         #: Callbacks run so far: a cheap measure of the work a run did.
         self.steps = 0
+        #: Frozen nodes, and the callbacks of theirs that came due meanwhile.
+        self._frozen: set[str] = set()
+        self._held: list[tuple[str | None, Any]] = []
 
     def time(self) -> float:
         """Virtual seconds: only ever moves when the loop jumps to a timer."""
@@ -126,6 +129,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
                     raise SimDeadlock(
                         f"simulation deadlock at virtual time {self._vtime - EPOCH:.3f}s: "
                         "every task waits and no timer is set"
+                        + (f" ({len(self._held)} callbacks of frozen nodes held)" if self._held else "")
                     )
         this._process_events(events)
         now = self._vtime
@@ -138,9 +142,57 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         if self._rng is not None and len(batch) > 1:
             self._rng.shuffle(batch)
         self.steps += len(batch)
+        frozen = self._frozen
         for handle in batch:
-            if not handle._cancelled:
-                handle._run()
+            if handle._cancelled:
+                continue
+            if frozen:
+                owner = self._owner_of(handle)
+                if owner in frozen:
+                    self._held.append((owner, handle))
+                    continue
+            handle._run()
+
+    # -- frozen nodes ---------------------------------------------------------------------
+
+    def freeze(self, node: str) -> None:
+        """Run nothing of ``node`` (its processes, net kernel, timers) until :meth:`thaw`."""
+        self._frozen.add(node)
+
+    def thaw(self, node: str) -> None:
+        """Let ``node`` run again: what it was kept from runs first, in order."""
+        self._frozen.discard(node)
+        held, self._held = self._held, []
+        ready: Any = getattr(self, "_ready")
+        for owner, handle in reversed(held):
+            if owner == node:
+                ready.appendleft(handle)
+            else:
+                self._held.insert(0, (owner, handle))
+
+    def _owner_of(self, handle: Any) -> str | None:
+        """The node a ready callback works for, if it can tell: a task's step
+        (the task's node), or a bound method of a node, of something that has
+        one as ``.node``, or of a connection (its net kernel's node)."""
+        callback = handle._callback
+        obj = getattr(callback, "__self__", None)
+        if obj is None and handle._args:
+            obj = handle._args[0]
+        if obj is None:
+            return None
+        if isinstance(obj, asyncio.Task):
+            node = self._owners.get(obj)
+            return node.name if node is not None else None
+        if isinstance(obj, Node):
+            return obj.name
+        owner = getattr(obj, "owner", None)
+        if isinstance(owner, str):
+            return owner  # a simulated transport's end
+        node = getattr(obj, "node", None)
+        if not isinstance(node, Node):
+            kernel = getattr(getattr(obj, "_dispatch", None), "__self__", None)
+            node = getattr(kernel, "node", None)
+        return node.name if isinstance(node, Node) else None
 
 
 def owner_of_task(task: asyncio.Task[Any]) -> Node | None:

@@ -18,7 +18,8 @@ operations on links between nodes:
 - :meth:`SimNetwork.sever`: a crashed host: its ends vanish with no FIN,
   the peers' ends stay open and silent until their tick timeout.
 - :meth:`SimNetwork.freeze`: a stopped node: its traffic both ways is held
-  until :meth:`thaw`.
+  until :meth:`thaw` (the loop stops its callbacks: see
+  :meth:`VirtualLoop.freeze <pybeam.testing.sim.loop.VirtualLoop.freeze>`).
 
 The network never reorders bytes within a connection.
 """
