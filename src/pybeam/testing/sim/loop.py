@@ -163,7 +163,8 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         """Let ``node`` run again: what it was kept from runs first, in order."""
         self._frozen.discard(node)
         held, self._held = self._held, []
-        ready: Any = getattr(self, "_ready")
+        this: Any = self  # asyncio's private ready queue
+        ready = this._ready
         for owner, handle in reversed(held):
             if owner == node:
                 ready.appendleft(handle)
