@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import rule, run_state_machine_as_test
 
 from pybeam.testing import sim
-from pybeam.testing.sim import Scenario, SimCluster, explore, run_schedule
+from pybeam.testing.sim import FaultStateMachine, Scenario, SimCluster, explore, run_schedule
 from pybeam.testing.sim.schedule import Drop, Heal, Kill, Partition, Restart, Step, Wait
 
 from . import gcounter
@@ -77,3 +80,51 @@ def test_a_count_only_one_replica_heard_is_passed_on() -> None:
     # reached n3 (n1 and n3 stayed connected, so no nodeup made up for it).
     schedule: list[Step] = [Drop(1, 2, 1.0), Wait(5.0), Restart(0), Heal(), Wait(5.0), Kill(1)]
     run_schedule(CounterConverges, schedule, seed=373)
+
+
+class CounterMachine(FaultStateMachine):
+    """The counter as a state machine: increments and faults interleaved by
+    hypothesis; at the end, once the faults are undone, the replicas agree."""
+
+    buggy = False
+
+    async def start_node(self, node: str) -> None:
+        await self.cluster.call(node, gcounter.start, self.buggy)
+
+    @rule(data=st.data())
+    def increment(self, data: st.DataObject) -> None:
+        node = data.draw(st.sampled_from(self.cluster.names), label="node")
+        if self.cluster.alive(node):
+            self.call(node, gcounter.increment)
+
+    def teardown(self) -> None:
+        try:
+            self.recover()
+            values = {node: self.call(node, gcounter.value) for node in self.cluster.names}
+            assert len(set(values.values())) == 1, f"the replicas disagree: {values}"
+        finally:
+            super().teardown()
+
+
+class BuggyCounterMachine(CounterMachine):
+    buggy = True
+
+
+MACHINE_SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=10,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def test_the_counter_converges_under_interleaved_faults() -> None:
+    run_state_machine_as_test(CounterMachine, settings=MACHINE_SETTINGS)
+
+
+def test_the_state_machine_finds_the_planted_bug_too() -> None:
+    # Found, not shrunk (the explore test above checks the shrinking): quicker.
+    quick = settings(MACHINE_SETTINGS, max_examples=200, phases=[Phase.generate])
+    with pytest.raises(AssertionError, match="the replicas disagree"):
+        run_state_machine_as_test(BuggyCounterMachine, settings=quick)

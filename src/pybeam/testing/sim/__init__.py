@@ -15,7 +15,7 @@ See docs/testing_failures.md.
 
 from .cluster import EPMD_PORT, SimCluster, run
 from .loop import SimDeadlock, VirtualLoop
-from .machine import SimStateMachine
+from .machine import FaultStateMachine, SimStateMachine
 from .net import SimNetwork
 from .runner import Scenario, explore, reproducer, run_schedule
 from .schedule import Delay, Drop, Freeze, Heal, Kill, Partition, Restart, Step, Wait, apply, describe
@@ -26,6 +26,7 @@ __all__ = [
     "FAULTS",
     "Delay",
     "Drop",
+    "FaultStateMachine",
     "Freeze",
     "Heal",
     "Kill",

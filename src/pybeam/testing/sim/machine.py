@@ -32,14 +32,15 @@ from contextlib import ExitStack
 from typing import Any, TypeVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from .clock import virtual_monotonic
 from .cluster import SimCluster, _cancel_all
 from .loop import VirtualLoop
 from .schedule import Step, apply
+from .strategies import FAULTS, steps
 
-__all__ = ["SimStateMachine"]
+__all__ = ["FaultStateMachine", "SimStateMachine"]
 
 T = TypeVar("T")
 
@@ -117,3 +118,20 @@ class SimStateMachine(RuleBasedStateMachine):
         finally:
             asyncio.set_event_loop(None)
             self.loop.close()
+
+
+class FaultStateMachine(SimStateMachine):
+    """A :class:`SimStateMachine` with one more rule: a fault step (of the
+    kinds in ``faults``, drawn by :func:`~pybeam.testing.sim.steps`), so that
+    hypothesis interleaves faults with the subclass's own rules. Call
+    :meth:`recover` before checking what must hold once the faults are over."""
+
+    faults: tuple[str, ...] = FAULTS
+
+    @rule(data=st.data())
+    def fault(self, data: st.DataObject) -> None:
+        self.apply(data.draw(steps(self.nodes, faults=self.faults), label="fault"))
+
+    def recover(self, settle: float = 5.0) -> None:
+        """Undo every fault and let the cluster settle (see :meth:`SimCluster.recover`)."""
+        self.run(self.cluster.recover(settle))
