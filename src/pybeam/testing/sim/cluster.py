@@ -377,12 +377,10 @@ def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
     random.seed(seed)
     try:
         with virtual_monotonic():
-            asyncio.set_event_loop(loop)
             try:
                 return loop.run_until_complete(main())
             finally:
                 _cancel_all(loop)
-                asyncio.set_event_loop(None)
                 loop.close()
     finally:
         random.setstate(state)

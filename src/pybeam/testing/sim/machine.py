@@ -65,7 +65,6 @@ class SimStateMachine(RuleBasedStateMachine):
         self._exit.callback(random.setstate, state)
         random.seed(0)
         self.loop = VirtualLoop(0)
-        asyncio.set_event_loop(self.loop)
         self._exit.callback(self._close_loop)
         self.cluster = SimCluster(
             self.nodes, ticktime=self.ticktime, latency=self.latency, on_start=self._started
@@ -116,7 +115,6 @@ class SimStateMachine(RuleBasedStateMachine):
         try:
             _cancel_all(self.loop)
         finally:
-            asyncio.set_event_loop(None)
             self.loop.close()
 
 
