@@ -304,3 +304,46 @@ def test_what_a_crashed_node_sent_into_a_partition_never_arrives() -> None:
             return got
 
     assert sim.run(main) == []
+
+
+def _faulty_run(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
+    schedule = [
+        sim.Partition((0,)),
+        sim.Wait(5.0),
+        sim.Kill(1),
+        sim.Freeze(2, 6.0),
+        sim.Drop(0, 2, 1.0),
+        sim.Delay(0, 2, 0.5),
+        sim.Wait(2.0),
+        sim.Restart(1),
+        sim.Heal(),
+        sim.Partition((1,), oneway=True),
+        sim.Wait(5.0),
+    ]
+
+    async def main() -> tuple[list[Any], list[Any], list[Any]]:
+        async with SimCluster(3, ticktime=TICK) as c:
+            c.net.record = True
+            got: list[Any] = []
+            sinks = {n: c.spawn(n, collector, 1000, got) for n in c.names}
+
+            async def chatter(tag: str) -> None:
+                for i in range(400):
+                    for sink in sinks.values():
+                        pybeam.send(sink, (tag, i))
+                    await asyncio.sleep(0.05)
+
+            for n in c.names:
+                c.spawn(n, chatter, n)
+            for step in schedule:
+                await sim.apply(step, c)
+            await c.recover(1.0)
+            return c.trace, c.net.deliveries, got
+
+    return sim.run(main, seed=seed)
+
+
+def test_the_same_seed_and_a_schedule_of_every_fault_give_the_same_run() -> None:
+    first = _faulty_run(3)
+    assert first == _faulty_run(3)
+    assert [e[1] for e in first[0]].count("restart") == 1
