@@ -307,7 +307,7 @@ def test_what_a_crashed_node_sent_into_a_partition_never_arrives() -> None:
 
 
 def _faulty_run(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
-    schedule = [
+    schedule: list[sim.Step] = [
         sim.Partition((0,)),
         sim.Wait(5.0),
         sim.Kill(1),
