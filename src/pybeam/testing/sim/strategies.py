@@ -35,14 +35,16 @@ def steps(
     node = st.integers(0, nodes - 1)
     seconds = st.sampled_from(list(waits))
     side = st.sets(node, min_size=1, max_size=nodes - 1).map(lambda s: tuple(sorted(s)))
+    # Two different nodes, the lower first (a link has no direction here).
+    pair = st.lists(node, min_size=2, max_size=2, unique=True).map(lambda p: (min(p), max(p)))
     made: dict[str, st.SearchStrategy[Step]] = {
         "wait": st.builds(Wait, seconds),
         "heal": st.just(Heal()),
         "partition": st.builds(Partition, side, st.none(), st.booleans()),
         "kill": st.builds(Kill, node, st.booleans()),
         "restart": st.builds(Restart, node),
-        "drop": st.builds(Drop, node, node, seconds),
-        "delay": st.builds(Delay, node, node, seconds),
+        "drop": st.builds(lambda p, s: Drop(p[0], p[1], s), pair, seconds),
+        "delay": st.builds(lambda p, s: Delay(p[0], p[1], s), pair, seconds),
         "freeze": st.builds(Freeze, node, seconds),
     }
     return st.one_of(*(made[k] for k in FAULTS if k in kinds))
