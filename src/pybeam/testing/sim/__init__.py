@@ -13,13 +13,36 @@
 See docs/testing_failures.md.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .cluster import EPMD_PORT, SimCluster, run
 from .loop import SimDeadlock, VirtualLoop
-from .machine import FaultStateMachine, SimStateMachine
 from .net import SimNetwork
 from .runner import Scenario, explore, reproducer, run_schedule
 from .schedule import Delay, Drop, Freeze, Heal, Kill, Partition, Restart, Step, Wait, apply, describe
-from .strategies import FAULTS, schedules, steps
+
+if TYPE_CHECKING:
+    from .machine import FaultStateMachine, SimStateMachine
+    from .strategies import FAULTS, schedules, steps
+
+# These need hypothesis (the "test" extra): imported when first asked for.
+_LAZY = {
+    "FAULTS": "strategies",
+    "schedules": "strategies",
+    "steps": "strategies",
+    "SimStateMachine": "machine",
+    "FaultStateMachine": "machine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "EPMD_PORT",

@@ -27,12 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from .cluster import SimCluster, run
 from .schedule import Step, apply, describe
-from .strategies import FAULTS, schedules
 
 __all__ = ["Scenario", "explore", "reproducer", "run_schedule"]
 
@@ -109,13 +105,22 @@ def explore(
     *,
     max_examples: int = 100,
     max_steps: int = 8,
-    faults: tuple[str, ...] = FAULTS,
+    faults: tuple[str, ...] | None = None,
     seeds: int = 1000,
 ) -> None:
     """Run the scenario under ``max_examples`` schedules (and seeds below
-    ``seeds``) drawn by hypothesis; the first failure is shrunk to a small
-    schedule and raised, with the line that reproduces it."""
+    ``seeds``) drawn by hypothesis, of the fault kinds ``faults`` (default:
+    every kind, :data:`~pybeam.testing.sim.strategies.FAULTS`); the first
+    failure is shrunk to a small schedule and raised, with the line that
+    reproduces it."""
+    # Only here: the rest of the simulation works without hypothesis installed.
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from .strategies import FAULTS, schedules
+
     nodes = make().nodes
+    kinds = FAULTS if faults is None else faults
 
     @settings(
         max_examples=max_examples,
@@ -123,7 +128,7 @@ def explore(
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(schedule=schedules(nodes, max_steps=max_steps, faults=faults), seed=st.integers(0, seeds - 1))
+    @given(schedule=schedules(nodes, max_steps=max_steps, faults=kinds), seed=st.integers(0, seeds - 1))
     def schedules_hold(schedule: list[Step], seed: int) -> None:
         run_schedule(make, schedule, seed=seed)
 
