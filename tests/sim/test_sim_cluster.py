@@ -267,6 +267,16 @@ def test_a_dozen_nodes_mesh_and_lose_one() -> None:
     sim.run(main)
 
 
+def test_nodes_may_have_any_host_names() -> None:
+    # No name is resolved: a simulated host is a name on the simulated network.
+    async def main() -> Any:
+        async with SimCluster(names=["a@alpha", "b@beta.example"], ticktime=TICK) as c:
+            assert c.connected("a@alpha") == ["b@beta.example"]
+            return await c.call("a@alpha", rpc.call, "b@beta.example", pybeam.node_name)
+
+    assert sim.run(main) == "b@beta.example"
+
+
 def test_a_deadlocked_simulation_says_so() -> None:
     async def main() -> None:
         await asyncio.get_running_loop().create_future()

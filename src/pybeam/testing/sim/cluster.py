@@ -54,8 +54,8 @@ class _SimEpmd(EpmdServer):
     """The real port mapper, with creations drawn from the run's seed (a
     fresh random one per name would make two runs' pids differ)."""
 
-    def __init__(self, port: int, rng: random.Random) -> None:
-        super().__init__(port, "127.0.0.1", max_requests=10_000, max_registrations=10_000)
+    def __init__(self, port: int, rng: random.Random, hosts: list[str]) -> None:
+        super().__init__(port, hosts, max_requests=10_000, max_registrations=10_000)
         self._rng = rng
 
     def _next_creation(self, name: str) -> int:
@@ -143,7 +143,10 @@ class SimCluster:
         self._loop = loop
         self._t0 = loop.time()
         self._net = loop.net = SimNetwork(loop, latency=self.latency)
-        self._epmd = _SimEpmd(EPMD_PORT, random.Random(loop.seed))
+        # One mapper for the whole simulation, on every host the names name
+        # (nodes look each other up on the host of the name).
+        hosts = list(dict.fromkeys(["127.0.0.1", *(n.partition("@")[2] for n in self.names)]))
+        self._epmd = _SimEpmd(EPMD_PORT, random.Random(loop.seed), hosts)
         await self._epmd.start()
         for name in self.names:
             await self._boot(name)
