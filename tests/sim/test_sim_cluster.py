@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 import pybeam
-from pybeam import ANY, Pid, receive, rpc
+from pybeam import ANY, NodeDown, Pid, gen_server, receive, rpc, supervisor
+from pybeam.gen_server import GenServer
 from pybeam.testing import sim
 from pybeam.testing.sim import SimCluster
 
@@ -357,3 +358,46 @@ def test_the_same_seed_and_a_schedule_of_every_fault_give_the_same_run() -> None
     first = _faulty_run(3)
     assert first == _faulty_run(3)
     assert [e[1] for e in first[0]].count("restart") == 1
+
+
+class Counter(GenServer):
+    def init(self, n: int) -> int:
+        return n
+
+    def handle_call(self, request: Any, from_: Any, n: int) -> Any:
+        if request == "bump":
+            return ("reply", n + 1, n + 1)
+        return super().handle_call(request, from_, n)
+
+
+async def start_counter_tree() -> Pid:
+    """A supervisor (not linked to the caller) of a Counter named ``counter``."""
+    return await supervisor.start([supervisor.server_spec(Counter, 0, name="counter")])
+
+
+async def kill_counter() -> None:
+    pid = pybeam.whereis("counter")
+    assert pid is not None
+    pybeam.exit(pid, "kill")
+
+
+def test_gen_server_calls_and_a_supervisor_restart_across_simulated_nodes() -> None:
+    async def main() -> list[Any]:
+        async with SimCluster(2, ticktime=TICK) as c:
+            a, b = c.names
+            await c.call(b, start_counter_tree)
+            seen: list[Any] = [
+                await c.call(a, gen_server.call, ("counter", b), "bump"),
+                await c.call(a, gen_server.call, ("counter", b), "bump"),
+            ]
+            await c.call(b, kill_counter)
+            await c.sleep(0.1)
+            seen.append(await c.call(a, gen_server.call, ("counter", b), "bump"))  # restarted: from 0
+            c.partition([a], [b])
+            try:
+                await c.call(a, gen_server.call, ("counter", b), "bump", 60.0)
+            except NodeDown:
+                seen.append(("nodedown", c.now() < 60.0))
+            return seen
+
+    assert sim.run(main) == [1, 2, 1, ("nodedown", True)]
