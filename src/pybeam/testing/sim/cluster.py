@@ -151,6 +151,15 @@ class SimCluster:
         for name in self.names:
             await self._boot(name)
         await self.wait_meshed()
+        if len(self.names) > 1:
+            lost = [name for name in self.names if not self.net.ends(name)]
+            if lost:
+                # Faults act on the ends a node owns: without owners they
+                # would silently do nothing.
+                raise PybeamError(
+                    f"the simulated network cannot tell which node opened a connection ({lost[0]} owns none): "
+                    "pybeam.testing.sim.loop._find_owner no longer matches the distribution's code"
+                )
         if self.on_start is not None:
             for name in self.names:
                 await self.on_start(self, name)
