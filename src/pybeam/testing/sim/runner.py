@@ -107,12 +107,14 @@ def explore(
     max_steps: int = 8,
     faults: tuple[str, ...] | None = None,
     seeds: int = 1000,
+    **hypothesis_settings: Any,
 ) -> None:
     """Run the scenario under ``max_examples`` schedules (and seeds below
     ``seeds``) drawn by hypothesis, of the fault kinds ``faults`` (default:
     every kind, :data:`~pybeam.testing.sim.strategies.FAULTS`); the first
     failure is shrunk to a small schedule and raised, with the line that
-    reproduces it."""
+    reproduces it. Other keyword arguments are hypothesis settings
+    (``derandomize=True``, ``database=...``, ``phases=...``)."""
     # Only here: the rest of the simulation works without hypothesis installed.
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -122,12 +124,15 @@ def explore(
     nodes = make().nodes
     kinds = FAULTS if faults is None else faults
 
-    @settings(
-        max_examples=max_examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    options: dict[str, Any] = {
+        "max_examples": max_examples,
+        "deadline": None,
+        "database": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    }
+    options.update(hypothesis_settings)
+
+    @settings(**options)
     @given(schedule=schedules(nodes, max_steps=max_steps, faults=kinds), seed=st.integers(0, seeds - 1))
     def schedules_hold(schedule: list[Step], seed: int) -> None:
         run_schedule(make, schedule, seed=seed)
