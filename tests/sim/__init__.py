@@ -1,0 +1,1 @@
+"""Tests of pybeam.testing.sim: simulated clusters under faults."""
