@@ -294,6 +294,25 @@ async def test_start_node_and_stop_node(cluster: Any) -> None:
     assert_all_exited(c)
 
 
+async def test_restart_node_is_a_new_incarnation_under_the_same_name(cluster: Any) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        old = await pybeam.spawn_on(n1, sleeper)
+        with pytest.raises(ClusterError, match="still running"):
+            await c.restart_node(n1)
+        c.kill(n1)
+        await eventually(lambda: sees_none(pybeam.node_name(), {n1}))
+        assert await c.restart_node(n1) == n1
+        assert c.nodes == [n1, n2] and c.alive(n1)
+        assert await rpc.call(n1, whoami) == n1
+        await eventually(lambda: full_mesh([pybeam.node_name(), n1, n2]), what="full mesh after restart")
+        new = await pybeam.spawn_on(n1, sleeper)
+        assert new.creation != old.creation  # a new incarnation: the old pid stays dead
+        ref = pybeam.monitor(old)
+        assert await pybeam.receive(("DOWN", ref, ANY, ANY, ANY), timeout=10)
+    assert_all_exited(c)
+
+
 async def test_a_cluster_with_its_own_cookie(cluster: Any) -> None:
     async with cluster(2, cookie="ANOTHERCOOKIE", prefix="own", unique=False) as c:
         assert [n.partition("@")[0] for n in c.nodes] == ["own1", "own2"]

@@ -201,6 +201,20 @@ class LocalCluster:
             raise
         return name
 
+    async def restart_node(self, node: str) -> str:
+        """Start a new OS process for ``node``, a node of this cluster that has
+        stopped or was killed: a new incarnation under the same name, as a
+        restarted Erlang node is. Returns once it is connected again."""
+        if self._process(node).poll() is None:
+            raise ClusterError(f"{node} is still running: stop or kill it first")
+        self._launch(node)
+        try:
+            await self._wait_connected([node])
+        except BaseException:
+            await self.stop_node(node)
+            raise
+        return node
+
     async def stop(self) -> None:
         """Stop every node: SIGTERM, then SIGKILL whatever is still alive after a few seconds."""
         await asyncio.gather(*(self.stop_node(name) for name in self.nodes))
@@ -286,10 +300,13 @@ class LocalCluster:
         env.setdefault("PYTHONUNBUFFERED", "1")  # logs that are complete when read
         return env
 
-    def _launch(self) -> str:
+    def _launch(self, again: str | None = None) -> str:
         assert self.manager is not None
-        name = f"{self.prefix}{self._next}{self.suffix}@{HOST}"
-        self._next += 1
+        if again is None:
+            name = f"{self.prefix}{self._next}{self.suffix}@{HOST}"
+            self._next += 1
+        else:
+            name = again
         argv = [
             sys.executable,
             "-m",
@@ -315,7 +332,8 @@ class LocalCluster:
                 env=self._child_env(),
                 cwd=os.getcwd(),
             )
-        self.nodes.append(name)
+        if again is None:
+            self.nodes.append(name)
         self.processes[name] = proc
         return name
 

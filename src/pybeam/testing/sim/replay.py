@@ -147,18 +147,7 @@ class RealCluster:
 
     async def restart(self, name: str) -> None:
         """Start a new OS process for ``name`` (a new incarnation)."""
-        # LocalCluster names its i-th node from a counter; relaunching under
-        # an old name is its start_node with that counter set back.
-        cluster: Any = self.cluster
-        index = self.names.index(name) + 1
-        saved = cluster._next
-        cluster._next = index
-        try:
-            cluster._launch()
-        finally:
-            cluster._next = saved
-        cluster.nodes.remove(name)  # _launch appended it again
-        await cluster._wait_connected([name])
+        await self.cluster.restart_node(name)
         if self.on_start is not None:
             await self.on_start(self, name)
 
