@@ -11,6 +11,8 @@
     A running node's processes, as a table or JSON (like observer's process tab).
 ``pybeam remsh NODE``
     A shell whose statements run in a shell process of a running node.
+``pybeam top NODE``
+    A refreshing table of a running node's processes and connections (drawn with rich).
 ``pybeam names``
     The nodes registered with this host's port mapper (like ``epmd -names``).
 ``pybeam epmd``
@@ -41,7 +43,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, application, net, rpc
+from . import __version__, application, net, rpc, top
 from .distribution import epmd
 from .distribution.cookie import CookieError
 from .distribution.net_kernel import function_name
@@ -495,6 +497,81 @@ async def _processes_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pybeam top -----------------------------------------------------------------------------
+
+
+async def _top_main(args: argparse.Namespace) -> int:
+    status, snapshot = await _call_remote("top", args, "pybeam.observer:snapshot")
+    if status:
+        return status
+    out = top.console()
+    if args.once:
+        out.print(top.render(top.Frame(snapshot, sort=args.sort, reverse=args.reverse, limit=args.limit)))
+        return 0
+    # A second, long-lived connection for the refreshes (the check above used its own node).
+    target, host, _ = parse_address(args.node, "target node")
+    node = Node(
+        f"top_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
+    )
+    loop = asyncio.get_running_loop()
+    quit_ = asyncio.Event()
+    wake = asyncio.Event()
+    frame = top.Frame(
+        snapshot, sort=args.sort, reverse=args.reverse, interval=args.interval, limit=args.limit
+    )
+
+    def on_key(key: str) -> None:  # on the loop's thread
+        if key in "qQ":
+            quit_.set()
+            return
+        if key in "<>":
+            frame.sort = top.next_sort(frame.sort, 1 if key == ">" else -1)
+        elif key in "rR":
+            frame.reverse = not frame.reverse
+        else:
+            return
+        wake.set()
+
+    from rich.live import Live
+
+    async with node:
+        if not await net.connect(args.node):
+            return _error("top", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
+        loop.add_signal_handler(signal.SIGINT, quit_.set)
+        try:
+            keys = top.Keys(lambda key: loop.call_soon_threadsafe(on_key, key))
+            with keys.reading(), Live(top.render(frame), console=out, auto_refresh=False) as live:
+                while not quit_.is_set():
+                    waits = [asyncio.ensure_future(e.wait()) for e in (quit_, wake)]
+                    await asyncio.wait(waits, timeout=args.interval, return_when=asyncio.FIRST_COMPLETED)
+                    for w in waits:
+                        w.cancel()
+                    if quit_.is_set():
+                        break
+                    if wake.is_set():  # a key: redraw the frame we have, sorted anew
+                        wake.clear()
+                    else:
+                        try:
+                            snapshot = await rpc.call(
+                                target, "pybeam.observer:snapshot", timeout=args.timeout
+                            )
+                        except (NodeDown, PybeamError) as e:
+                            live.stop()
+                            return _error("top", f"node {target}: {e}")
+                        frame = top.Frame(
+                            snapshot,
+                            previous=frame.reductions,
+                            sort=frame.sort,
+                            reverse=frame.reverse,
+                            interval=args.interval,
+                            limit=args.limit,
+                        )
+                    live.update(top.render(frame), refresh=True)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+    return 0
+
+
 # -- pybeam remsh ---------------------------------------------------------------------------
 
 
@@ -706,6 +783,27 @@ def _parser() -> argparse.ArgumentParser:
     remsh.add_argument("node", metavar="NODE")
     _client_options(remsh, "seconds to connect")
 
+    top_ = sub.add_parser(
+        "top",
+        help="a refreshing table of a running node's processes",
+        description="Observer's process tab in the terminal: NODE's processes (pid, name, initial "
+        "call, status, mailbox length, memory estimate, links, monitors, reductions and activity "
+        "since the last refresh) and its connections, refreshed every --interval seconds. "
+        "Keys: < and > (or the arrow keys) change the sort column, r reverses it, q quits.",
+    )
+    top_.add_argument("node", metavar="NODE")
+    top_.add_argument("--once", action="store_true", help="print one frame and exit (for pipes and scripts)")
+    top_.add_argument("--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)")
+    top_.add_argument(
+        "--sort",
+        choices=top.SORT_KEYS,
+        default="activity",
+        help="the column to sort by (default activity: reductions since the last refresh)",
+    )
+    top_.add_argument("--reverse", action="store_true", help="reverse the sort order")
+    top_.add_argument("--limit", type=int, default=None, metavar="N", help="show at most N processes")
+    _client_options(top_, "seconds to wait for each refresh (default 5)")
+
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
     names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     names.add_argument(
@@ -741,6 +839,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_processes_main(args))
     if args.command == "remsh":
         return _run(_remsh_main(args))
+    if args.command == "top":
+        return _run(_top_main(args))
     return _run(_serve_node_checked(args))
 
 
