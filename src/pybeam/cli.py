@@ -43,7 +43,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, application, net, rpc, top
+from . import __version__, application, interrupt, net, rpc, top
 from .distribution import epmd
 from .distribution.cookie import CookieError
 from .distribution.net_kernel import function_name
@@ -112,6 +112,7 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 async def _serve_node(node: Node, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signals: interrupt.Signals | None = None
     # The context manager's two halves by hand rather than `async with`, so
     # that an error while starting is told apart from one while running.
     try:
@@ -131,9 +132,13 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
         shell: _Shell | None = None
         if args.shell:
             shell = _Shell(entered, loop, stop)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            handler = shell.interrupt if shell is not None and sig == signal.SIGINT else stop.set
-            loop.add_signal_handler(sig, handler)
+        signals = interrupt.Signals(
+            loop,
+            stop.set,
+            on_sigint=shell.interrupt if shell is not None else None,
+            owns=shell.owns if shell is not None else None,
+        )
+        signals.install()
         dist = entered.dist
         port = getattr(dist, "port", 0)
         print(f"{_PROG} node {entered.name} up (port {port})", flush=True)
@@ -144,9 +149,8 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
         await stop.wait()
         return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        if signals is not None:
+            signals.uninstall()
         await node.__aexit__(None, None, None)
 
 
@@ -232,6 +236,18 @@ class _Shell:
             self._spawn()
         assert self.jobs is not None
         self.jobs.put_nowait((code_obj, future))
+
+    def owns(self, frame: types.FrameType | None) -> bool:
+        """Whether ``frame`` (where the main thread is) is a statement typed
+        at this shell, running now: the shell process's code, or the task
+        running its awaiting statement, with the typed code on the stack.
+        A Ctrl-C then raises KeyboardInterrupt right there, so that a statement
+        that never awaits is interrupted too (the loop cannot run a callback)."""
+        task = asyncio.current_task(self.loop)
+        proc = self.proc
+        if task is None or not (task is self.running or (proc is not None and task is proc.task)):
+            return False
+        return interrupt.on_stack(frame, lambda f: f.f_code.co_filename == "<console>")
 
     def interrupt(self) -> None:
         """SIGINT: cancel the running statement (the node goes on)."""
@@ -841,7 +857,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_remsh_main(args))
     if args.command == "top":
         return _run(_top_main(args))
-    return _run(_serve_node_checked(args))
+    try:
+        return _run(_serve_node_checked(args))
+    except KeyboardInterrupt:
+        # A second Ctrl-C on a held loop, raised into code of no process: out of the loop.
+        return _error("node", "interrupted while its event loop was held")
 
 
 async def _serve_node_checked(args: argparse.Namespace) -> int:

@@ -1,0 +1,116 @@
+"""Ctrl-C, SIGINT and SIGTERM reach code that holds a node's event loop: a shell
+statement that never awaits is interrupted, a stalled node says so and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pybeam.testing import eventually
+from test_cli import COOKIE, TIMEOUT, Child, Cli
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    c = Cli(tmp_path)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def _signal_until_noticed(child: Child, sig: signal.Signals) -> None:
+    """Send ``sig`` until the node says its loop is held: a signal sent before
+    the loop has been held for a second is taken as an ordinary one."""
+    deadline = time.monotonic() + TIMEOUT
+    while "held for" not in child.stderr:
+        assert time.monotonic() < deadline, child.stderr
+        assert child.proc.poll() is None, child.stderr
+        child.proc.send_signal(sig)
+        with contextlib.suppress(AssertionError):
+            asyncio.run(eventually(lambda: "held for" in child.stderr, timeout=1.5, what="the notice"))
+
+
+def _type(child: Child, text: str) -> None:
+    assert child.proc.stdin is not None
+    child.proc.stdin.write(text)
+    child.proc.stdin.flush()
+
+
+def test_ctrl_c_interrupts_a_shell_statement_that_never_awaits(cli: Cli) -> None:
+    cli.node("o@127.0.0.1")
+    shell, _ = cli.node("s@127.0.0.1", "--shell")
+    _type(shell, "me = pybeam.self()\ndef spin(tag):\n    print(tag, flush=True)\n    while True: pass\n\n")
+    # A plain statement, an awaiting one that stops awaiting, and a blocking call.
+    statements = [
+        "spin('sync')\n",
+        "async def aspin():\n    await asyncio.sleep(0)\n    spin('async')\n\nawait aspin()\n",
+        "import time\nprint('sleep', flush=True); time.sleep(1000)\n",
+    ]
+    for n, statement in enumerate(statements, 1):
+        tag = statement.split("'")[1]
+        _type(shell, statement)
+        shell.wait_line(rf"^{tag}$")
+        shell.proc.send_signal(signal.SIGINT)
+        asyncio.run(
+            eventually(lambda: shell.stderr.count("\nKeyboardInterrupt\n") == n, timeout=TIMEOUT, what=tag)  # noqa: B023
+        )
+    # The shell process, the node and its connections went on.
+    _type(shell, "print('same', pybeam.self() == me)\nprint(await pybeam.ping('o@127.0.0.1'))\n")
+    shell.wait_line(r"^same True$")
+    shell.wait_line(r"^pong$")
+    assert "held for" not in shell.stderr  # interrupted at once, not as a stalled loop
+    shell.close_stdin()
+    assert shell.wait() == 0
+
+
+def test_a_stalled_shell_node_says_so_and_a_second_ctrl_c_stops_it(cli: Cli) -> None:
+    shell, _ = cli.node("s@127.0.0.1", "--shell")
+    # A process (not the shell's statement) that never awaits holds the loop.
+    _type(
+        shell, "def spin():\n    print('spinning', flush=True)\n    while True: pass\n\npybeam.spawn(spin)\n"
+    )
+    shell.wait_line(r"^spinning$")
+    _signal_until_noticed(shell, signal.SIGINT)  # a first Ctrl-C on a held loop: a notice, nothing stops
+    assert shell.proc.poll() is None
+    assert "by code that never awaits: <console>:3 in spin (process <s@127.0.0.1." in shell.stderr
+    shell.proc.send_signal(signal.SIGINT)
+    assert shell.wait() == 0  # stopped as init:stop does
+    assert "stopping the node: interrupting <console>:3 in spin" in shell.stderr
+
+
+HOLDER = """
+import pathlib
+import time
+
+
+def hold(path):
+    pathlib.Path(path).write_text("holding")
+    time.sleep(1000)
+"""
+
+
+def test_sigterm_stops_a_node_held_by_a_blocking_rpc(cli: Cli, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "holder.py").write_text(HOLDER)
+    node = cli.start("node", "--name", "n@127.0.0.1", "--cookie", COOKIE, cwd=project)
+    node.wait_line(r"^pybeam node n@127\.0\.0\.1 up")
+    flag = tmp_path / "holding"
+    caller = cli.start(
+        "rpc", "n@127.0.0.1", "holder:hold", repr(str(flag)), "--cookie", COOKIE, "--timeout", "60"
+    )
+    asyncio.run(eventually(flag.exists, timeout=TIMEOUT, what="the rpc holds the loop"))
+    _signal_until_noticed(node, signal.SIGTERM)
+    assert "SIGTERM: the event loop has been held for" in node.stderr
+    assert "holder.py" in node.stderr
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.wait() == 0
+    assert "stopping the node: interrupting" in node.stderr
+    assert caller.wait() == 1  # its call failed: the function was interrupted
