@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -114,3 +115,54 @@ def test_sigterm_stops_a_node_held_by_a_blocking_rpc(cli: Cli, tmp_path: Path) -
     assert node.wait() == 0
     assert "stopping the node: interrupting" in node.stderr
     assert caller.wait() == 1  # its call failed: the function was interrupted
+
+
+def _sessions(cli: Cli) -> list[dict[str, object]] | None:
+    listed = cli.run("processes", "n@127.0.0.1", "--json", "--cookie", COOKIE)
+    if listed.returncode != 0:
+        return None
+    return [r for r in json.loads(listed.stdout) if r["initial_call"] == "pybeam.remsh:_session"]
+
+
+def test_ctrl_c_in_remsh_interrupts_the_statement_on_the_node(cli: Cli, tmp_path: Path) -> None:
+    node, _ = cli.node("n@127.0.0.1")
+    remsh = cli.start("remsh", "n@127.0.0.1", "--cookie", COOKIE, "--stall-limit", "1")
+    flag = tmp_path / "started"
+    _type(remsh, f"import pathlib\nme = pybeam.self()\nflag = pathlib.Path({str(flag)!r})\n'ready'\n")
+    remsh.wait_line(r"^'ready'$")
+    # An awaiting statement: the interrupt travels over the distribution and cancels it.
+    _type(remsh, "flag.touch(); await asyncio.sleep(1000)\n")
+    asyncio.run(eventually(flag.exists, timeout=TIMEOUT, what="the statement runs"))
+    remsh.proc.send_signal(signal.SIGINT)
+    remsh.wait_line(r"^KeyboardInterrupt$")
+    # One that never awaits holds the node's loop, which reads nothing meanwhile:
+    # the node's watchdog interrupts it after the stall limit, whether or not
+    # anyone pressed Ctrl-C.
+    _type(remsh, "def spin():\n    while True: pass\n\nspin()\n")
+    remsh.wait_line(
+        r"^KeyboardInterrupt: the statement held the event loop of node n@127\.0\.0\.1 for \d+\.\ds without "
+        r"awaiting \(the remote shell's stall limit\)$"
+    )
+    _type(remsh, "pybeam.self() == me\n")  # the same session process, the node unharmed
+    remsh.wait_line(r"^True$")
+    remsh.close_stdin()
+    assert remsh.wait() == 0
+    assert node.proc.poll() is None
+
+
+def test_a_second_ctrl_c_leaves_a_remsh_whose_node_does_not_answer(cli: Cli, tmp_path: Path) -> None:
+    cli.node("n@127.0.0.1")
+    remsh = cli.start("remsh", "n@127.0.0.1", "--cookie", COOKIE, "--stall-limit", "4")
+    flag = tmp_path / "started"
+    _type(remsh, "'ready'\n")
+    remsh.wait_line(r"^'ready'$")
+    _type(remsh, f"import pathlib; pathlib.Path({str(flag)!r}).touch(); exec('while True: pass')\n")
+    asyncio.run(eventually(flag.exists, timeout=TIMEOUT, what="the statement runs"))
+    remsh.proc.send_signal(signal.SIGINT)
+    asyncio.run(eventually(lambda: "does not answer" in remsh.stderr, timeout=TIMEOUT, what="the notice"))
+    assert "it is interrupted when it has held it for 4s (--stall-limit)" in remsh.stderr
+    remsh.proc.send_signal(signal.SIGINT)
+    assert remsh.wait() == 1
+    assert "pybeam remsh: left while a statement still holds node n@127.0.0.1" in remsh.stderr
+    # The node's watchdog ends the statement; the session, its client gone, ends too.
+    asyncio.run(eventually(lambda: _sessions(cli) == [], timeout=TIMEOUT, what="the node is free again"))

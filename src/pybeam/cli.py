@@ -30,6 +30,7 @@ import asyncio
 import code
 import concurrent.futures
 import contextlib
+import contextvars
 import inspect
 import logging
 import math
@@ -43,7 +44,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, application, interrupt, net, rpc, top
+from . import __version__, application, interrupt, net, remsh, rpc, top
 from .distribution import epmd
 from .distribution.cookie import CookieError
 from .distribution.net_kernel import function_name
@@ -594,7 +595,7 @@ async def _top_main(args: argparse.Namespace) -> int:
 class _RemoteConsole(code.InteractiveConsole):
     """A console whose complete statements run in a session process of a remote node."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, client: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, client: Any, stall_limit: float) -> None:
         super().__init__(filename="<remsh>")
         self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         self.loop = loop
@@ -602,11 +603,19 @@ class _RemoteConsole(code.InteractiveConsole):
         self.session: Any = None
         self.key = secrets.token_hex(8)
         self.client = client
+        self.stall_limit = stall_limit
         self.reader = None if sys.stdin.isatty() else _FdLineReader(0)
+        #: The statement running on the node (set on the console's thread, read on the loop's).
+        self.running: concurrent.futures.Future[Any] | None = None
 
     def call(self, function: str, *args: Any) -> Any:
         coro = rpc.call(self.target, function, *args, timeout=None)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.running = future
+        try:
+            return future.result()
+        finally:
+            self.running = None
 
     def raw_input(self, prompt: str = "") -> str:
         if self.reader is None:
@@ -627,7 +636,7 @@ class _RemoteConsole(code.InteractiveConsole):
             return False
         try:
             if self.session is None:
-                self.session = self.call("pybeam.remsh:open_session", self.key, self.client)
+                self.session = self.call("pybeam.remsh:open_session", self.key, self.client, self.stall_limit)
             output = self.call("pybeam.remsh:evaluate", self.session, source)
         except rpc.RemoteError as e:
             if e.kind != "pybeam.remsh.SessionEnded":
@@ -639,8 +648,71 @@ class _RemoteConsole(code.InteractiveConsole):
         return False
 
 
+class _RemoteInterrupts:
+    """Ctrl-C in ``pybeam remsh`` (on the loop's thread): interrupt the statement
+    running on the node, over the distribution.
+
+    A node whose loop a statement holds cannot read the interrupt: its own
+    watchdog interrupts such a statement after the stall limit. If the node
+    has not answered within a second, the user is told; a second Ctrl-C
+    meanwhile leaves the remote shell.
+    """
+
+    def __init__(self, node: Node, console: _RemoteConsole, leave: asyncio.Future[str]) -> None:
+        self.node = node
+        self.console = console
+        self.leave = leave
+        self.pending: concurrent.futures.Future[Any] | None = None  # the statement interrupted
+
+    def __call__(self) -> None:
+        running = self.console.running
+        if running is None or running.done():
+            sys.stderr.write("\n(KeyboardInterrupt: Ctrl-D leaves the remote shell)\n")
+            sys.stderr.flush()
+            return
+        if self.pending is running:
+            if not self.leave.done():
+                self.leave.set_result(f"left while a statement still holds node {self.console.target}")
+            return
+        self.pending = running
+        # From a short-lived process of ours: a cast is sent by a process.
+        self.node.spawn(rpc.cast, (self.console.target, "pybeam.remsh:interrupt", self.console.key))
+        self.console.loop.call_later(1.0, self._unanswered, running)
+
+    def _unanswered(self, running: concurrent.futures.Future[Any]) -> None:
+        if running.done():
+            return
+        sys.stderr.write(
+            f"\npybeam remsh: node {self.console.target} does not answer: a statement that never awaits "
+            f"holds its event loop; it is interrupted when it has held it for {self.console.stall_limit:g}s "
+            "(--stall-limit). Ctrl-C again leaves the remote shell.\n"
+        )
+        sys.stderr.flush()
+
+
 async def _wait_forever() -> None:
     await asyncio.Event().wait()
+
+
+def _interact(console: _RemoteConsole, banner: str, done: asyncio.Future[str]) -> None:
+    # The console's thread: a daemon, so that leaving does not wait for a
+    # statement the node never answers.
+    error = ""
+    try:
+        console.interact(banner, "")
+    except SystemExit:
+        pass  # exit() leaves, as Ctrl-D does
+    except (NodeDown, PybeamError) as e:
+        error = str(e)
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(error)
+
+    with contextlib.suppress(RuntimeError):  # the loop has already stopped
+        console.loop.call_soon_threadsafe(finish)
 
 
 async def _remsh_main(args: argparse.Namespace) -> int:
@@ -652,21 +724,31 @@ async def _remsh_main(args: argparse.Namespace) -> int:
     node = Node(
         f"remsh_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
     )
+    loop = asyncio.get_running_loop()
     async with node:
         if not await net.connect(args.node):
             return _error("remsh", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
         # A process of ours for the session to monitor: if this command is
         # killed, the connection drops and the session ends on its own.
         client, _ = node.spawn(_wait_forever)
-        console = _RemoteConsole(asyncio.get_running_loop(), target, client)
+        console = _RemoteConsole(loop, target, client, args.stall_limit)
         banner = f"pybeam remsh on node {target}\nTop-level await works; `pybeam` and `asyncio` are imported."
+        done: asyncio.Future[str] = loop.create_future()
+        loop.add_signal_handler(signal.SIGINT, _RemoteInterrupts(node, console, done))
+        # In a copy of this context, as asyncio.to_thread would: the rpc calls
+        # it makes are this node's.
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run, args=(_interact, console, banner, done), name="pybeam-remsh", daemon=True
+        ).start()
         try:
-            await asyncio.to_thread(console.interact, banner, "")
-        except (NodeDown, PybeamError) as e:
-            return _error("remsh", str(e))
+            error = await done
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
             with contextlib.suppress(Exception):
                 await rpc.call(target, "pybeam.remsh:close_session", console.key, console.session, timeout=2)
+        if error:
+            return _error("remsh", error)
     return 0
 
 
@@ -790,14 +872,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     _client_options(procs, "seconds (default 5)")
 
-    remsh = sub.add_parser(
+    remote = sub.add_parser(
         "remsh",
         help="a shell whose statements run on a running node",
         description="A shell connected to NODE (like iex --remsh): each statement runs in a "
         "shell process of NODE, over the distribution.",
     )
-    remsh.add_argument("node", metavar="NODE")
-    _client_options(remsh, "seconds to connect")
+    remote.add_argument("node", metavar="NODE")
+    remote.add_argument(
+        "--stall-limit",
+        type=_positive,
+        default=remsh.DEFAULT_STALL_LIMIT,
+        metavar="S",
+        help="seconds a statement may hold NODE's event loop without awaiting before NODE interrupts it "
+        "(default 5)",
+    )
+    _client_options(remote, "seconds to connect")
 
     top_ = sub.add_parser(
         "top",
