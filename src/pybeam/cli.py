@@ -127,7 +127,7 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
                 return _error("node", f"cannot connect to {peer}: {why}")
         for app in args.app:
             try:
-                await application.start(app, node=entered)
+                await application.start(app, node=entered, type=args.app_type)
             except application.ApplicationError as e:
                 return _error("node", str(e))
         shell: _Shell | None = None
@@ -147,7 +147,18 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
             shell.start()  # it reads stdin, and EOF on it stops the node, as --exit-on-stdin-close would
         elif args.exit_on_stdin_close:
             threading.Thread(target=_watch_stdin, args=(loop, stop), name="pybeam-stdin", daemon=True).start()
-        await stop.wait()
+        # Until told to stop, or until the node stops by itself (a process
+        # called Node.stop, a permanent application exited).
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(entered.wait_stopped())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        cause = application.stopped_by(entered)
+        if cause is not None:
+            _, app, reason = cause
+            return _error("node", f"node {entered.name} stopped: application {app} exited: {reason!r}")
         return 0
     finally:
         if signals is not None:
@@ -839,6 +850,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MOD[:FN]",
         help="start an application at boot: MOD.FN() (default FN: start) returns its top supervisor's "
         "pid; repeatable, started in order and stopped in reverse order when the node stops",
+    )
+    node.add_argument(
+        "--app-type",
+        choices=application.TYPES,
+        default="temporary",
+        help="what an --app whose top supervisor exits does: temporary (default: logged, the node goes "
+        "on), permanent (the node stops, exit status 1), transient (permanent unless it exited normally)",
     )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
     node.add_argument(
