@@ -166,3 +166,11 @@ def test_a_second_ctrl_c_leaves_a_remsh_whose_node_does_not_answer(cli: Cli, tmp
     assert "pybeam remsh: left while a statement still holds node n@127.0.0.1" in remsh.stderr
     # The node's watchdog ends the statement; the session, its client gone, ends too.
     asyncio.run(eventually(lambda: _sessions(cli) == [], timeout=TIMEOUT, what="the node is free again"))
+
+
+def test_a_shell_statement_can_stop_its_node(cli: Cli) -> None:
+    # The shell process is one of the processes the stop ends: Node.stop from
+    # it runs in the background (as init:stop/0), and pybeam node notices.
+    shell, _ = cli.node("s@127.0.0.1", "--shell")
+    _type(shell, "await pybeam.current_node().stop()\n")
+    assert shell.wait() == 0, shell.stderr

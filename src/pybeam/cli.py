@@ -161,9 +161,12 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
             return _error("node", f"node {entered.name} stopped: application {app} exited: {reason!r}")
         return 0
     finally:
-        if signals is not None:
-            signals.uninstall()
-        await node.__aexit__(None, None, None)
+        try:
+            # Still heard while stopping: a terminate that never awaits is a held loop too.
+            await node.__aexit__(None, None, None)
+        finally:
+            if signals is not None:
+                signals.uninstall()
 
 
 # -- the shell -------------------------------------------------------------------------
