@@ -48,14 +48,18 @@ def test_ctrl_c_interrupts_a_shell_statement_that_never_awaits(cli: Cli) -> None
     cli.node("o@127.0.0.1")
     shell, _ = cli.node("s@127.0.0.1", "--shell")
     _type(shell, "me = pybeam.self()\ndef spin(tag):\n    print(tag, flush=True)\n    while True: pass\n\n")
-    # A plain statement, an awaiting one that stops awaiting, and a blocking call.
+    # A plain statement, an awaiting one that stops awaiting, a blocking call,
+    # and one that spends most of its time in pybeam's own code (interrupted
+    # only when its own code runs, so that the runtime is never left half-way).
     statements = [
         "spin('sync')\n",
         "async def aspin():\n    await asyncio.sleep(0)\n    spin('async')\n\nawait aspin()\n",
         "import time\nprint('sleep', flush=True); time.sleep(1000)\n",
+        "def busy(tag):\n    print(tag, flush=True)\n    while True:\n        pybeam.whereis('x')\n"
+        "        pybeam.self()\n\nbusy('runtime')\n",
     ]
     for n, statement in enumerate(statements, 1):
-        tag = statement.split("'")[1]
+        tag = statement.split("'")[-2]
         _type(shell, statement)
         shell.wait_line(rf"^{tag}$")
         shell.proc.send_signal(signal.SIGINT)
@@ -68,7 +72,7 @@ def test_ctrl_c_interrupts_a_shell_statement_that_never_awaits(cli: Cli) -> None
     shell.wait_line(r"^pong$")
     assert "held for" not in shell.stderr  # interrupted at once, not as a stalled loop
     shell.close_stdin()
-    assert shell.wait() == 0
+    assert shell.wait() == 0, shell.stderr
 
 
 def test_a_stalled_shell_node_says_so_and_a_second_ctrl_c_stops_it(cli: Cli) -> None:
@@ -154,9 +158,9 @@ def test_a_second_ctrl_c_leaves_a_remsh_whose_node_does_not_answer(cli: Cli, tmp
     cli.node("n@127.0.0.1")
     remsh = cli.start("remsh", "n@127.0.0.1", "--cookie", COOKIE, "--stall-limit", "4")
     flag = tmp_path / "started"
-    _type(remsh, "'ready'\n")
+    _type(remsh, "def spin():\n    while True: pass\n\n'ready'\n")
     remsh.wait_line(r"^'ready'$")
-    _type(remsh, f"import pathlib; pathlib.Path({str(flag)!r}).touch(); exec('while True: pass')\n")
+    _type(remsh, f"import pathlib; pathlib.Path({str(flag)!r}).touch(); spin()\n")
     asyncio.run(eventually(flag.exists, timeout=TIMEOUT, what="the statement runs"))
     remsh.proc.send_signal(signal.SIGINT)
     asyncio.run(eventually(lambda: "does not answer" in remsh.stderr, timeout=TIMEOUT, what="the notice"))

@@ -27,7 +27,7 @@ from typing import Any
 
 from .process import current_process
 
-__all__ = ["Beat", "Signals", "describe", "on_stack", "raise_in_thread"]
+__all__ = ["Beat", "Signals", "describe", "in_runtime", "on_stack", "raise_in_thread"]
 
 
 class Beat:
@@ -69,6 +69,24 @@ def on_stack(frame: types.FrameType | None, test: Callable[[types.FrameType], bo
     return False
 
 
+_RUNTIME = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def in_runtime(frame: types.FrameType | None, typed: str) -> bool:
+    """Whether pybeam's own code runs at ``frame``, above the typed code
+    (the first frame whose file is ``typed``, e.g. ``"<console>"``).
+
+    An exception raised there could leave the runtime half-way through
+    something (a spawn, a link): interrupts wait until the typed code, or
+    code of its own libraries, runs.
+    """
+    while frame is not None and frame.f_code.co_filename != typed:
+        if frame.f_code.co_filename.startswith(_RUNTIME):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def describe(frame: types.FrameType | None) -> str:
     """Where code is, for a message: ``file:line in function``, and its process."""
     if frame is None:
@@ -103,7 +121,8 @@ class Signals:
 
     - ``owns(frame)`` (the shell's) says whether a statement typed at the
       shell is what runs: SIGINT then raises KeyboardInterrupt into it, at
-      once, whether it awaits or not.
+      once, whether it awaits or not (a few milliseconds later if pybeam's
+      own code is running for it then, see :func:`in_runtime`).
     - Otherwise, on a loop that runs, the signal's action runs on the loop
       (``on_sigint``: the shell's interrupt, or stopping the node;
       SIGTERM always stops it).
@@ -164,6 +183,11 @@ class Signals:
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if signum == signal.SIGINT and self.owns is not None and self.owns(frame):
+            if in_runtime(frame, "<console>"):
+                # In pybeam's own code, called by the statement: ask again in
+                # a moment, when the statement's code is likelier to run.
+                threading.Timer(0.005, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+                return
             raise KeyboardInterrupt
         held = self.beat.held_for()
         if held < self.stalled:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pybeam
 
-from .interrupt import Beat, on_stack, raise_in_thread
+from .interrupt import Beat, in_runtime, on_stack, raise_in_thread
 from .kernel import demonitor, monitor, receive, send, spawn
 from .kernel import self as _self
 from .terms import Pid
@@ -239,9 +239,10 @@ def _watch() -> None:
             if held < st.limit or now - st.raised_at < st.limit:
                 continue
             namespace = st.namespace
+            frame = frames.get(st.thread)
             if on_stack(
-                frames.get(st.thread),
+                frame,
                 lambda f: f.f_code.co_filename == "<remsh>" and f.f_globals is namespace,  # noqa: B023
-            ):
+            ) and not in_runtime(frame, "<remsh>"):  # else: at the next look
                 st.raised_at, st.held = now, held
                 raise_in_thread(st.thread, KeyboardInterrupt)
