@@ -6,8 +6,10 @@ stopped by SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -262,3 +264,158 @@ async def test_a_second_stop_waits_for_the_first() -> None:
     assert terminations(EVENTS) == ["two_c", "two_stuck", "two_a"]
     assert node.processes() == []
     await first
+
+
+class Halter(GenServer):
+    """Stops its own node from inside an application's tree (as an admin
+    command handled by a server would), trapping exits so that its terminate runs."""
+
+    def init(self, arg: None) -> Any:
+        pybeam.trap_exit(True)
+        return arg
+
+    async def handle_cast(self, request: Any, state: None) -> Any:
+        EVENTS.append("halting")
+        await pybeam.current_node().stop()
+        EVENTS.append("stop returned")
+        return ("noreply", state)
+
+    async def terminate(self, reason: Any, state: None) -> None:
+        EVENTS.append(f"terminate halter {reason}")
+
+
+async def start_halting() -> Pid:
+    # An unbounded shutdown time: a stop that waited for the halter to finish
+    # its handle_cast would wait for ever.
+    return await supervisor.start_link(
+        [recorder("h_a"), Halter.child_spec(None, name="halter", shutdown="infinity"), recorder("h_c")]
+    )
+
+
+async def test_node_stop_from_inside_an_applications_tree_does_not_wait_for_its_caller() -> None:
+    node = pybeam.Node()
+    await node.start()
+    try:
+        await application.start(start_halting, node=node)
+        node.send("halter", ("$gen_cast", "halt"))
+        # As init:stop/0: the call returns at once, the node stops in the
+        # background, the caller's tree is stopped in order, the caller with it.
+        await eventually(lambda: not node.running and node.processes() == [], timeout=20)
+    finally:
+        # Bounded: before the fix this stop (a second one) waited for the first, for ever.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(node.stop(), 10)
+    assert EVENTS[:2] == ["halting", "stop returned"]
+    assert EVENTS[2:] == ["terminate h_c shutdown", "terminate halter shutdown", "terminate h_a shutdown"]
+
+
+async def test_a_permanent_applications_exit_stops_the_node(caplog: pytest.LogCaptureFixture) -> None:
+    node = pybeam.Node()
+    await node.start()
+    try:
+        await application.start(start_two, node=node)  # temporary: stopped by the node's stop, in order
+        top = await application.start(start_one, node=node, type="permanent")
+        with caplog.at_level(logging.ERROR, logger="pybeam"):
+            node.exit(top, top, "kill")  # the tree dies on its own
+            await eventually(lambda: not node.running and node.processes() == [], timeout=20)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(node.stop(), 10)
+    cause = application.stopped_by(node)
+    assert cause is not None and cause[0] == "application_terminated" and cause[2] == "killed"
+    assert cause[1].endswith("start_one")
+    assert "(type: permanent): stopping the node" in caplog.text
+    # The other application was stopped as init:stop does: its tree from the top, last child first.
+    assert [e for e in EVENTS if e.startswith("terminate two")] == [
+        "terminate two_c shutdown",
+        "terminate two_stuck shutdown",
+        "terminate two_a shutdown",
+    ]
+
+
+async def _until_told() -> None:
+    reason = await pybeam.receive()
+    if reason != "normal":
+        raise pybeam.Exit(reason)
+
+
+def start_plain() -> Pid:
+    """A 'tree' that is one plain process, exiting with the reason it is sent."""
+    return pybeam.spawn(_until_told)
+
+
+async def test_a_transient_application_stops_the_node_only_if_it_exits_abnormally() -> None:
+    async with pybeam.Node() as node:
+        normal = await application.start(start_plain, node=node, type="transient")
+        pybeam.send(normal, "normal")
+        await eventually(lambda: application.which_applications(node) == [])
+        assert node.running and application.stopped_by(node) is None
+        top = await application.start(start_plain, node=node, type="transient")
+        pybeam.send(top, "boom")
+        await eventually(lambda: not node.running, timeout=20)
+        assert application.stopped_by(node) == ("application_terminated", f"{__name__}:start_plain", "boom")
+    with pytest.raises(ApplicationError, match="one of temporary, transient, permanent"):
+        await application.start(start_one, node=node, type="forever")  # type: ignore[arg-type]
+
+
+def test_run_raises_exit_when_a_permanent_application_stops_the_node() -> None:
+    async def main() -> str:
+        await application.start(start_one, type="temporary")
+        top = await application.start(start_plain, type="permanent")
+        pybeam.send(top, "boom")
+        await pybeam.receive(timeout=30)  # never comes: the node stops under main
+        return "not reached"
+
+    with pytest.raises(pybeam.Exit) as exc:
+        pybeam.run(main)
+    assert exc.value.reason == ("application_terminated", f"{__name__}:start_plain", "boom")
+    assert terminations(EVENTS) == ["one_b", "one_a"]  # the other application stopped in order
+
+
+CRASHER = """
+import pybeam
+from pybeam import supervisor
+
+
+async def _worker():
+    await pybeam.receive()
+
+
+async def start():
+    return await supervisor.start_link([supervisor.ChildSpec("w", (pybeam.spawn_link, (_worker,)))], name="top")
+
+
+def crash():
+    pybeam.exit(pybeam.whereis("top"), "kill")
+"""
+
+
+def test_pybeam_node_exits_1_when_a_permanent_application_exits(epmd_port: int, tmp_path: Any) -> None:
+    (tmp_path / "crasher.py").write_text(CRASHER)
+    env = dict(os.environ, PYBEAM_EPMD_PORT=str(epmd_port), PYBEAM_COOKIE="APPTEST")
+    argv = [sys.executable, "-m", "pybeam", "node", "--name", "perm@127.0.0.1", "--app", "crasher"]
+    node = subprocess.Popen(
+        [*argv, "--app-type", "permanent"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert node.stdout is not None
+        assert select.select([node.stdout], [], [], 30)[0], "the node did not come up"
+        assert node.stdout.readline().startswith("pybeam node perm@127.0.0.1 up")
+        subprocess.run(
+            [sys.executable, "-m", "pybeam", "rpc", "perm@127.0.0.1", "crasher:crash"],
+            env=env,
+            timeout=30,
+            check=False,
+        )
+        _, err = node.communicate(timeout=30)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.communicate()
+    assert node.returncode == 1, err
+    assert "pybeam node: node perm@127.0.0.1 stopped: application crasher:start exited: 'killed'" in err

@@ -13,8 +13,17 @@ calls the function and stays alive: a supervisor the function starts with
 node stops (``init:stop``), the applications stop in reverse start order: each
 master sends its top supervisor the exit signal ``shutdown`` (its parent's, so
 the supervisor stops its children last first, each within its ``shutdown``
-time) and waits for it to exit. An application whose top supervisor exits on
-its own is logged and gone (OTP's ``temporary`` type); the node goes on.
+time) and waits for it to exit.
+
+An application whose top supervisor exits on its own is handled by its type,
+as OTP's:
+
+- ``temporary`` (the default): logged, and gone; the node goes on;
+- ``permanent``: logged, and the node stops (``init:stop``, in the background:
+  the other applications in reverse order, then the rest); :func:`stopped_by`
+  then names the application and its reason, and ``pybeam node`` exits 1;
+- ``transient``: as ``temporary`` if it exited with reason ``normal``, else
+  as ``permanent``.
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ import asyncio
 import importlib
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from . import kernel
 from .errors import Exit, PybeamError
@@ -32,11 +42,17 @@ from .node import APPLICATION_STOP, Node, current_node
 from .pattern import ANY
 from .terms import Pid
 
-__all__ = ["ApplicationError", "parse", "start", "which_applications"]
+__all__ = ["TYPES", "AppType", "ApplicationError", "parse", "start", "stopped_by", "which_applications"]
 
 logger = logging.getLogger("pybeam")
 
 AppSpec = str | Callable[[], Any]
+AppType = Literal["temporary", "transient", "permanent"]
+#: The application types, as OTP's.
+TYPES: tuple[AppType, ...] = ("temporary", "transient", "permanent")
+
+# Nodes a permanent (or transient) application's exit stopped, with what stopped them.
+_stopped_by: weakref.WeakKeyDictionary[Node, tuple[str, str, Any]] = weakref.WeakKeyDictionary()
 
 
 class ApplicationError(PybeamError):
@@ -66,7 +82,7 @@ def _resolve(app: AppSpec) -> tuple[str, Callable[[], Any]]:
     return app if ":" in app else f"{app}:start", func
 
 
-async def _master(name: str, fn: Callable[[], Any], started: asyncio.Future[Pid]) -> None:
+async def _master(name: str, fn: Callable[[], Any], started: asyncio.Future[Pid], app_type: AppType) -> None:
     # The application master: the top supervisor's parent until the node stops.
     kernel.trap_exit(True)
     try:
@@ -98,21 +114,32 @@ async def _master(name: str, fn: Callable[[], Any], started: asyncio.Future[Pid]
             logger.info("application %s stopped", name)
             return
         if type(msg) is tuple and len(msg) == 3 and msg[0] == "EXIT" and msg[1] == top:
-            logger.warning("application %s exited: %r (type: temporary)", name, msg[2])
+            reason = msg[2]
+            if app_type == "temporary" or (app_type == "transient" and reason == "normal"):
+                logger.warning("application %s exited: %r (type: %s)", name, reason, app_type)
+                return
+            logger.error("application %s exited: %r (type: %s): stopping the node", name, reason, app_type)
+            node = current_node()
+            _stopped_by.setdefault(node, ("application_terminated", name, reason))
+            await node.stop()  # from a process: it stops in the background, this master with it
             return
 
 
-async def start(app: AppSpec, *, node: Node | None = None) -> Pid:
+async def start(app: AppSpec, *, node: Node | None = None, type: AppType = "temporary") -> Pid:
     """Start application ``app`` (``"mod[:fn]"`` or a function) on ``node`` (default:
     the current one); returns its top supervisor's pid.
 
+    ``type`` (``temporary``, ``transient`` or ``permanent``, as OTP's) says
+    what its top supervisor exiting on its own does: see the module's doc.
     Raises :class:`ApplicationError` if the function raises or does not return
     a pid. The node stops it, after the applications started later, when it stops.
     """
+    if type not in TYPES:
+        raise ApplicationError(f"an application's type is one of {', '.join(TYPES)}, got {type!r}")
     target = node if node is not None else current_node()
     name, fn = _resolve(app)
     started: asyncio.Future[Pid] = asyncio.get_running_loop().create_future()
-    pid, _ = target.spawn(_master, (name, fn, started))
+    pid, _ = target.spawn(_master, (name, fn, started, type))
     target.add_application(name, pid)
     proc = target.process(pid)
     task = proc.task if proc is not None else None
@@ -132,3 +159,9 @@ def which_applications(node: Node | None = None) -> list[str]:
     """The running applications of ``node``, in start order."""
     target = node if node is not None else current_node()
     return target.applications()
+
+
+def stopped_by(node: Node | None = None) -> tuple[str, str, Any] | None:
+    """``("application_terminated", name, reason)`` if a permanent (or
+    transient) application's exit stopped ``node`` (default: the current one), else None."""
+    return _stopped_by.get(node if node is not None else current_node())

@@ -11,6 +11,8 @@
     A running node's processes, as a table or JSON (like observer's process tab).
 ``pybeam remsh NODE``
     A shell whose statements run in a shell process of a running node.
+``pybeam top NODE``
+    A refreshing table of a running node's processes and connections (drawn with rich).
 ``pybeam names``
     The nodes registered with this host's port mapper (like ``epmd -names``).
 ``pybeam epmd``
@@ -28,6 +30,7 @@ import asyncio
 import code
 import concurrent.futures
 import contextlib
+import contextvars
 import inspect
 import logging
 import math
@@ -41,7 +44,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, application, net, rpc
+from . import __version__, application, interrupt, net, remsh, rpc, top
 from .distribution import epmd
 from .distribution.cookie import CookieError
 from .distribution.net_kernel import function_name
@@ -110,6 +113,7 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 async def _serve_node(node: Node, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signals: interrupt.Signals | None = None
     # The context manager's two halves by hand rather than `async with`, so
     # that an error while starting is told apart from one while running.
     try:
@@ -123,15 +127,19 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
                 return _error("node", f"cannot connect to {peer}: {why}")
         for app in args.app:
             try:
-                await application.start(app, node=entered)
+                await application.start(app, node=entered, type=args.app_type)
             except application.ApplicationError as e:
                 return _error("node", str(e))
         shell: _Shell | None = None
         if args.shell:
             shell = _Shell(entered, loop, stop)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            handler = shell.interrupt if shell is not None and sig == signal.SIGINT else stop.set
-            loop.add_signal_handler(sig, handler)
+        signals = interrupt.Signals(
+            loop,
+            stop.set,
+            on_sigint=shell.interrupt if shell is not None else None,
+            owns=shell.owns if shell is not None else None,
+        )
+        signals.install()
         dist = entered.dist
         port = getattr(dist, "port", 0)
         print(f"{_PROG} node {entered.name} up (port {port})", flush=True)
@@ -139,13 +147,26 @@ async def _serve_node(node: Node, args: argparse.Namespace) -> int:
             shell.start()  # it reads stdin, and EOF on it stops the node, as --exit-on-stdin-close would
         elif args.exit_on_stdin_close:
             threading.Thread(target=_watch_stdin, args=(loop, stop), name="pybeam-stdin", daemon=True).start()
-        await stop.wait()
+        # Until told to stop, or until the node stops by itself (a process
+        # called Node.stop, a permanent application exited).
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(entered.wait_stopped())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        cause = application.stopped_by(entered)
+        if cause is not None:
+            _, app, reason = cause
+            return _error("node", f"node {entered.name} stopped: application {app} exited: {reason!r}")
         return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        await node.__aexit__(None, None, None)
+        try:
+            # Still heard while stopping: a terminate that never awaits is a held loop too.
+            await node.__aexit__(None, None, None)
+        finally:
+            if signals is not None:
+                signals.uninstall()
 
 
 # -- the shell -------------------------------------------------------------------------
@@ -230,6 +251,18 @@ class _Shell:
             self._spawn()
         assert self.jobs is not None
         self.jobs.put_nowait((code_obj, future))
+
+    def owns(self, frame: types.FrameType | None) -> bool:
+        """Whether ``frame`` (where the main thread is) is a statement typed
+        at this shell, running now: the shell process's code, or the task
+        running its awaiting statement, with the typed code on the stack.
+        A Ctrl-C then raises KeyboardInterrupt right there, so that a statement
+        that never awaits is interrupted too (the loop cannot run a callback)."""
+        task = asyncio.current_task(self.loop)
+        proc = self.proc
+        if task is None or not (task is self.running or (proc is not None and task is proc.task)):
+            return False
+        return interrupt.on_stack(frame, lambda f: f.f_code.co_filename == "<console>")
 
     def interrupt(self) -> None:
         """SIGINT: cancel the running statement (the node goes on)."""
@@ -495,13 +528,88 @@ async def _processes_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pybeam top -----------------------------------------------------------------------------
+
+
+async def _top_main(args: argparse.Namespace) -> int:
+    status, snapshot = await _call_remote("top", args, "pybeam.observer:snapshot")
+    if status:
+        return status
+    out = top.console()
+    if args.once:
+        out.print(top.render(top.Frame(snapshot, sort=args.sort, reverse=args.reverse, limit=args.limit)))
+        return 0
+    # A second, long-lived connection for the refreshes (the check above used its own node).
+    target, host, _ = parse_address(args.node, "target node")
+    node = Node(
+        f"top_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
+    )
+    loop = asyncio.get_running_loop()
+    quit_ = asyncio.Event()
+    wake = asyncio.Event()
+    frame = top.Frame(
+        snapshot, sort=args.sort, reverse=args.reverse, interval=args.interval, limit=args.limit
+    )
+
+    def on_key(key: str) -> None:  # on the loop's thread
+        if key in "qQ":
+            quit_.set()
+            return
+        if key in "<>":
+            frame.sort = top.next_sort(frame.sort, 1 if key == ">" else -1)
+        elif key in "rR":
+            frame.reverse = not frame.reverse
+        else:
+            return
+        wake.set()
+
+    from rich.live import Live
+
+    async with node:
+        if not await net.connect(args.node):
+            return _error("top", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
+        loop.add_signal_handler(signal.SIGINT, quit_.set)
+        try:
+            keys = top.Keys(lambda key: loop.call_soon_threadsafe(on_key, key))
+            with keys.reading(), Live(top.render(frame), console=out, auto_refresh=False) as live:
+                while not quit_.is_set():
+                    waits = [asyncio.ensure_future(e.wait()) for e in (quit_, wake)]
+                    await asyncio.wait(waits, timeout=args.interval, return_when=asyncio.FIRST_COMPLETED)
+                    for w in waits:
+                        w.cancel()
+                    if quit_.is_set():
+                        break
+                    if wake.is_set():  # a key: redraw the frame we have, sorted anew
+                        wake.clear()
+                    else:
+                        try:
+                            snapshot = await rpc.call(
+                                target, "pybeam.observer:snapshot", timeout=args.timeout
+                            )
+                        except (NodeDown, PybeamError) as e:
+                            live.stop()
+                            return _error("top", f"node {target}: {e}")
+                        frame = top.Frame(
+                            snapshot,
+                            previous=frame.reductions,
+                            sort=frame.sort,
+                            reverse=frame.reverse,
+                            interval=args.interval,
+                            limit=args.limit,
+                        )
+                    live.update(top.render(frame), refresh=True)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+    return 0
+
+
 # -- pybeam remsh ---------------------------------------------------------------------------
 
 
 class _RemoteConsole(code.InteractiveConsole):
     """A console whose complete statements run in a session process of a remote node."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, client: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, client: Any, stall_limit: float) -> None:
         super().__init__(filename="<remsh>")
         self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         self.loop = loop
@@ -509,11 +617,19 @@ class _RemoteConsole(code.InteractiveConsole):
         self.session: Any = None
         self.key = secrets.token_hex(8)
         self.client = client
+        self.stall_limit = stall_limit
         self.reader = None if sys.stdin.isatty() else _FdLineReader(0)
+        #: The statement running on the node (set on the console's thread, read on the loop's).
+        self.running: concurrent.futures.Future[Any] | None = None
 
     def call(self, function: str, *args: Any) -> Any:
         coro = rpc.call(self.target, function, *args, timeout=None)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.running = future
+        try:
+            return future.result()
+        finally:
+            self.running = None
 
     def raw_input(self, prompt: str = "") -> str:
         if self.reader is None:
@@ -534,7 +650,7 @@ class _RemoteConsole(code.InteractiveConsole):
             return False
         try:
             if self.session is None:
-                self.session = self.call("pybeam.remsh:open_session", self.key, self.client)
+                self.session = self.call("pybeam.remsh:open_session", self.key, self.client, self.stall_limit)
             output = self.call("pybeam.remsh:evaluate", self.session, source)
         except rpc.RemoteError as e:
             if e.kind != "pybeam.remsh.SessionEnded":
@@ -546,8 +662,71 @@ class _RemoteConsole(code.InteractiveConsole):
         return False
 
 
+class _RemoteInterrupts:
+    """Ctrl-C in ``pybeam remsh`` (on the loop's thread): interrupt the statement
+    running on the node, over the distribution.
+
+    A node whose loop a statement holds cannot read the interrupt: its own
+    watchdog interrupts such a statement after the stall limit. If the node
+    has not answered within a second, the user is told; a second Ctrl-C
+    meanwhile leaves the remote shell.
+    """
+
+    def __init__(self, node: Node, console: _RemoteConsole, leave: asyncio.Future[str]) -> None:
+        self.node = node
+        self.console = console
+        self.leave = leave
+        self.pending: concurrent.futures.Future[Any] | None = None  # the statement interrupted
+
+    def __call__(self) -> None:
+        running = self.console.running
+        if running is None or running.done():
+            sys.stderr.write("\n(KeyboardInterrupt: Ctrl-D leaves the remote shell)\n")
+            sys.stderr.flush()
+            return
+        if self.pending is running:
+            if not self.leave.done():
+                self.leave.set_result(f"left while a statement still holds node {self.console.target}")
+            return
+        self.pending = running
+        # From a short-lived process of ours: a cast is sent by a process.
+        self.node.spawn(rpc.cast, (self.console.target, "pybeam.remsh:interrupt", self.console.key))
+        self.console.loop.call_later(1.0, self._unanswered, running)
+
+    def _unanswered(self, running: concurrent.futures.Future[Any]) -> None:
+        if running.done():
+            return
+        sys.stderr.write(
+            f"\npybeam remsh: node {self.console.target} does not answer: a statement that never awaits "
+            f"holds its event loop; it is interrupted when it has held it for {self.console.stall_limit:g}s "
+            "(--stall-limit). Ctrl-C again leaves the remote shell.\n"
+        )
+        sys.stderr.flush()
+
+
 async def _wait_forever() -> None:
     await asyncio.Event().wait()
+
+
+def _interact(console: _RemoteConsole, banner: str, done: asyncio.Future[str]) -> None:
+    # The console's thread: a daemon, so that leaving does not wait for a
+    # statement the node never answers.
+    error = ""
+    try:
+        console.interact(banner, "")
+    except SystemExit:
+        pass  # exit() leaves, as Ctrl-D does
+    except (NodeDown, PybeamError) as e:
+        error = str(e)
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(error)
+
+    with contextlib.suppress(RuntimeError):  # the loop has already stopped
+        console.loop.call_soon_threadsafe(finish)
 
 
 async def _remsh_main(args: argparse.Namespace) -> int:
@@ -559,21 +738,31 @@ async def _remsh_main(args: argparse.Namespace) -> int:
     node = Node(
         f"remsh_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
     )
+    loop = asyncio.get_running_loop()
     async with node:
         if not await net.connect(args.node):
             return _error("remsh", f"node {target} cannot be reached: {net.connect_failure(args.node)}")
         # A process of ours for the session to monitor: if this command is
         # killed, the connection drops and the session ends on its own.
         client, _ = node.spawn(_wait_forever)
-        console = _RemoteConsole(asyncio.get_running_loop(), target, client)
+        console = _RemoteConsole(loop, target, client, args.stall_limit)
         banner = f"pybeam remsh on node {target}\nTop-level await works; `pybeam` and `asyncio` are imported."
+        done: asyncio.Future[str] = loop.create_future()
+        loop.add_signal_handler(signal.SIGINT, _RemoteInterrupts(node, console, done))
+        # In a copy of this context, as asyncio.to_thread would: the rpc calls
+        # it makes are this node's.
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run, args=(_interact, console, banner, done), name="pybeam-remsh", daemon=True
+        ).start()
         try:
-            await asyncio.to_thread(console.interact, banner, "")
-        except (NodeDown, PybeamError) as e:
-            return _error("remsh", str(e))
+            error = await done
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
             with contextlib.suppress(Exception):
                 await rpc.call(target, "pybeam.remsh:close_session", console.key, console.session, timeout=2)
+        if error:
+            return _error("remsh", error)
     return 0
 
 
@@ -665,6 +854,13 @@ def _parser() -> argparse.ArgumentParser:
         help="start an application at boot: MOD.FN() (default FN: start) returns its top supervisor's "
         "pid; repeatable, started in order and stopped in reverse order when the node stops",
     )
+    node.add_argument(
+        "--app-type",
+        choices=application.TYPES,
+        default="temporary",
+        help="what an --app whose top supervisor exits does: temporary (default: logged, the node goes "
+        "on), permanent (the node stops, exit status 1), transient (permanent unless it exited normally)",
+    )
     node.add_argument("--shell", action="store_true", help="an interactive asyncio shell inside the node")
     node.add_argument(
         "--exit-on-stdin-close",
@@ -697,14 +893,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     _client_options(procs, "seconds (default 5)")
 
-    remsh = sub.add_parser(
+    remote = sub.add_parser(
         "remsh",
         help="a shell whose statements run on a running node",
         description="A shell connected to NODE (like iex --remsh): each statement runs in a "
         "shell process of NODE, over the distribution.",
     )
-    remsh.add_argument("node", metavar="NODE")
-    _client_options(remsh, "seconds to connect")
+    remote.add_argument("node", metavar="NODE")
+    remote.add_argument(
+        "--stall-limit",
+        type=_positive,
+        default=remsh.DEFAULT_STALL_LIMIT,
+        metavar="S",
+        help="seconds a statement may hold NODE's event loop without awaiting before NODE interrupts it "
+        "(default 5)",
+    )
+    _client_options(remote, "seconds to connect")
+
+    top_ = sub.add_parser(
+        "top",
+        help="a refreshing table of a running node's processes",
+        description="Observer's process tab in the terminal: NODE's processes (pid, name, initial "
+        "call, status, mailbox length, memory estimate, links, monitors, reductions and activity "
+        "since the last refresh) and its connections, refreshed every --interval seconds. "
+        "Keys: < and > (or the arrow keys) change the sort column, r reverses it, q quits.",
+    )
+    top_.add_argument("node", metavar="NODE")
+    top_.add_argument("--once", action="store_true", help="print one frame and exit (for pipes and scripts)")
+    top_.add_argument("--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)")
+    top_.add_argument(
+        "--sort",
+        choices=top.SORT_KEYS,
+        default="activity",
+        help="the column to sort by (default activity: reductions since the last refresh)",
+    )
+    top_.add_argument("--reverse", action="store_true", help="reverse the sort order")
+    top_.add_argument("--limit", type=int, default=None, metavar="N", help="show at most N processes")
+    _client_options(top_, "seconds to wait for each refresh (default 5)")
 
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
     names.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
@@ -741,7 +966,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_processes_main(args))
     if args.command == "remsh":
         return _run(_remsh_main(args))
-    return _run(_serve_node_checked(args))
+    if args.command == "top":
+        return _run(_top_main(args))
+    try:
+        return _run(_serve_node_checked(args))
+    except KeyboardInterrupt:
+        # A second Ctrl-C on a held loop, raised into code of no process: out of the loop.
+        return _error("node", "interrupted while its event loop was held")
 
 
 async def _serve_node_checked(args: argparse.Namespace) -> int:

@@ -222,6 +222,10 @@ class Node:
         #: The kernel's master process (see :mod:`pybeam.kernel_sup`), once started.
         self.kernel: Pid | None = None
         self._stopping: asyncio.Future[None] | None = None
+        #: A stop started from a process of this node, running in the background.
+        self._stopper: asyncio.Task[None] | None = None
+        #: Done when the node has stopped (see :meth:`wait_stopped`).
+        self._stopped: asyncio.Future[None] | None = None
         self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
 
     def __repr__(self) -> str:
@@ -232,6 +236,7 @@ class Node:
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.running = True
+        self._stopped = loop.create_future()
 
     async def start(self) -> Node:
         """Start the node on the running event loop (and its distribution)."""
@@ -252,8 +257,27 @@ class Node:
         """Stop the node as ``init:stop`` does: its applications in reverse
         start order (each supervision tree from the top, within its shutdown
         times), then the kernel's (global, pg), then every remaining process
-        (reason ``shutdown``), then the distribution. ``timeout`` bounds the wait for the remaining processes."""
+        (reason ``shutdown``), then the distribution. ``timeout`` bounds the
+        wait for the remaining processes.
+
+        Called from a process of this node (other than a task adopted as one,
+        such as a script's main), it returns at once and the node stops in the
+        background, as ``init:stop/0`` does: the caller is among the processes
+        the stop ends, and waiting for them would wait for itself (a caller in
+        an application's tree for its whole shutdown time). :meth:`wait_stopped`
+        waits for the end.
+        """
         if not self.running:
+            return
+        caller = _current.get()
+        if caller is not None and caller.node is self and not caller.adopted:
+            if self._stopper is None and self._stopping is None:
+                assert self.loop is not None
+                # A fresh context: the stop is no process's, and not the caller's.
+                stopper = self._stopper = self.loop.create_task(
+                    self.stop(timeout), name=f"pybeam-stop-{self.name}", context=contextvars.Context()
+                )
+                stopper.add_done_callback(self._stopper_done)
             return
         if self._stopping is not None:
             # A second stop (a second SIGTERM, say) waits for the first.
@@ -268,6 +292,21 @@ class Node:
             finally:
                 self._stopping = None
                 stopping.set_result(None)
+                if self._stopped is not None and not self._stopped.done():
+                    self._stopped.set_result(None)
+
+    def _stopper_done(self, task: asyncio.Task[None]) -> None:
+        self._stopper = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("node %s: stopping failed", self.name, exc_info=task.exception())
+
+    async def wait_stopped(self) -> None:
+        """Wait until the node has stopped, whoever stopped it (a signal, a
+        process calling :meth:`stop`, a permanent application's exit). At once
+        if it has stopped, or never started."""
+        stopped = self._stopped
+        if stopped is not None:  # None: never started
+            await asyncio.shield(stopped)
 
     def add_application(self, name: str, master: Pid) -> None:
         """Record a started application's master, for :meth:`stop`."""

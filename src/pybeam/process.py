@@ -63,6 +63,7 @@ class Process(Mailbox):
         "node",
         "pid",
         "reason",
+        "reductions",
         "task",
         "trap_exit",
     )
@@ -89,6 +90,9 @@ class Process(Mailbox):
         #: True for a task that became a process by calling self() (a script's
         #: main, a test): its task is not ours to run or to end.
         self.adopted = adopted
+        #: Times the event loop resumed the process's code (a step of its
+        #: task): the closest thing to BEAM's reductions, for ``pybeam top``.
+        self.reductions = 0
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else f"exited {self.reason!r}"
@@ -234,6 +238,7 @@ class _Guard(Coroutine[Any, Any, Any]):
     # a Python call to every step of every process.
 
     def send(self, value: Any) -> Any:
+        self._proc.reductions += 1
         try:
             return self._coro.send(value)
         except StopIteration:
@@ -250,6 +255,7 @@ class _Guard(Coroutine[Any, Any, Any]):
             raise
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._proc.reductions += 1
         try:
             if val is None and tb is None:
                 return self._coro.throw(typ)

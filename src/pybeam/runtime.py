@@ -41,17 +41,39 @@ def run(
     Ctrl-C cancels it) the node stops as ``init:stop`` does: the applications
     in reverse order, each supervision tree from the top, then every process
     still running. If ``main``'s process is killed (an exit signal through a
-    link, say), this raises :class:`~pybeam.Exit` with its exit reason.
+    link, say), this raises :class:`~pybeam.Exit` with its exit reason; if a
+    permanent application's exit stops the node, ``Exit(("application_terminated",
+    name, reason))``.
     """
 
     async def _main() -> T:
         async with node if node is not None else Node() as running:
             for app in apps:
                 await application.start(app, node=running)
-            return await _as_process(main(*args))
+            # A permanent application's exit stops the node: main ends too,
+            # as the runtime halts.
+            me = asyncio.current_task()
+            assert me is not None
+            watcher = asyncio.ensure_future(_cancel_when_stopped(running, me))
+            try:
+                return await _as_process(main(*args))
+            except (asyncio.CancelledError, Exit):
+                cause = application.stopped_by(running)
+                if not watcher.done() or cause is None:
+                    raise
+                me.uncancel()
+                raise Exit(cause) from None
+            finally:
+                watcher.cancel()
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_main())
+
+
+async def _cancel_when_stopped(node: Node, main: asyncio.Task[Any]) -> None:
+    await node.wait_stopped()
+    if application.stopped_by(node) is not None:
+        main.cancel()
 
 
 async def _as_process(coro: Coroutine[Any, Any, T]) -> T:
