@@ -44,9 +44,9 @@ from typing import Any
 from . import __version__, application, net, rpc
 from .distribution import epmd
 from .distribution.cookie import CookieError
-from .distribution.net_kernel import function_name
 from .distribution.tls import TLSOptions
 from .errors import Exit, NodeDown, PybeamError
+from .functions import function_name
 from .node import Node
 from .nodename import parse_address
 from .process import Process
