@@ -163,7 +163,7 @@ class TransitionError(RuntimeError):
     """An event that cannot happen in the peer's state (a bug in the caller)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Peer:
     """The record of one peer node: its connection's state and what crosses it.
 
