@@ -40,7 +40,7 @@ from ..functions import function_name, resolve_function
 from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..nodename import check_node_name, parse_address
-from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
+from ..terms import Crash, Pid, Ref
 from . import epmd, guard, handshake
 from .connection import (
     DEFAULT_BUSY_LIMIT,
@@ -48,7 +48,6 @@ from .connection import (
     DEFAULT_TICKTIME,
     Connection,
     Op,
-    ProtocolError,
     SystemLimit,
     encode_control,
 )
@@ -57,6 +56,7 @@ from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
 from .local import LocalNode
 from .peer import Action, Event, Peer, State
+from .signals import Signals, track
 from .tls import TLSOptions
 
 # function_name and resolve_function live in pybeam.functions; re-exported
@@ -170,7 +170,8 @@ class NetKernel:
         self._lost: set[str] = set()
         self._node_monitors: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._abandoned: set[Ref] = set()
+        #: Control messages from peers turned into local signals, and back.
+        self._signals = Signals(node, join_mesh=self._join_mesh)
         self._node_cookies: dict[str, str] = {}
         #: Incoming connections still in their handshake (not proven yet).
         cap = options.max_handshakes
@@ -603,33 +604,16 @@ class NetKernel:
         peer.acceptor = None
         peer.dialled = False
         peer.queue = []  # what it held is tracked: undone below
-        self._undo(peer)
+        self._signals.undo(peer)
         done, peer.done = peer.done, None
         if done is not None and not done.done():
             done.set_result(False)
 
     def _do_down(self, peer: Peer, why: str) -> None:
         logger.info("node %s: connection to %s down: %s", self.node.name, peer.name, why)
-        self._undo(peer)
+        self._signals.undo(peer)
         if not peer.hidden:
             self._notify_nodes(("nodedown", peer.name))
-
-    def _undo(self, peer: Peer) -> None:
-        """``noconnection`` for every link, monitor and spawn request that
-        crossed (or was queued for) the peer's connection; each once."""
-        node = self.node
-        links, monitors_out, monitors_in, spawns = peer.take_tracked()
-        for local, remote in links:
-            node.link_exit(remote, local, NOCONNECTION)
-        for ref, (watcher, item) in monitors_out.items():
-            node.deliver_down(watcher, ref, item, NOCONNECTION)
-        for ref, target in monitors_in.items():
-            node.remove_monitor(target, ref)
-        for ref, (requester, _) in spawns.items():
-            if ref in self._abandoned:
-                self._abandoned.discard(ref)
-            else:
-                node.deliver(requester, ("spawn_reply", ref, "error", NOCONNECTION))
 
     def _install(
         self,
@@ -648,7 +632,7 @@ class NetKernel:
                 info,
                 reader,
                 writer,
-                dispatch=functools.partial(self._dispatch, peer),
+                dispatch=functools.partial(self._signals.dispatch, peer),
                 on_closed=self._closed,
                 ticktime=self.options.ticktime,
                 max_frame=self.options.max_frame,
@@ -856,13 +840,13 @@ class NetKernel:
             peer = Peer(node)
             self._fire(peer, Event.WANTED)
         peer.queue.append(data)
-        _track(peer, control)
+        track(peer, control)
 
     def _route(self, peer: Peer, conn: Connection, control: tuple[Any, ...]) -> None:
         conn.send(control)
         if conn.busy:
             self.node.suspend_sender(conn.drain)
-        _track(peer, control)
+        track(peer, control)
 
     def send(self, to: Pid, msg: Any) -> None:
         peer = self._peers.get(to.node)
@@ -959,159 +943,13 @@ class NetKernel:
         reply is awaited for ``ref``."""
         awaited = any(ref in p.spawns for p in self._peers.values())
         if awaited:
-            self._abandoned.add(ref)
+            self._signals.abandoned.add(ref)
         return awaited
 
-    # -- incoming signals ---------------------------------------------------------
-
-    #: Signals a peer sent naming a target that is not on this node (dropped,
-    #: as BEAM drops them: forwarding would let a peer make this node reach
-    #: any other node, and no node sends such signals).
-    foreign_signals_dropped: int = 0
-
-    def _reply(self, peer: Peer, control: tuple[Any, ...]) -> None:
-        conn = peer.conn
-        if conn is not None:
-            conn.send(control)
-
-    def _dispatch(self, peer: Peer, control: tuple[Any, ...]) -> None:
-        node = self.node
-        here = node.name
-        match control:
-            case (Op.SEND, Pid() as to, msg):
-                if not node.deliver(to, msg) and to.node != here:
-                    self._foreign(peer, control, to)
-            case (Op.SEND_NAME, str() as name, msg):
-                node.deliver_named(name, msg)
-            case (Op.LINK | Op.UNLINK | Op.EXIT | Op.LINK_EXIT, _, Pid() as local, *_) if local.node != here:
-                self._foreign(peer, control, local)
-            case (Op.LINK, Pid() as remote, Pid() as local):
-                if node.link_remote(local, remote):
-                    peer.links.add((local, remote))
-                else:
-                    self._reply(peer, (Op.LINK_EXIT, local, remote, NOPROC))
-            case (Op.UNLINK, Pid() as remote, Pid() as local):
-                peer.links.discard((local, remote))
-                node.unlink_remote(local, remote)
-            case (Op.EXIT, Pid() as remote, Pid() as local, reason):
-                node.exit(remote, local, reason)
-            case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
-                peer.links.discard((local, remote))
-                node.link_exit(remote, local, reason)
-            case (Op.MONITOR | Op.DEMONITOR, Pid(), Pid() as target, Ref()) if target.node != here:
-                self._foreign(peer, control, target)
-            case (Op.MONITOR | Op.DEMONITOR, Pid(), (str(), str() as at) as target, Ref()) if at != here:
-                self._foreign(peer, control, target)
-            case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
-                self._incoming_monitor(peer, watcher, target, ref)
-            case (Op.DEMONITOR, Pid(), _, Ref() as ref):
-                local = peer.monitors_in.pop(ref, None)
-                if local is not None:
-                    node.remove_monitor(local, ref)
-            case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
-                self._foreign(peer, control, watcher)
-            case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
-                peer.monitors_out.pop(ref, None)
-                node.deliver_down(watcher, ref, item, reason)
-            case (
-                Op.SPAWN_REQUEST,
-                Ref() as ref,
-                Pid() as requester,
-                str() as fn,
-                tuple() as args,
-                dict() as opts,
-            ):
-                self._incoming_spawn(peer, ref, requester, fn, args, opts)
-            case (Op.SPAWN_REPLY, Ref(), Pid() as requester, _) if requester.node != here:
-                self._foreign(peer, control, requester)
-            case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
-                self._spawn_reply(peer, ref, requester, result)
-            case (Op.NODES, list() as addresses):
-                for address in addresses:
-                    if type(address) is str:
-                        self._join_mesh(address)
-            case _:
-                raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
-
-    def _foreign(self, peer: Peer, control: tuple[Any, ...], target: Any) -> None:
-        """Drop a signal whose target is not on this node, and count it."""
-        n = self.foreign_signals_dropped = self.foreign_signals_dropped + 1
-        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a bounded log however many come
-            logger.debug(
-                "node %s: dropped a signal (op %s) from %s for %s, not a pid of this node (%d so far)",
-                self.node.name,
-                short(control[0]),
-                peer.name,
-                short(target),
-                n,
-            )
-
-    def _incoming_monitor(self, peer: Peer, watcher: Pid, target: Any, ref: Ref) -> None:
-        if isinstance(target, Pid):
-            local = self.node.add_monitor(target, watcher, ref, target)
-        elif type(target) is tuple and len(target) == 2 and type(target[0]) is str:
-            local = self.node.add_monitor(target[0], watcher, ref, target)
-        else:
-            raise ProtocolError(f"bad monitor target {target!r:.100}")
-        if local is None:
-            self._reply(peer, (Op.DOWN, watcher, ref, target, NOPROC))
-        else:
-            peer.monitors_in[ref] = local
-
-    def _incoming_spawn(
-        self,
-        peer: Peer,
-        ref: Ref,
-        requester: Pid,
-        fn_name: str,
-        args: tuple[Any, ...],
-        opts: dict[str, Any],
-    ) -> None:
-        try:
-            fn = resolve_function(fn_name)
-        except Exception as e:
-            # Bounded: the name is the peer's, as large as a frame.
-            why = f"cannot spawn {short(fn_name)}: {short(e)}"
-            logger.warning("node %s %s for %r", self.node.name, why, requester)
-            if opts.get("reply", True):
-                self._reply(peer, (Op.SPAWN_REPLY, ref, requester, ("error", why)))
-            return
-        node = self.node
-        pid = node.spawn_function(fn, args)
-        if not opts.get("reply", True):
-            return  # a cast: nobody waits for the pid, nothing is linked or monitored
-        self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
-        if opts.get("link") and node.link_remote(pid, requester):
-            peer.links.add((pid, requester))
-        if opts.get("monitor") and node.add_monitor(pid, requester, ref, pid) is not None:
-            peer.monitors_in[ref] = pid
-
-    def _spawn_reply(self, peer: Peer, ref: Ref, requester: Pid, result: Any) -> None:
-        entry = peer.spawns.pop(ref, None)
-        if entry is None:
-            return
-        if ref in self._abandoned:
-            self._abandoned.discard(ref)
-            if isinstance(result, Pid):
-                self._reply(peer, (Op.EXIT, requester, result, "kill"))
-            return
-        node = self.node
-        opts = entry[1]
-        if not isinstance(result, Pid):
-            why = result[1] if type(result) is tuple else result
-            node.deliver(requester, ("spawn_reply", ref, "error", why))
-            return
-        if opts.get("link"):
-            if node.link_remote(requester, result):
-                peer.links.add((requester, result))
-            else:
-                self._reply(peer, (Op.LINK_EXIT, requester, result, NOPROC))
-        if opts.get("monitor"):
-            if node.watch_remote(requester, ref, result):
-                peer.monitors_out[ref] = (requester, result)
-            else:
-                self._reply(peer, (Op.DEMONITOR, requester, result, ref))
-        node.deliver(requester, ("spawn_reply", ref, "ok", result))
+    @property
+    def foreign_signals_dropped(self) -> int:
+        """Signals peers sent naming a target not on this node (dropped)."""
+        return self._signals.foreign_dropped
 
     def _join_mesh(self, address: str) -> None:
         try:
@@ -1153,26 +991,6 @@ async def _listening_socket(host: str, port: int) -> socket.socket:
     sock = socket.create_server(address[:2], family=family, backlog=128)
     sock.setblocking(False)
     return sock
-
-
-def _track(peer: Peer, control: tuple[Any, ...]) -> None:
-    """Record in ``peer`` what an outgoing signal makes cross its connection
-    (or undoes): what must be undone if the connection goes down."""
-    match control:
-        case (Op.SEND | Op.SEND_NAME, *_):
-            pass
-        case (Op.LINK, local, remote):
-            peer.links.add((local, remote))
-        case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
-            peer.links.discard((local, remote))
-        case (Op.MONITOR, watcher, target, ref):
-            peer.monitors_out[ref] = (watcher, target)
-        case (Op.DEMONITOR, _, _, ref):
-            peer.monitors_out.pop(ref, None)
-        case (Op.DOWN, _, ref, _, _):
-            peer.monitors_in.pop(ref, None)
-        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
-            peer.spawns[ref] = (requester, opts)
 
 
 def _background(coro: Any) -> asyncio.Task[Any]:
