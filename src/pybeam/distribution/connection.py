@@ -140,14 +140,15 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + struct.pack(">I", n)
 
 
-Dispatch = Callable[[tuple[Any, ...]], None]
+Dispatch = Callable[[Any, tuple[Any, ...]], None]
 Closed = Callable[["Connection", str], None]
 
 
 class Connection:
     """A live connection to ``peer``: batching, ticks, backpressure, reading.
 
-    ``dispatch(control)`` gets every control message read; ``on_closed(conn,
+    ``dispatch(owner, control)`` gets every control message read (``owner``:
+    whatever the caller gave, the net kernel's record of the peer); ``on_closed(conn,
     reason)`` is called once when the connection closes, whatever closed it.
     """
 
@@ -158,6 +159,7 @@ class Connection:
         writer: asyncio.StreamWriter,
         *,
         dispatch: Dispatch,
+        owner: Any = None,
         on_closed: Closed,
         ticktime: float = DEFAULT_TICKTIME,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -184,6 +186,7 @@ class Connection:
         writer.transport.set_write_buffer_limits(high=high, low=high // 2)
         self._frames = FrameWriter(writer, max_size=max_frame)
         self._dispatch = dispatch
+        self._owner = owner
         self._on_closed: Closed | None = on_closed
         self._loop = asyncio.get_running_loop()
         # The batch: its first item is where the frame's header goes at flush.
@@ -313,6 +316,7 @@ class Connection:
     async def _read_loop(self) -> None:
         reader = FrameReader(self._reader, self.max_frame, allow_empty=True)
         dispatch = self._dispatch
+        owner = self._owner
         reason = "connection closed by peer"
         try:
             while True:
@@ -330,7 +334,7 @@ class Connection:
                     for control in batch:
                         if type(control) is not tuple or not control:
                             raise ProtocolError(f"malformed control message {control!r:.100}")
-                        dispatch(control)
+                        dispatch(owner, control)
                         if self.closed:
                             return
         except asyncio.CancelledError:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -632,7 +631,8 @@ class NetKernel:
                 info,
                 reader,
                 writer,
-                dispatch=functools.partial(self._signals.dispatch, peer),
+                dispatch=self._signals.dispatch,
+                owner=peer,
                 on_closed=self._closed,
                 ticktime=self.options.ticktime,
                 max_frame=self.options.max_frame,
