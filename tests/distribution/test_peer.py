@@ -163,6 +163,57 @@ def test_stopping_fails_every_pending_setup() -> None:
         assert state(peer) is S.IDLE
 
 
+#: The transitions as docs/distribution.md describes them, written out again:
+#: every one is taken below and must land where the documentation says.
+DOCUMENTED = [
+    (S.IDLE, E.WANTED, S.CONNECTING, (A.DIAL,)),
+    (S.IDLE, E.PROVEN_WE_WIN, S.ACCEPTING, (A.ACCEPT,)),
+    (S.IDLE, E.PROVEN_PEER_WINS, S.ACCEPTING, (A.ACCEPT,)),
+    (S.CONNECTING, E.WANTED, S.CONNECTING, ()),
+    (S.CONNECTING, E.PROVEN_WE_WIN, S.CONNECTING, (A.REFUSE,)),
+    (S.CONNECTING, E.PROVEN_PEER_WINS, S.ACCEPTING, (A.CANCEL_DIAL, A.ACCEPT)),
+    (S.CONNECTING, E.DIAL_UP, S.UP, (A.UP,)),
+    (S.CONNECTING, E.DIAL_LOST_RACE, S.AWAITING_PEER, (A.START_TIMER,)),
+    (S.CONNECTING, E.DIAL_FAILED, S.IDLE, (A.FAIL,)),
+    (S.CONNECTING, E.STOPPED, S.IDLE, (A.FAIL,)),
+    (S.AWAITING_PEER, E.WANTED, S.AWAITING_PEER, ()),
+    (S.AWAITING_PEER, E.PROVEN_WE_WIN, S.ACCEPTING, (A.CANCEL_TIMER, A.ACCEPT)),
+    (S.AWAITING_PEER, E.PROVEN_PEER_WINS, S.ACCEPTING, (A.CANCEL_TIMER, A.ACCEPT)),
+    (S.AWAITING_PEER, E.TIMEOUT, S.IDLE, (A.FAIL,)),
+    (S.AWAITING_PEER, E.STOPPED, S.IDLE, (A.FAIL,)),
+    (S.ACCEPTING, E.WANTED, S.ACCEPTING, ()),
+    (S.ACCEPTING, E.PROVEN_WE_WIN, S.ACCEPTING, (A.REFUSE,)),
+    (S.ACCEPTING, E.PROVEN_PEER_WINS, S.ACCEPTING, (A.REFUSE,)),
+    (S.ACCEPTING, E.ACCEPT_UP, S.UP, (A.UP,)),
+    (S.ACCEPTING, E.ACCEPT_FAILED, S.IDLE, (A.FAIL,)),
+    (S.ACCEPTING, E.ACCEPT_FAILED_REDIAL, S.CONNECTING, (A.DIAL,)),
+    (S.ACCEPTING, E.STOPPED, S.IDLE, (A.FAIL,)),
+    (S.UP, E.WANTED, S.UP, ()),
+    (S.UP, E.PROVEN_WE_WIN, S.UP_PENDING, (A.ACCEPT,)),
+    (S.UP, E.PROVEN_PEER_WINS, S.UP_PENDING, (A.ACCEPT,)),
+    (S.UP, E.CONN_LOST, S.IDLE, (A.DOWN,)),
+    (S.UP_PENDING, E.WANTED, S.UP_PENDING, ()),
+    (S.UP_PENDING, E.PROVEN_WE_WIN, S.UP_PENDING, (A.REFUSE,)),
+    (S.UP_PENDING, E.PROVEN_PEER_WINS, S.UP_PENDING, (A.REFUSE,)),
+    (S.UP_PENDING, E.ACCEPT_UP, S.UP, (A.CLOSE_OLD, A.DOWN, A.UP)),
+    (S.UP_PENDING, E.ACCEPT_FAILED, S.UP, ()),
+    (S.UP_PENDING, E.ACCEPT_FAILED_REDIAL, S.UP, ()),
+    (S.UP_PENDING, E.CONN_LOST, S.ACCEPTING, (A.DOWN,)),
+]
+
+
+@pytest.mark.parametrize(("start", "event", "end", "actions"), DOCUMENTED)
+def test_each_transition(start: State, event: Event, end: State, actions: tuple[Action, ...]) -> None:
+    peer = at(start)
+    assert peer.fire(event) == actions
+    assert state(peer) is end
+    assert peer.history == [(start, event, end)]
+
+
+def test_the_table_holds_the_documented_transitions_and_no_others() -> None:
+    assert {(s, e): (n, a) for s, e, n, a in DOCUMENTED} == TRANSITIONS
+
+
 def test_an_event_that_cannot_happen_is_an_error() -> None:
     for st in State:
         for event in Event:
