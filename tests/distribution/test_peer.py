@@ -461,3 +461,26 @@ async def test_a_message_queued_while_pending_is_encoded_once(
         assert await asyncio.wait_for(connecting, 10) is True
         await eventually(lambda: (Op.SEND, target, marker) in peer.received, 10, what="delivered")
         assert encodes == 1
+
+
+async def test_signals_queued_while_pending_keep_their_order(kernel: NetKernel) -> None:
+    """An unlink (or demonitor) after a link (or monitor) queued while
+    connecting waits behind it, as on a pending connection in BEAM, rather
+    than being dropped and leaving the peer linked."""
+    name = "ordered@127.0.0.1"
+    async with scripted(kernel, name) as peer:
+        target = Pid(name, 3, 1)
+        me = pybeam.self()
+        connecting = asyncio.ensure_future(pybeam.connect(f"{name}:{peer.port}"))
+        await eventually(lambda: peer.hellos == 1, 10, what="our dial reached the peer")
+        pybeam.link(target)
+        pybeam.unlink(target)
+        ref = pybeam.monitor(target)
+        pybeam.demonitor(ref)
+        record = kernel.peer(name)
+        assert record is not None and not record.links and not record.monitors_out
+        peer.release.set()
+        assert await asyncio.wait_for(connecting, 10) is True
+        await eventually(lambda: len(peer.received) >= 4, 10, what="all four sent")
+        assert [c[0] for c in peer.received[:4]] == [Op.LINK, Op.UNLINK, Op.MONITOR, Op.DEMONITOR]
+        assert peer.received[0] == (Op.LINK, me, target)

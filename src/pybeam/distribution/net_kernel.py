@@ -7,11 +7,13 @@ control messages and the peer's control messages back into local signals, and
 — when a connection goes down — gives every link across it the exit
 ``noconnection`` and every monitor across it a DOWN ``noconnection``.
 
-Signals that only make sense on a live connection (an unlink, a link's exit,
-a demonitor, a DOWN) are dropped when there is none: the other side has
-already seen ``noconnection``. Everything else (send, link, monitor, exit/2,
-spawn) connects first if needed; what was queued while connecting is dropped
-if connecting fails, with ``noconnection`` for links, monitors and spawns.
+Signals that only make sense on a connection (an unlink, a link's exit, a
+demonitor, a DOWN) are dropped when there is none, neither up nor being set
+up: the other side has already seen ``noconnection``. Everything else (send,
+link, monitor, exit/2, spawn) connects first if needed. While a connection is
+being set up every signal waits in order (as BEAM queues them on a pending
+connection); what was queued is dropped if connecting fails, with
+``noconnection`` for links, monitors and spawns.
 
 Connecting to a node also connects to the nodes it is connected to (a full
 mesh, as dist-erl builds), unless either node is hidden.
