@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ import pybeam
 from pybeam import codec
 from pybeam.distribution import handshake
 from pybeam.distribution.connection import Op
-from pybeam.distribution.framing import FrameReader
+from pybeam.distribution.framing import FrameReader, encode_frame, read_frame
 from pybeam.distribution.net_kernel import NetKernel
 from pybeam.distribution.peer import PENDING, TRANSITIONS, Action, Event, Peer, State, TransitionError
 from pybeam.terms import NOCONNECTION, Pid
@@ -484,3 +485,42 @@ async def test_signals_queued_while_pending_keep_their_order(kernel: NetKernel) 
         await eventually(lambda: len(peer.received) >= 4, 10, what="all four sent")
         assert [c[0] for c in peer.received[:4]] == [Op.LINK, Op.UNLINK, Op.MONITOR, Op.DEMONITOR]
         assert peer.received[0] == (Op.LINK, me, target)
+
+
+async def test_a_lost_race_whose_winner_never_comes_fails_on_a_timer(epmd_port: int) -> None:
+    """Our dial is refused as a duplicate (the peer says it is dialling us)
+    and the peer's attempt never arrives: the queued link and monitor get
+    noconnection once each, when the connect timeout runs out."""
+    name = "zz_silent@127.0.0.1"  # greater than ours: its attempt would win
+
+    async def refuse_as_duplicate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_frame(reader, handshake.HANDSHAKE_MAX_FRAME)
+        writer.write(encode_frame(codec.encode(("refused", "duplicate"))))
+        with contextlib.suppress(OSError):
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(refuse_as_duplicate, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cookie = secrets.token_hex(8)
+    try:
+        async with pybeam.Node(
+            "aa_timer@127.0.0.1", cookie=cookie, epmd_port=epmd_port, connect_timeout=1.0
+        ) as node:
+            kernel = node.dist
+            assert isinstance(kernel, NetKernel)
+            connecting = asyncio.ensure_future(kernel.connect(f"{name}:{port}"))
+            await wait_state(kernel, name, State.AWAITING_PEER)
+            target, ref = await _links_and_monitors(name)
+            assert await asyncio.wait_for(connecting, 10) is False
+            got = await collect(2)
+            assert sorted(map(repr, got)) == sorted(
+                map(repr, [("EXIT", target, NOCONNECTION), ("DOWN", ref, "process", target, NOCONNECTION)])
+            )
+            assert kernel.peer(name) is None
+            failure = kernel.connect_failure(name)
+            assert failure is not None and "did not reach us" in failure
+            pybeam.trap_exit(False)
+    finally:
+        server.close()
+        await server.wait_closed()
