@@ -81,7 +81,7 @@ async def frozen_peer(
 
 
 def busy(node: pybeam.Node, peer: str) -> bool:
-    conn = node.dist._conns.get(peer)  # type: ignore[union-attr]
+    conn = node.dist.connection(peer)  # type: ignore[union-attr]
     return conn is not None and conn.busy
 
 

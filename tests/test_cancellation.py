@@ -218,7 +218,8 @@ async def test_a_connection_holds_no_process_context(cluster: Callable[..., Loca
 
         pybeam.spawn(sender)
         await eventually(lambda: node in net.nodes(), what="auto-connected")
-        conn = kernel._conns[node]
+        conn = kernel.connection(node)
+        assert conn is not None
         assert conn._read_task is not None
         for task in [conn._read_task, *kernel._tasks]:
             for ctx in _contexts_of(task):

@@ -357,8 +357,7 @@ async def test_failed_handshakes_leave_no_state_behind(beam_node: pybeam.Node) -
             )
         )
     # Nothing keyed by a stranger's claim outlives its connection.
-    assert kernel._incoming_failed == {}  # type: ignore[attr-defined]
-    assert kernel._accepting == {}  # type: ignore[attr-defined]
+    assert kernel.peers() == []  # type: ignore[attr-defined]
     await eventually(lambda: len(kernel._handshakes) == 0)  # type: ignore[attr-defined]
 
 

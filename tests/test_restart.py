@@ -212,7 +212,8 @@ async def test_a_node_restarted_before_its_old_connection_is_seen_down(
         assert await answers_as(name, first.pid)
         kernel = a.dist
         assert isinstance(kernel, NetKernel)
-        old = kernel._conns[name]
+        old = kernel.connection(name)
+        assert old is not None
 
         sigkill(first)
         second = launch(name, cookie, "--connect", a.name)

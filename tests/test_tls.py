@@ -33,7 +33,7 @@ def whoami() -> str:
 def peer_certificate_subject(node: str) -> Any:
     """On a cluster node: the subject of the certificate ``node`` presented to it."""
     kernel = pybeam.current_node().dist
-    conn = kernel._conns[node]  # type: ignore[union-attr]
+    conn = kernel.connection(node)  # type: ignore[union-attr]
     return conn._writer.get_extra_info("peercert")["subject"]
 
 

@@ -47,9 +47,9 @@ from typing import Any
 from . import __version__, application, interrupt, net, remsh, rpc, top
 from .distribution import epmd
 from .distribution.cookie import CookieError
-from .distribution.net_kernel import function_name
 from .distribution.tls import TLSOptions
 from .errors import Exit, NodeDown, PybeamError
+from .functions import function_name
 from .node import Node
 from .nodename import parse_address
 from .process import Process
@@ -427,7 +427,7 @@ async def _rpc_main(args: argparse.Namespace) -> int:
     name = args.name or f"rpc_{secrets.token_hex(4)}@{host}"
     call_args = [parse_arg(a) for a in args.args]
     try:
-        node = Node(name, cookie=args.cookie, hidden=True, epmd_port=args.epmd_port)
+        node = _client_node(name, args)
     except _START_ERRORS as e:
         return _error("rpc", str(e))
     try:
@@ -481,7 +481,7 @@ async def _call_remote(
         return _error(command, str(e)), None
     name = f"{command}_{secrets.token_hex(4)}@{host}"
     try:
-        node = Node(name, cookie=args.cookie, hidden=True, epmd_port=args.epmd_port)
+        node = _client_node(name, args)
     except _START_ERRORS as e:
         return _error(command, str(e)), None
     try:
@@ -541,9 +541,7 @@ async def _top_main(args: argparse.Namespace) -> int:
         return 0
     # A second, long-lived connection for the refreshes (the check above used its own node).
     target, host, _ = parse_address(args.node, "target node")
-    node = Node(
-        f"top_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
-    )
+    node = _client_node(f"top_{secrets.token_hex(4)}@{host}", args)
     loop = asyncio.get_running_loop()
     quit_ = asyncio.Event()
     wake = asyncio.Event()
@@ -735,9 +733,7 @@ async def _remsh_main(args: argparse.Namespace) -> int:
         return status
     # A second, long-lived connection for the session (the check above used its own node).
     target, host, _ = parse_address(args.node, "target node")
-    node = Node(
-        f"remsh_{secrets.token_hex(4)}@{host}", cookie=args.cookie, hidden=True, epmd_port=args.epmd_port
-    )
+    node = _client_node(f"remsh_{secrets.token_hex(4)}@{host}", args)
     loop = asyncio.get_running_loop()
     async with node:
         if not await net.connect(args.node):
@@ -772,11 +768,16 @@ async def _remsh_main(args: argparse.Namespace) -> int:
 async def _names_main(args: argparse.Namespace) -> int:
     try:
         port = epmd.epmd_port(args.epmd_port)
-        entries = await epmd.names(port, host=args.host)
+        tls = _tls(args)
+        # As a node asks its port mapper: the CA checked, no hostname check.
+        context = tls.client_context(check_hostname=False) if tls is not None else None
+        entries = await epmd.names(port, host=args.host, tls=context)
     except ValueError as e:
         return _error("names", str(e))
     except epmd.EpmdError as e:
         return _error("names", f"no port mapper answers on {args.host} ({e})")
+    except OSError as e:  # a TLS file that cannot be read, a TLS handshake refused
+        return _error("names", f"cannot ask the port mapper on {args.host}: {e}")
     for name, node_port in sorted(entries):
         print(f"{name} {node_port}")
     sys.stdout.flush()
@@ -802,6 +803,34 @@ def _client_options(command: argparse.ArgumentParser, timeout_help: str) -> None
     command.add_argument("--timeout", type=_positive, default=rpc.DEFAULT_TIMEOUT, help=timeout_help)
     command.add_argument("--epmd-port", type=int, default=None, help="port mapper's port")
     command.add_argument("-v", "--verbose", action="store_true", help="log connections")
+    _tls_options(command)
+
+
+def _tls_options(command: argparse.ArgumentParser) -> None:
+    """The TLS options, the same for a node and for a command that talks to one."""
+    command.add_argument("--tls-cert", metavar="FILE", help="TLS: this node's certificate (PEM)")
+    command.add_argument("--tls-key", metavar="FILE", help="TLS: its private key (PEM)")
+    command.add_argument(
+        "--tls-ca", metavar="FILE", help="TLS: the CA that signs every node's certificate (PEM)"
+    )
+    command.add_argument(
+        "--tls-verify-hostname",
+        action="store_true",
+        help="TLS: check that a dialled node's certificate names its host",
+    )
+
+
+def _tls(args: argparse.Namespace) -> TLSOptions | None:
+    """The TLS options given (None: plain TCP); ValueError if only some files are."""
+    files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(files) and not all(files):
+        raise ValueError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+    return TLSOptions(*files, verify_hostname=args.tls_verify_hostname) if all(files) else None
+
+
+def _client_node(name: str, args: argparse.Namespace) -> Node:
+    """The short-lived hidden node a command talks to a running node from."""
+    return Node(name, cookie=args.cookie, hidden=True, epmd_port=args.epmd_port, tls=_tls(args))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -829,16 +858,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--epmd-port", type=int, default=None, help="port mapper's port (default $PYBEAM_EPMD_PORT or 4370)"
     )
-    node.add_argument("--tls-cert", metavar="FILE", help="TLS: this node's certificate (PEM)")
-    node.add_argument("--tls-key", metavar="FILE", help="TLS: its private key (PEM)")
-    node.add_argument(
-        "--tls-ca", metavar="FILE", help="TLS: the CA that signs every node's certificate (PEM)"
-    )
-    node.add_argument(
-        "--tls-verify-hostname",
-        action="store_true",
-        help="TLS: check that a dialled node's certificate names its host",
-    )
+    _tls_options(node)
     node.add_argument(
         "--busy-limit",
         type=int,
@@ -936,6 +956,7 @@ def _parser() -> argparse.ArgumentParser:
     names.add_argument(
         "--host", default=epmd.DEFAULT_HOST, help=f"port mapper's host (default {epmd.DEFAULT_HOST})"
     )
+    _tls_options(names)
 
     sub.add_parser("epmd", help="run the port mapper (see `pybeam epmd --help`)", add_help=False)
     return parser
@@ -976,10 +997,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve_node_checked(args: argparse.Namespace) -> int:
-    tls_files = (args.tls_cert, args.tls_key, args.tls_ca)
-    if any(tls_files) and not all(tls_files):
-        return _error("node", "TLS needs all of --tls-cert, --tls-key and --tls-ca")
-    tls = TLSOptions(*tls_files, verify_hostname=args.tls_verify_hostname) if all(tls_files) else None
+    try:
+        tls = _tls(args)
+    except ValueError as e:
+        return _error("node", str(e))
     try:
         node = Node(
             args.name,

@@ -74,7 +74,7 @@ from typing import Any, TypeVar
 
 from . import errand, kernel, kernel_sup, net, rpc
 from .arguments import check_delay
-from .distribution.net_kernel import function_name, resolve_function
+from .functions import function_name, resolve_function
 from .errors import BadArg, NodeDown
 from .kernel_sup import SyncWaiters
 from .terms import KILL, NOPROC, Pid, Ref, Term

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any, Literal, overload
 
 from . import kernel
-from .distribution.net_kernel import NetKernel, function_name, resolve_function
+from .distribution.net_kernel import NetKernel
 from .errors import BadArg, NodeDown, NotDistributed, SpawnError
+from .functions import function_name, resolve_function
 from .kernel import _me, receive
 from .node import Node, current_node
 from .nodename import check_node_name, parse_address
@@ -150,7 +151,7 @@ def spawn_request(
         raise BadArg(str(e)) from None
     if node != local.name:
         return _kernel(local).spawn_request(
-            me, node, name, args, link=link and reply, monitor=monitor and reply, reply=reply
+            me.pid, node, name, args, link=link and reply, monitor=monitor and reply, reply=reply
         )
     ref = local.make_ref()
     try:

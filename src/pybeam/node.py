@@ -756,3 +756,59 @@ class Node:
         if entry is None or self.loop is None:
             return False
         return max(entry[0].when() - self.loop.time(), 0.0)
+
+    # -- for the distribution (pybeam.distribution.local.LocalNode) ----------------
+
+    def deliver(self, to: Pid, msg: Any) -> bool:
+        """Put ``msg`` in the mailbox of local process ``to``; False if there is none."""
+        proc = self._procs.get(to)
+        if proc is None:
+            return False
+        proc.put(msg)
+        return True
+
+    def deliver_named(self, name: str, msg: Any) -> bool:
+        """Put ``msg`` in the mailbox of the process registered as ``name``; False if none."""
+        proc = self._names.get(name)
+        if proc is None:
+            return False
+        proc.put(msg)
+        return True
+
+    def is_alive(self, pid: Pid) -> bool:
+        """Whether ``pid`` is a live local process."""
+        return pid in self._procs
+
+    def spawn_function(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Pid:
+        """Start ``fn(*args)`` as a new process (for a peer's spawn request)."""
+        return self.spawn(fn, args)[0]
+
+    def link_remote(self, local: Pid, remote: Pid) -> bool:
+        """Record that local process ``local`` is linked to ``remote``; False if it is not alive."""
+        proc = self._procs.get(local)
+        if proc is None:
+            return False
+        self.add_link(proc, remote)
+        return True
+
+    def unlink_remote(self, local: Pid, remote: Pid) -> None:
+        """Forget the link between local process ``local`` and ``remote``."""
+        proc = self._procs.get(local)
+        if proc is not None and proc.links is not None:
+            proc.links.discard(remote)
+
+    def watch_remote(self, watcher: Pid, ref: Ref, target: Pid) -> bool:
+        """Record that local ``watcher`` monitors remote ``target`` as ``ref``; False if it is not alive."""
+        proc = self._procs.get(watcher)
+        if proc is None:
+            return False
+        if proc.monitors is None:
+            proc.monitors = {}
+        proc.monitors[ref] = target
+        return True
+
+    def suspend_sender(self, until: Callable[[], Awaitable[None]]) -> None:
+        """The process running now, if any, waits for ``until()`` at its next await point."""
+        proc = _current.get()
+        if proc is not None:
+            proc.suspended_on = until

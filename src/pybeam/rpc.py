@@ -19,9 +19,9 @@ from typing import Any, TypeVar, overload
 
 from . import kernel, net
 from .arguments import check_nodes, check_timeout
-from .distribution.net_kernel import function_name, resolve_function
 from .errors import BadArg, Exit, NodeDown, PybeamError
 from .expect import check_result
+from .functions import function_name, resolve_function
 from .nodename import check_node_name
 from .pattern import ANY
 from .process import current_process

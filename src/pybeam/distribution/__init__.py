@@ -23,6 +23,20 @@ Each module holds one concept and they stack bottom-up:
     ``python -m pybeam.distribution.epmd``) and client (``register``, ``lookup``,
     ``names``).
 
+``connection``
+    One live connection to a peer: batching (the only place it happens on the way
+    out), ticks, backpressure, reading.
+``peer``
+    One record per peer node and the state machine of its connection (as OTP's
+    ``#connection{state = pending | up | up_pending}``): every transition in one table.
+``local``
+    The narrow interface the distribution uses the node through.
+``signals``
+    Control messages from a peer turned into local signals; what crosses a connection.
+``net_kernel``
+    The node's distribution layer: listening, connecting, carrying out the peer
+    records' transitions.
+
 Nothing is imported here, so ``import pybeam.distribution`` stays cheap; import the
 submodules you need.
 """

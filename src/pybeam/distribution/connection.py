@@ -5,7 +5,9 @@ operation code (:class:`Op`). Each is encoded when it is queued, so a value that
 cannot travel raises at the sender's ``send`` and nothing else is affected.
 Everything queued during one event-loop iteration leaves in one frame whose
 term is the list of those control messages: one system call and one decode for
-a burst, instead of one per message. An empty frame is a tick.
+a burst, instead of one per message. An empty frame is a tick. This batching
+is the only one on the way out: the frame writer under it hands each frame to
+the transport at once (:meth:`FrameWriter.write_now`).
 
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
 ``ticktime / 4``, and the peer is declared down when nothing at all arrived in
@@ -21,8 +23,10 @@ until :meth:`Connection.drain` sees the buffer below the limit again. Above
 awaiting) the connection is closed, as for a peer that stopped answering: a
 nodedown, ``noconnection`` for every link and monitor, rather than unbounded memory.
 
-What a connection does not know: what the signals mean. It hands every decoded
-control message to the function its owner gave it.
+What a connection does not know: what the signals mean, and what crossed it
+(the net kernel's per-peer record, :class:`~pybeam.distribution.peer.Peer`,
+keeps that). It hands every decoded control message to the function its
+owner gave it.
 """
 
 from __future__ import annotations
@@ -123,6 +127,11 @@ def encode_control(control: tuple[Any, ...], max_frame: int) -> bytes:
     return data
 
 
+_pack_length = struct.Struct(">I").pack
+#: An empty frame: the tick.
+_TICK: Final = _pack_length(0)
+
+
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
@@ -131,18 +140,16 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + struct.pack(">I", n)
 
 
-Dispatch = Callable[["Connection", tuple[Any, ...]], None]
+Dispatch = Callable[[Any, tuple[Any, ...]], None]
 Closed = Callable[["Connection", str], None]
 
 
 class Connection:
-    """A live connection to ``peer``, plus what crossed it and must be undone
-    when it goes down (the net kernel fills these in):
+    """A live connection to ``peer``: batching, ticks, backpressure, reading.
 
-    - ``links``: (local pid, remote pid) pairs linked across it;
-    - ``monitors_out``: ref -> (local watcher, item) for monitors we hold there;
-    - ``monitors_in``: ref -> local target pid, for monitors the peer holds here;
-    - ``spawns``: ref -> (local requester, options), spawn requests awaiting reply.
+    ``dispatch(owner, control)`` gets every control message read (``owner``:
+    whatever the caller gave, the net kernel's record of the peer); ``on_closed(conn,
+    reason)`` is called once when the connection closes, whatever closed it.
     """
 
     def __init__(
@@ -152,6 +159,7 @@ class Connection:
         writer: asyncio.StreamWriter,
         *,
         dispatch: Dispatch,
+        owner: Any = None,
         on_closed: Closed,
         ticktime: float = DEFAULT_TICKTIME,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -178,9 +186,11 @@ class Connection:
         writer.transport.set_write_buffer_limits(high=high, low=high // 2)
         self._frames = FrameWriter(writer, max_size=max_frame)
         self._dispatch = dispatch
+        self._owner = owner
         self._on_closed: Closed | None = on_closed
         self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []
+        # The batch: its first item is where the frame's header goes at flush.
+        self._out: list[bytes] = [b""]
         self._out_size = 0
         self._flush_scheduled = False
         self._read_task: asyncio.Task[None] | None = None
@@ -189,10 +199,6 @@ class Connection:
         self._received = False
         self._quiet_ticks = 0
         self.closed = False
-        self.links: set[tuple[Any, Any]] = set()
-        self.monitors_out: dict[Any, tuple[Any, Any]] = {}
-        self.monitors_in: dict[Any, Any] = {}
-        self.spawns: dict[Any, tuple[Any, dict[str, bool]]] = {}
 
     def __repr__(self) -> str:
         return f"<Connection to {self.name}{' (closed)' if self.closed else ''}>"
@@ -212,10 +218,26 @@ class Connection:
         may be. Queued to a closed connection, it is dropped (as BEAM drops
         messages to a node that went down).
         """
+        # send_encoded's body, inlined: this is the hot path of every message.
         data = encode_control(control, self.max_frame)
         if self.closed:
             return
-        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) >= _MAX_BATCH:
+        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
+            self._flush()
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size + self._buffered > self.busy_limit:
+            self._over_busy_limit()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def send_encoded(self, data: bytes) -> None:
+        """Queue a control message encoded by :func:`encode_control` (for this
+        connection's ``max_frame``): one queued while connecting is encoded once."""
+        if self.closed:
+            return
+        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
         self._out_size += len(data)
@@ -228,12 +250,14 @@ class Connection:
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
-        if not out or self.closed:
+        count = len(out) - 1
+        if not count or self.closed:
             return
-        self._out = []
+        self._out = [b""]
+        header = _array_header(count)
+        out[0] = _pack_length(self._out_size + len(header)) + header
+        self._frames.write_now(b"".join(out))
         self._out_size = 0
-        self._frames.write(_array_header(len(out)) + b"".join(out))
-        self._frames.flush()
         buffered = self._buffered = self._frames.buffer_size
         if buffered > self.busy_limit:
             self._over_busy_limit()
@@ -284,7 +308,7 @@ class Connection:
                 self.close(f"net_tick_timeout: nothing received for {quiet:.1f}s (ticktime {self.ticktime}s)")
                 return
         if time.monotonic() - self._frames.last_write_time >= self.ticktime / 4 - 0.001:
-            self._frames.write_tick()
+            self._frames.write_now(_TICK)
         self._tick_handle = self._loop.call_later(self.ticktime / 4, self._tick)
 
     # -- receiving ---------------------------------------------------------------
@@ -292,6 +316,7 @@ class Connection:
     async def _read_loop(self) -> None:
         reader = FrameReader(self._reader, self.max_frame, allow_empty=True)
         dispatch = self._dispatch
+        owner = self._owner
         reason = "connection closed by peer"
         try:
             while True:
@@ -309,7 +334,7 @@ class Connection:
                     for control in batch:
                         if type(control) is not tuple or not control:
                             raise ProtocolError(f"malformed control message {control!r:.100}")
-                        dispatch(self, control)
+                        dispatch(owner, control)
                         if self.closed:
                             return
         except asyncio.CancelledError:

@@ -17,7 +17,9 @@ allocated, so a hostile or confused peer cannot make us buffer gigabytes.
 
 Writing: :class:`FrameWriter` batches. Every frame written during one event-loop
 iteration goes to the transport in one ``write`` at the end of that iteration,
-which turns a burst of small messages into one system call.
+which turns a burst of small messages into one system call. A caller that
+batches itself (a node's connection, which puts a burst of control messages in
+one frame) hands its frames over with :meth:`FrameWriter.write_now` instead.
 """
 
 from __future__ import annotations
@@ -302,6 +304,23 @@ class FrameWriter:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_soon)
+
+    def write_now(self, frames: bytes) -> None:
+        """Hand ``frames`` (whole frames, length prefixes included: see
+        :func:`encode_frame`) to the transport now, after anything queued by
+        :meth:`write`: for a caller that batches itself, so that batching
+        happens in one place."""
+        if self._closed:
+            self._refuse(0)
+        if self._pending:
+            self.flush()
+        transport = self._transport
+        if transport.is_closing():
+            return  # as in flush()
+        transport.write(frames)
+        self.bytes_sent += len(frames)
+        self.frames_sent += 1
+        self.last_write_time = time.monotonic()
 
     def _refuse(self, n: int) -> None:
         if self._closed:

@@ -7,14 +7,22 @@ control messages and the peer's control messages back into local signals, and
 — when a connection goes down — gives every link across it the exit
 ``noconnection`` and every monitor across it a DOWN ``noconnection``.
 
-Signals that only make sense on a live connection (an unlink, a link's exit,
-a demonitor, a DOWN) are dropped when there is none: the other side has
-already seen ``noconnection``. Everything else (send, link, monitor, exit/2,
-spawn) connects first if needed; what was queued while connecting is dropped
-if connecting fails, with ``noconnection`` for links, monitors and spawns.
+Signals that only make sense on a connection (an unlink, a link's exit, a
+demonitor, a DOWN) are dropped when there is none, neither up nor being set
+up: the other side has already seen ``noconnection``. Everything else (send,
+link, monitor, exit/2, spawn) connects first if needed. While a connection is
+being set up every signal waits in order (as BEAM queues them on a pending
+connection); what was queued is dropped if connecting fails, with
+``noconnection`` for links, monitors and spawns.
 
 Connecting to a node also connects to the nodes it is connected to (a full
 mesh, as dist-erl builds), unless either node is hidden.
+
+Each peer node has one record (:class:`~pybeam.distribution.peer.Peer`, as
+OTP's ``#connection{}``): the state of its connection's setup, what is queued
+while it is pending and what crosses it. Its transitions are in
+:mod:`pybeam.distribution.peer`; this module carries out their actions. The
+kernel uses the node only through :class:`~pybeam.distribution.local.LocalNode`.
 """
 
 from __future__ import annotations
@@ -22,20 +30,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import importlib
 import logging
-import sys
-import time
+import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from .. import codec
+from ..functions import function_name, resolve_function
 from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..nodename import check_node_name, parse_address
-from ..process import current_process
-from ..terms import NOCONNECTION, NOPROC, Crash, Pid, Ref
+from ..terms import Crash, Pid, Ref
 from . import epmd, guard, handshake
 from .connection import (
     DEFAULT_BUSY_LIMIT,
@@ -43,19 +49,19 @@ from .connection import (
     DEFAULT_TICKTIME,
     Connection,
     Op,
-    ProtocolError,
     SystemLimit,
     encode_control,
 )
 from .cookie import resolve_cookie
 from .framing import DEFAULT_MAX_FRAME
 from .handshake import HandshakeError, PeerInfo
+from .local import LocalNode
+from .peer import Action, Event, Peer, State
+from .signals import Signals, track
 from .tls import TLSOptions
 
-if TYPE_CHECKING:
-    from ..node import Node
-    from ..process import Process
-
+# function_name and resolve_function live in pybeam.functions; re-exported
+# here for code that imported them from this module.
 __all__ = ["DistOptions", "NetKernel", "function_name", "resolve_function"]
 
 logger = logging.getLogger("pybeam.distribution")
@@ -96,56 +102,6 @@ def default_max_handshakes() -> int:
     file descriptor limit, within 16..256, so most descriptors stay for
     authenticated connections and everything else the node does."""
     return guard.default_cap(8, 16, 256)
-
-
-@dataclass
-class _Pending:
-    """An outgoing connection being set up, and the signals waiting for it."""
-
-    queue: list[tuple[Any, ...]] = field(default_factory=list)
-    done: asyncio.Future[bool] | None = None
-    task: asyncio.Task[None] | None = None
-    #: When our attempt lost a simultaneous connect and the queue started to
-    #: share the fate of the peer's attempt (time.monotonic()), if it did.
-    deferred: float | None = None
-
-
-def function_name(fn: Callable[..., Any] | str) -> str:
-    """``"module:qualname"`` for a module-level function (or the string itself,
-    checked to have that form: a ``ValueError`` if not)."""
-    if isinstance(fn, str):
-        head, sep, tail = fn.partition(":")
-        if not sep or not head or not tail:
-            raise ValueError(f"a function is named 'module:function', got {fn!r}")
-        return fn
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
-        raise ValueError(f"{fn!r} is not a module-level function: another node cannot find it by name")
-    if module == "__main__":
-        # Run with ``python -m pkg.mod``, __main__ has an importable name; a
-        # script run by path has none another node could import.
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if spec is None or not spec.name:
-            raise ValueError(
-                f"{qualname} is defined in a script run by path: another node cannot import it; "
-                "move it to a module, or run the script with python -m"
-            )
-        module = spec.name
-    return f"{module}:{qualname}"
-
-
-def resolve_function(name: str) -> Callable[..., Any]:
-    """Import ``"module:qualname"`` and return that function."""
-    module_name, sep, qualname = name.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ValueError(f"a function is named 'module:function', got {name!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"{name} is not callable")
-    return obj  # type: ignore[no-any-return]
 
 
 def _sendable(of: Any, node: str, error: Exception) -> Crash:
@@ -189,17 +145,20 @@ def _failure(error: BaseException) -> str:
 class NetKernel:
     """The distribution layer of one node; the node's :class:`~pybeam.node.RemoteRouter`."""
 
-    def __init__(self, node: Node, options: DistOptions) -> None:
+    def __init__(self, node: LocalNode, options: DistOptions) -> None:
         self.node = node
         self.options = options
         self.cookie = options.cookie
         self.port = 0
         self._server: asyncio.Server | None = None
+        #: With TLS: the listening socket and the task accepting on it.
+        self._tls_listener: socket.socket | None = None
+        self._tls_accepting: asyncio.Task[None] | None = None
         self._epmd_server: epmd.EpmdServer | None = None
         self._registration: epmd.Registration | None = None
         self._reregister_task: asyncio.Task[None] | None = None
-        self._conns: dict[str, Connection] = {}
-        self._pending: dict[str, _Pending] = {}
+        #: One record per peer we are connected to or connecting with.
+        self._peers: dict[str, Peer] = {}
         # Why the last attempt to connect to a node failed, for the caller to tell its user.
         self._failures: dict[str, str] = {}
         #: Where each peer was last reached, was told to be (``connect`` with a
@@ -212,15 +171,9 @@ class NetKernel:
         self._lost: set[str] = set()
         self._node_monitors: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._abandoned: set[Ref] = set()
+        #: Control messages from peers turned into local signals, and back.
+        self._signals = Signals(node, join_mesh=self._join_mesh)
         self._node_cookies: dict[str, str] = {}
-        #: Peers whose incoming handshake has proved the cookie and that are
-        #: not up yet: dialling them now would make a second connection. Only
-        #: proven names go here: a stranger's claim must not keep a node out.
-        self._accepting: dict[str, asyncio.Future[bool]] = {}
-        #: When a proven incoming handshake of a peer we are connecting to
-        #: failed before coming up (time.monotonic()); pruned as it ages.
-        self._incoming_failed: dict[str, float] = {}
         #: Incoming connections still in their handshake (not proven yet).
         cap = options.max_handshakes
         self._handshakes = guard.ConnectionCap(default_max_handshakes() if cap is None else cap)
@@ -242,20 +195,16 @@ class NetKernel:
         # context the server was started in (see _background).
         host = self.node.name.partition("@")[2]
         listen = opts.listen or host
-        if self._tls_server is None:
-            serving = asyncio.start_server(self._accept, listen, opts.port)
-        else:
-            # The TLS handshake (both certificates) runs before _accept, under
-            # its own timeout; a failed one is logged by the context (see tls).
-            serving = asyncio.start_server(
-                self._accept,
-                listen,
-                opts.port,
-                ssl=self._tls_server,
-                ssl_handshake_timeout=opts.connect_timeout,
-            )
         try:
-            self._server = await _background(serving)
+            if self._tls_server is None:
+                self._server = await _background(asyncio.start_server(self._accept, listen, opts.port))
+                self.port = self._server.sockets[0].getsockname()[1]
+            else:
+                # The TLS handshake is ours to start (see _accept_tls): it
+                # counts against max_handshakes as a plaintext handshake does.
+                listener = self._tls_listener = await _listening_socket(listen, opts.port)
+                self.port = listener.getsockname()[1]
+                self._tls_accepting = _background(self._accept_tls(listener))
         except OSError as e:
             why = e.strerror or str(e)
             raise OSError(
@@ -267,7 +216,6 @@ class NetKernel:
                     else " (the host of its name; pass listen= / --listen to choose another)"
                 ),
             ) from e
-        self.port = self._server.sockets[0].getsockname()[1]
         try:
             # Clean contexts too: the mapper's server and the registration's
             # watch on its socket are tasks that outlive this call. A mapper
@@ -318,11 +266,12 @@ class NetKernel:
     async def stop(self) -> None:
         """Close every connection (nodedown everywhere), stop listening, unregister."""
         self._stopping = True
-        for pending in list(self._pending.values()):
-            if pending.task is not None:
-                pending.task.cancel()
-        for conn in list(self._conns.values()):
-            conn.close("node stopping")
+        for peer in list(self._peers.values()):
+            if peer.conn is not None:
+                peer.conn.close("node stopping")
+        for peer in list(self._peers.values()):
+            if peer.pending:
+                self._fire(peer, Event.STOPPED, why="node stopping")
         for task in list(self._tasks):
             task.cancel()
         self._handshakes.drop_all()
@@ -335,6 +284,12 @@ class NetKernel:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._tls_accepting is not None:
+            self._tls_accepting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._tls_accepting
+        if self._tls_listener is not None:
+            self._tls_listener.close()
         if self._registration is not None:
             await self._registration.close()
             self._registration = None
@@ -351,11 +306,27 @@ class NetKernel:
 
     def nodes(self, *, hidden: bool = False) -> list[str]:
         """Connected nodes (visible ones; with ``hidden``, hidden ones too)."""
-        return sorted(name for name, c in self._conns.items() if hidden or not c.hidden)
+        return sorted(
+            name for name, p in self._peers.items() if p.conn is not None and (hidden or not p.hidden)
+        )
 
     def is_connected(self, node: str) -> bool:
         """True if a connection to ``node`` is up."""
-        return node in self._conns
+        peer = self._peers.get(node)
+        return peer is not None and peer.conn is not None
+
+    def peers(self) -> list[str]:
+        """Nodes connected or being connected with (every node with a record)."""
+        return sorted(self._peers)
+
+    def peer(self, node: str) -> Peer | None:
+        """The record of ``node``'s connection (None if neither connected nor connecting)."""
+        return self._peers.get(node)
+
+    def connection(self, node: str) -> Connection | None:
+        """The live connection to ``node``, if any."""
+        peer = self._peers.get(node)
+        return None if peer is None else peer.conn
 
     async def connect(self, node: str) -> bool:
         """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up.
@@ -366,18 +337,24 @@ class NetKernel:
         name, host, port = _parse_address(node)
         if name == self.node.name:
             return True
-        if port is not None and name not in self._conns:
+        peer = self._peers.get(name)
+        if peer is not None and peer.conn is not None:
+            return True
+        if port is not None:
             self._addresses[name] = (host, port)
             self._lost.discard(name)  # the caller says where it is now
-        if name in self._conns:
-            return True
-        pending = self._pending.get(name) or self._start_connect(name)
-        assert pending.done is not None
-        return await asyncio.shield(pending.done)
+        if self._stopping:
+            return False
+        if peer is None:
+            peer = Peer(name)
+            self._fire(peer, Event.WANTED)
+        if peer.done is None:
+            peer.done = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(peer.done)
 
     def disconnect(self, node: str) -> bool:
         """Close the connection to ``node``; False if there was none."""
-        conn = self._conns.get(_parse_address(node)[0])
+        conn = self.connection(_parse_address(node)[0])
         if conn is None:
             return False
         conn.close("disconnected")
@@ -388,7 +365,7 @@ class NetKernel:
     async def drain(self, node: str) -> None:
         """Wait until what is queued to ``node`` is below the busy limit (at
         once if it is, or if ``node`` is not connected)."""
-        conn = self._conns.get(node)
+        conn = self.connection(node)
         if conn is not None:
             await conn.drain()
 
@@ -426,15 +403,6 @@ class NetKernel:
     def connect_failure(self, node: str) -> str | None:
         """Why the last attempt to connect to ``node`` failed; None if it did not fail."""
         return self._failures.get(node)
-
-    def _start_connect(self, name: str) -> _Pending:
-        self._failures.pop(name, None)
-        pending = _Pending(done=asyncio.get_running_loop().create_future())
-        self._pending[name] = pending
-        # Not in the context of the process whose signal started it: the
-        # connection outlives it (see _background).
-        pending.task = _background(self._connect(name, pending))
-        return pending
 
     async def _resolve(self, name: str) -> tuple[str, int]:
         """Where the port mapper on the node's host says ``name`` listens."""
@@ -511,140 +479,323 @@ class NetKernel:
         )
         return peer, reader, writer
 
-    async def _peer_attempt_wins(self, name: str, pending: _Pending, started: float) -> bool:
-        """Our attempt lost a simultaneous connect: wait for the peer's attempt,
-        whose fate the signals queued here share (as in OTP). True if it came up.
-
-        Its handshake may have failed already (then give up at once: waiting
-        could deliver what was queued much later, on some other connection),
-        be under way (wait for it), or not have reached us yet (wait for it
-        to arrive, within the connect timeout)."""
-        assert pending.done is not None
-        pending.deferred = started
-        deadline = started + self.options.connect_timeout
-        while not pending.done.done():
-            now = time.monotonic()
-            if self._incoming_failed.get(name, float("-inf")) >= started or now >= deadline:
-                return False
-            accepting = self._accepting.get(name)
-            waiting_on = accepting if accepting is not None else pending.done
-            with contextlib.suppress(TimeoutError):
-                # Short waits while nothing is under way: the peer's hello may
-                # be about to arrive.
-                step = deadline - now if accepting is not None else 0.01
-                await asyncio.wait_for(asyncio.shield(waiting_on), max(step, 0.0))
-        return pending.done.result()
-
-    async def _connect(self, name: str, pending: _Pending) -> None:
-        opts = self.options
-        started = time.monotonic()
-        accepting = self._accepting.get(name)
-        if accepting is not None:
-            # The peer is connecting to us right now: _install resolves this
-            # pending if that succeeds; if it fails, dial ourselves.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(accepting), opts.connect_timeout)
-            if name in self._conns:
-                return
+    async def _dial_peer(self, peer: Peer) -> None:
+        """Our own attempt to connect to ``peer`` (the task of a CONNECTING record)."""
+        name = peer.name
         try:
-            peer, reader, writer = await self._reach(name)
+            info, reader, writer = await self._reach(name)
         except HandshakeError as e:
-            if e.reason == "duplicate" and await self._peer_attempt_wins(name, pending, started):
-                return
             logger.info("cannot connect to %s: %s", name, e)
-            self._connect_failed(name, pending, _failure(e))
+            lost = e.reason == "duplicate"  # the peer is dialling us, and its attempt wins
+            self._dial_ended(peer, Event.DIAL_LOST_RACE if lost else Event.DIAL_FAILED, _failure(e))
         except (OSError, TimeoutError, epmd.EpmdError, ValueError) as e:
             logger.info("cannot connect to %s: %s", name, e)
-            self._connect_failed(name, pending, _failure(e))
+            self._dial_ended(peer, Event.DIAL_FAILED, _failure(e))
         except Exception as e:
             # A bug must not leave the signals queued and connect() waiting forever.
             logger.exception("node %s: connecting to %s failed", self.node.name, name)
-            self._connect_failed(name, pending, f"internal error: {e!r}")
+            self._dial_ended(peer, Event.DIAL_FAILED, f"internal error: {e!r}")
         else:
-            self._install(peer, reader, writer)
+            if peer.dial is not asyncio.current_task() or self._peers.get(name) is not peer:
+                writer.close()  # superseded meanwhile (see _install)
+                return
+            peer.dial = None
+            self._install(peer, Event.DIAL_UP, info, reader, writer)
 
-    def _connect_failed(self, name: str, pending: _Pending, why: str = "unknown") -> None:
-        self._failures[name] = why
-        if self._pending.get(name) is pending:
-            del self._pending[name]
-        for control in pending.queue:
-            self._undeliverable(control)
-        if pending.done is not None and not pending.done.done():
-            pending.done.set_result(False)
+    def _dial_ended(self, peer: Peer, event: Event, why: str) -> None:
+        if peer.dial is not asyncio.current_task() or self._peers.get(peer.name) is not peer:
+            return  # this attempt was abandoned meanwhile
+        peer.dial = None
+        self._fire(peer, event, why=why)
+
+    def _awaiting_timeout(self, peer: Peer, why: str) -> None:
+        peer.timer = None
+        if self._peers.get(peer.name) is peer and peer.state is State.AWAITING_PEER:
+            self._fire(peer, Event.TIMEOUT, why=f"{why}, and its own attempt did not reach us")
+
+    # -- the state machine's actions (see pybeam.distribution.peer) ---------------
+
+    def _fire(
+        self, peer: Peer, event: Event, *, why: str = "", conn: Connection | None = None
+    ) -> tuple[Action, ...]:
+        """Take ``event``'s transition on ``peer`` and carry out its actions."""
+        actions = peer.fire(event)
+        if peer.state is State.IDLE:
+            if self._peers.get(peer.name) is peer:
+                del self._peers[peer.name]
+        else:
+            self._peers[peer.name] = peer
+        for action in actions:
+            if action is Action.DIAL:
+                self._do_dial(peer)
+            elif action is Action.CANCEL_DIAL:
+                self._cancel_dial(peer)
+            elif action is Action.START_TIMER:
+                loop = asyncio.get_running_loop()
+                peer.timer = loop.call_later(self.options.connect_timeout, self._awaiting_timeout, peer, why)
+            elif action is Action.CANCEL_TIMER:
+                self._cancel_timer(peer)
+            elif action is Action.CLOSE_OLD:
+                old, peer.conn = peer.conn, None
+                if old is not None:
+                    old.close("replaced by a new connection (the peer restarted or reconnected)")
+            elif action is Action.DOWN:
+                self._do_down(peer, why)
+            elif action is Action.UP:
+                assert conn is not None
+                self._do_up(peer, conn)
+            elif action is Action.FAIL:
+                self._do_fail(peer, why)
+            # ACCEPT and REFUSE are answers for the incoming handshake (see _accept).
+        return actions
+
+    def _do_dial(self, peer: Peer) -> None:
+        self._failures.pop(peer.name, None)
+        peer.dialled = True
+        if peer.done is None:
+            peer.done = asyncio.get_running_loop().create_future()
+        # Not in the context of the process whose signal started it: the
+        # connection outlives it (see _background).
+        peer.dial = _background(self._dial_peer(peer))
+
+    def _cancel_dial(self, peer: Peer) -> None:
+        dial, peer.dial = peer.dial, None
+        if dial is not None and dial is not asyncio.current_task():
+            dial.cancel()
+
+    def _cancel_timer(self, peer: Peer) -> None:
+        timer, peer.timer = peer.timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _do_up(self, peer: Peer, conn: Connection) -> None:
+        name = peer.name
+        peer.conn = conn
+        peer.hidden = conn.hidden
+        peer.acceptor = None
+        peer.dialled = False
+        self._cancel_dial(peer)
+        self._cancel_timer(peer)
+        self._failures.pop(name, None)
+        self._lost.discard(name)
+        port = conn.peer.flags.get("port")
+        if type(port) is int and 0 < port <= 65535:
+            # The port this incarnation listens on (it said so itself): a
+            # restarted node replaces what we knew of the earlier one.
+            self._addresses[name] = (name.partition("@")[2], port)
+        # Its read task and ticks must not hold the context of whatever
+        # process's signal led here (see _background).
+        contextvars.Context().run(conn.start)
+        queue, peer.queue = peer.queue, []
+        for data in queue:
+            conn.send_encoded(data)  # encoded when queued, once
+        done, peer.done = peer.done, None
+        if done is not None and not done.done():
+            done.set_result(True)
+        logger.info("node %s: connected to %s", self.node.name, name)
+        if not conn.hidden:
+            self._notify_nodes(("nodeup", name))
+            if not self.options.hidden:
+                conn.send((Op.NODES, self._mesh_addresses(exclude=name)))
+
+    def _do_fail(self, peer: Peer, why: str) -> None:
+        self._failures[peer.name] = why or "unknown"
+        self._cancel_dial(peer)
+        self._cancel_timer(peer)
+        peer.acceptor = None
+        peer.dialled = False
+        peer.queue = []  # what it held is tracked: undone below
+        self._signals.undo(peer)
+        done, peer.done = peer.done, None
+        if done is not None and not done.done():
+            done.set_result(False)
+
+    def _do_down(self, peer: Peer, why: str) -> None:
+        logger.info("node %s: connection to %s down: %s", self.node.name, peer.name, why)
+        self._signals.undo(peer)
+        if not peer.hidden:
+            self._notify_nodes(("nodedown", peer.name))
+
+    def _install(
+        self,
+        peer: Peer,
+        event: Event,
+        info: PeerInfo,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """A handshake of ``peer``'s finished (``event``: DIAL_UP or ACCEPT_UP): bring it up."""
+        if self._stopping:
+            writer.close()
+            return
+        try:
+            conn = Connection(
+                info,
+                reader,
+                writer,
+                dispatch=self._signals.dispatch,
+                owner=peer,
+                on_closed=self._closed,
+                ticktime=self.options.ticktime,
+                max_frame=self.options.max_frame,
+                busy_limit=self.options.busy_limit,
+                hard_limit=self.options.hard_limit,
+            )
+        except Exception:
+            # A bug, not the peer's doing; but whoever waits for this
+            # connection must hear that it failed rather than wait for ever.
+            logger.exception("node %s: cannot set up the connection to %s", self.node.name, info.name)
+            writer.close()
+            failed = Event.DIAL_FAILED if event is Event.DIAL_UP else peer.accept_failed_event()
+            self._fire(peer, failed, why="cannot set up the connection (an internal error: see the log)")
+            return
+        self._fire(peer, event, conn=conn)
+
+    def _mesh_addresses(self, exclude: str) -> list[str]:
+        out = []
+        for name, p in self._peers.items():
+            if name == exclude or p.conn is None or p.hidden:
+                continue
+            addr = self._addresses.get(name)
+            out.append(f"{name}:{addr[1]}" if addr is not None else name)
+        return out
+
+    def _notify_nodes(self, msg: tuple[str, str]) -> None:
+        for pid in list(self._node_monitors):
+            if not self.node.deliver(pid, msg):
+                self._node_monitors.discard(pid)
+
+    def _closed(self, conn: Connection, reason: str) -> None:
+        peer = self._peers.get(conn.name)
+        if peer is None or peer.conn is not conn:
+            # Replaced (CLOSE_OLD undid it already) or never installed.
+            logger.info("node %s: connection to %s down: %s", self.node.name, conn.name, reason)
+            return
+        peer.conn = None
+        if conn.name in self._addresses:
+            self._lost.add(conn.name)
+        self._fire(peer, Event.CONN_LOST, why=reason)
+
+    # -- incoming connections -----------------------------------------------------
 
     def _accept_peer(self, peer: str, creation: int, flags: Any) -> str:
         """Whether to go on with an incoming handshake from ``peer``. Asked before
         its proof, when the name is only a claim: decide, record nothing."""
         if peer == self.node.name or self._stopping:
             return "not_allowed"
-        if peer in self._accepting:
+        record = self._peers.get(peer)
+        if record is not None and record.accepting:
             return "duplicate"  # that peer is already coming in on another connection
         return "ok"
 
-    def _peer_proven(self, peer: str, creation: int, flags: Any) -> str:
-        """Asked once ``peer`` has proved the cookie, before it is told "ok"."""
-        decision = self._accept_peer(peer, creation, flags)
-        if decision == "ok" and peer in self._pending and self.node.name > peer:
-            # Simultaneous connect: ours wins (see handshake.accept). Decided
-            # only now, so that a peer without our cookie is refused for that
-            # and fails at once, rather than being told to wait for our attempt.
-            return "duplicate"
-        return decision
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._handshakes.admit(writer, writer.transport.abort):
+    def _admit(self, key: Any, drop: Callable[[], None]) -> None:
+        """Count an incoming connection against max_handshakes until it proves the cookie."""
+        if self._handshakes.admit(key, drop):
             self._refusals.log(
                 logging.WARNING,
                 "node %s: more than %d connections without a proven cookie: closed the oldest",
                 self.node.name,
                 self._handshakes.limit,
             )
-        reserved: list[str] = []
 
-        def proven(peer: str, creation: int, flags: Any) -> str:
-            self._handshakes.release(writer)  # authenticated: no longer the cap's business
-            decision = self._peer_proven(peer, creation, flags)
-            if decision == "ok":
-                self._accepting[peer] = asyncio.get_running_loop().create_future()
-                reserved.append(peer)
-            return decision
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """An incoming plaintext connection."""
+        self._admit(writer, writer.transport.abort)
+        await self._incoming(reader, writer, writer)
 
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        """Accept connections of a TLS node. Each counts against max_handshakes
+        from the start, its TLS handshake included."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as e:  # out of descriptors, say: keep serving
+                self._refusals.log(logging.WARNING, "node %s cannot accept: %s", self.node.name, e)
+                await asyncio.sleep(0.1)
+                continue
+            incoming = _Incoming(sock)
+            self._admit(incoming, incoming.drop)
+            task = _background(self._start_tls(incoming))
+            incoming.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _start_tls(self, incoming: _Incoming) -> None:
+        """The TLS handshake of an incoming connection (both certificates),
+        under the connect timeout, then the cookie handshake inside. A failed
+        TLS handshake is logged by the context (see tls)."""
+        assert self._tls_server is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            await self._handshake_in(reader, writer, proven)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                incoming.sock,
+                ssl=self._tls_server,
+                ssl_handshake_timeout=self.options.connect_timeout,
+            )
+        except (OSError, TimeoutError, ValueError, RuntimeError) as e:  # ssl.SSLError is an OSError
+            logger.debug("node %s: TLS handshake of an incoming connection failed: %s", self.node.name, e)
+            self._handshakes.release(incoming)
+            incoming.sock.close()
+            return
+        except asyncio.CancelledError:
+            self._handshakes.release(incoming)
+            incoming.sock.close()
+            raise
+        writer = incoming.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._incoming(reader, writer, incoming)
+
+    async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: Any) -> None:
+        """The cookie handshake of an incoming connection (``key``: its place in
+        the max_handshakes cap), and the connection once it is up."""
+        owned: list[Peer] = []
+
+        def proven(name: str, creation: int, flags: Any) -> str:
+            # Only now is the name known to be the peer's: the first moment
+            # the record may change (a stranger's claim must not keep a node out).
+            self._handshakes.release(key)  # authenticated: no longer the cap's business
+            decision = self._accept_peer(name, creation, flags)
+            if decision != "ok":
+                return decision
+            peer = self._peers.get(name) or Peer(name)
+            if Action.REFUSE in self._fire(peer, peer.proven_event(self.node.name)):
+                return "duplicate"  # a simultaneous connect that our own attempt wins
+            peer.acceptor = writer
+            owned.append(peer)
+            return "ok"
+
+        info: PeerInfo | None = None
+        try:
+            info = await self._handshake_in(reader, writer, proven)
         finally:
-            self._handshakes.release(writer)
-            for peer in reserved:
-                fut = self._accepting.pop(peer, None)
-                up = peer in self._conns
-                if not up:
-                    self._note_incoming_failed(peer)
-                if fut is not None and not fut.done():
-                    fut.set_result(up)
+            self._handshakes.release(key)
+            for peer in owned:
+                if info is None and peer.acceptor is writer and self._peers.get(peer.name) is peer:
+                    peer.acceptor = None
+                    self._fire(
+                        peer, peer.accept_failed_event(), why="its connection failed during the handshake"
+                    )
+        if info is not None:
+            peer = owned[0]
+            if peer.acceptor is not writer or self._peers.get(peer.name) is not peer:
+                writer.close()  # superseded meanwhile
+                return
+            self._install(peer, Event.ACCEPT_UP, info, reader, writer)
 
     def _tls_refused(self, why: str) -> None:
         self._refusals.log(logging.WARNING, "node %s refused a connection: %s", self.node.name, why)
-
-    def _note_incoming_failed(self, peer: str) -> None:
-        # Our own attempt to this peer may be waiting on this one
-        # (_peer_attempt_wins): it gives up when it sees this. Recorded for
-        # proven peers we are connecting to only, and pruned, so the table
-        # stays as small as our own pending connects.
-        now = time.monotonic()
-        horizon = now - self.options.connect_timeout
-        for name, when in list(self._incoming_failed.items()):
-            if when < horizon:
-                del self._incoming_failed[name]
-        if peer in self._pending:
-            self._incoming_failed[peer] = now
 
     async def _handshake_in(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         proven: Callable[[str, int, Any], str],
-    ) -> None:
+    ) -> PeerInfo | None:
         try:
-            peer = await handshake.accept(
+            return await handshake.accept(
                 reader,
                 writer,
                 my_name=self.node.name,
@@ -661,178 +812,61 @@ class NetKernel:
                 self._refusals.log(logging.WARNING, "node %s refused a connection: %s", self.node.name, e)
             else:
                 logger.debug("node %s refused a connection: %s", self.node.name, e)
-            return
+            return None
         except (OSError, ValueError) as e:
             self._refusals.log(logging.INFO, "incoming connection failed: %s", e)
             writer.close()
-            return
-        self._install(peer, reader, writer)
-
-    def _install(self, peer: PeerInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._stopping:
-            writer.close()
-            return
-        old = self._conns.pop(peer.name, None)
-        if old is not None:
-            old.close("replaced by a new connection (the peer restarted or reconnected)")
-        try:
-            conn = Connection(
-                peer,
-                reader,
-                writer,
-                dispatch=self._dispatch,
-                on_closed=self._closed,
-                ticktime=self.options.ticktime,
-                max_frame=self.options.max_frame,
-                busy_limit=self.options.busy_limit,
-                hard_limit=self.options.hard_limit,
-            )
-        except Exception:
-            # A bug, not the peer's doing; but whoever waits for this
-            # connection must hear that it failed rather than wait for ever.
-            logger.exception("node %s: cannot set up the connection to %s", self.node.name, peer.name)
-            writer.close()
-            pending = self._pending.get(peer.name)
-            if pending is not None:
-                self._connect_failed(
-                    peer.name, pending, "cannot set up the connection (an internal error: see the log)"
-                )
-            return
-        self._conns[peer.name] = conn
-        self._lost.discard(peer.name)
-        port = peer.flags.get("port")
-        if type(port) is int and 0 < port <= 65535:
-            # The port this incarnation listens on (it said so itself): a
-            # restarted node replaces what we knew of the earlier one.
-            self._addresses[peer.name] = (peer.name.partition("@")[2], port)
-        # Its read task and ticks must not hold the context of whatever
-        # process's signal led here (see _background).
-        contextvars.Context().run(conn.start)
-        pending = self._pending.pop(peer.name, None)
-        if pending is not None:
-            deferred = pending.deferred
-            if deferred is not None and self._incoming_failed.get(peer.name, float("-inf")) >= deferred:
-                # The peer's attempt the queue waited on failed (_peer_attempt_wins
-                # had not woken up to see it yet): this connection is a later
-                # one, and what was queued shares that failure.
-                for control in pending.queue:
-                    self._undeliverable(control)
-                pending.queue = []
-            for control in pending.queue:
-                self._route(conn, control)
-            if pending.done is not None and not pending.done.done():
-                pending.done.set_result(True)
-            if pending.task is not None and pending.task is not asyncio.current_task():
-                pending.task.cancel()
-        logger.info("node %s: connected to %s", self.node.name, peer.name)
-        if not conn.hidden:
-            self._notify_nodes(("nodeup", peer.name))
-            if not self.options.hidden:
-                conn.send((Op.NODES, self._mesh_addresses(exclude=peer.name)))
-
-    def _mesh_addresses(self, exclude: str) -> list[str]:
-        out = []
-        for name, c in self._conns.items():
-            if name == exclude or c.hidden:
-                continue
-            addr = self._addresses.get(name)
-            out.append(f"{name}:{addr[1]}" if addr is not None else name)
-        return out
-
-    def _notify_nodes(self, msg: tuple[str, str]) -> None:
-        for pid in list(self._node_monitors):
-            proc = self.node.process(pid)
-            if proc is None:
-                self._node_monitors.discard(pid)
-            else:
-                proc.put(msg)
-
-    def _closed(self, conn: Connection, reason: str) -> None:
-        if self._conns.get(conn.name) is conn:
-            del self._conns[conn.name]
-            if conn.name in self._addresses:
-                self._lost.add(conn.name)
-        logger.info("node %s: connection to %s down: %s", self.node.name, conn.name, reason)
-        node = self.node
-        links, conn.links = conn.links, set()
-        for local, remote in links:
-            node.link_exit(remote, local, NOCONNECTION)
-        monitors_out, conn.monitors_out = conn.monitors_out, {}
-        for ref, (watcher, item) in monitors_out.items():
-            node.deliver_down(watcher, ref, item, NOCONNECTION)
-        monitors_in, conn.monitors_in = conn.monitors_in, {}
-        for ref, target in monitors_in.items():
-            node.remove_monitor(target, ref)
-        spawns, conn.spawns = conn.spawns, {}
-        for ref, (requester, _) in spawns.items():
-            if ref in self._abandoned:
-                self._abandoned.discard(ref)
-            else:
-                node.send(requester, ("spawn_reply", ref, "error", NOCONNECTION))
-        if not conn.hidden:
-            self._notify_nodes(("nodedown", conn.name))
+            return None
 
     # -- outgoing signals (the RemoteRouter protocol) ---------------------------------
 
     def _out(self, node: str, control: tuple[Any, ...]) -> None:
-        conn = self._conns.get(node)
-        if conn is not None:
-            self._route(conn, control)
+        peer = self._peers.get(node)
+        if peer is not None:
+            conn = peer.conn
+            if conn is not None:
+                self._route(peer, conn, control)
+                return
+            # Pending: every signal waits in the queue, in order, as BEAM
+            # queues them on a pending connection.
+        elif control[0] not in _CONNECTING_OPS:
+            return  # only follows a connection: the other side saw noconnection
+        if self._stopping:
             return
-        if control[0] not in _CONNECTING_OPS or self._stopping:
-            return
-        encode_control(control, self.options.max_frame)  # refuse what cannot travel now, not when connected
-        pending = self._pending.get(node)
-        if pending is None:
+        # Encoded now, once: what cannot travel is refused now, not when connected.
+        data = encode_control(control, self.options.max_frame)
+        if peer is None:
             # A malformed node is the caller's error (send to {Name, BadNode}
             # is badarg in BEAM), raised before any network activity.
             check_node_name(node)
-            pending = self._start_connect(node)
-        pending.queue.append(control)
+            peer = Peer(node)
+            self._fire(peer, Event.WANTED)
+        peer.queue.append(data)
+        track(peer, control)
 
-    def _route(self, conn: Connection, control: tuple[Any, ...]) -> None:
+    def _route(self, peer: Peer, conn: Connection, control: tuple[Any, ...]) -> None:
         conn.send(control)
         if conn.busy:
-            _suspend_sender(conn)
-        match control:
-            case (Op.LINK, local, remote):
-                conn.links.add((local, remote))
-            case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
-                conn.links.discard((local, remote))
-            case (Op.MONITOR, watcher, target, ref):
-                conn.monitors_out[ref] = (watcher, target)
-            case (Op.DEMONITOR, _, _, ref):
-                conn.monitors_out.pop(ref, None)
-            case (Op.DOWN, _, ref, _, _):
-                conn.monitors_in.pop(ref, None)
-            case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
-                conn.spawns[ref] = (requester, opts)
-
-    def _undeliverable(self, control: tuple[Any, ...]) -> None:
-        node = self.node
-        match control:
-            case (Op.LINK, local, remote):
-                node.link_exit(remote, local, NOCONNECTION)
-            case (Op.MONITOR, watcher, target, ref):
-                node.deliver_down(watcher, ref, target, NOCONNECTION)
-            case (Op.SPAWN_REQUEST, ref, requester, *_):
-                node.send(requester, ("spawn_reply", ref, "error", NOCONNECTION))
+            self.node.suspend_sender(conn.drain)
+        track(peer, control)
 
     def send(self, to: Pid, msg: Any) -> None:
-        conn = self._conns.get(to.node)
+        peer = self._peers.get(to.node)
+        conn = None if peer is None else peer.conn
         if conn is not None:
             conn.send((Op.SEND, to, msg))  # the hot path: nothing to track
             if conn.busy:
-                _suspend_sender(conn)
+                self.node.suspend_sender(conn.drain)
         else:
             self._out(to.node, (Op.SEND, to, msg))
 
     def send_name(self, name: str, node: str, msg: Any) -> None:
-        conn = self._conns.get(node)
+        peer = self._peers.get(node)
+        conn = None if peer is None else peer.conn
         if conn is not None:
             conn.send((Op.SEND_NAME, name, msg))
             if conn.busy:
-                _suspend_sender(conn)
+                self.node.suspend_sender(conn.drain)
         else:
             self._out(node, (Op.SEND_NAME, name, msg))
 
@@ -888,7 +922,7 @@ class NetKernel:
 
     def spawn_request(
         self,
-        requester: Process,
+        requester: Pid,
         node: str,
         fn: str,
         args: tuple[Any, ...],
@@ -902,210 +936,63 @@ class NetKernel:
         (nothing with ``reply=False``). A monitor's ref is the request's ref."""
         ref = self.node.make_ref()
         opts = {"link": link, "monitor": monitor, "reply": reply}
-        self._out(node, (Op.SPAWN_REQUEST, ref, requester.pid, fn, tuple(args), opts))
+        self._out(node, (Op.SPAWN_REQUEST, ref, requester, fn, tuple(args), opts))
         return ref
 
     def abandon_spawn(self, ref: Ref) -> bool:
         """The requester gave up waiting: when the reply comes, kill what was
         spawned and deliver nothing (``spawn_request_abandon``). False if no
         reply is awaited for ``ref``."""
-        awaited = any(ref in c.spawns for c in self._conns.values()) or any(
-            control[0] == Op.SPAWN_REQUEST and control[1] == ref
-            for pending in self._pending.values()
-            for control in pending.queue
-        )
+        awaited = any(ref in p.spawns for p in self._peers.values())
         if awaited:
-            self._abandoned.add(ref)
+            self._signals.abandoned.add(ref)
         return awaited
 
-    # -- incoming signals ---------------------------------------------------------
-
-    #: Signals a peer sent naming a target that is not on this node (dropped,
-    #: as BEAM drops them: forwarding would let a peer make this node reach
-    #: any other node, and no node sends such signals).
-    foreign_signals_dropped: int = 0
-
-    def _dispatch(self, conn: Connection, control: tuple[Any, ...]) -> None:
-        node = self.node
-        here = node.name
-        match control:
-            case (Op.SEND, Pid() as to, msg):
-                proc = node.process(to)
-                if proc is not None:
-                    proc.put(msg)
-                elif to.node != here:
-                    self._foreign(conn, control, to)
-            case (Op.SEND_NAME, str() as name, msg):
-                proc = node.named(name)
-                if proc is not None:
-                    proc.put(msg)
-            case (Op.LINK | Op.UNLINK | Op.EXIT | Op.LINK_EXIT, _, Pid() as local, *_) if local.node != here:
-                self._foreign(conn, control, local)
-            case (Op.LINK, Pid() as remote, Pid() as local):
-                proc = node.process(local)
-                if proc is None:
-                    conn.send((Op.LINK_EXIT, local, remote, NOPROC))
-                else:
-                    node.add_link(proc, remote)
-                    conn.links.add((local, remote))
-            case (Op.UNLINK, Pid() as remote, Pid() as local):
-                conn.links.discard((local, remote))
-                proc = node.process(local)
-                if proc is not None and proc.links is not None:
-                    proc.links.discard(remote)
-            case (Op.EXIT, Pid() as remote, Pid() as local, reason):
-                node.exit(remote, local, reason)
-            case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
-                conn.links.discard((local, remote))
-                node.link_exit(remote, local, reason)
-            case (Op.MONITOR | Op.DEMONITOR, Pid(), Pid() as target, Ref()) if target.node != here:
-                self._foreign(conn, control, target)
-            case (Op.MONITOR | Op.DEMONITOR, Pid(), (str(), str() as at) as target, Ref()) if at != here:
-                self._foreign(conn, control, target)
-            case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
-                self._incoming_monitor(conn, watcher, target, ref)
-            case (Op.DEMONITOR, Pid(), _, Ref() as ref):
-                local = conn.monitors_in.pop(ref, None)
-                if local is not None:
-                    node.remove_monitor(local, ref)
-            case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
-                self._foreign(conn, control, watcher)
-            case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
-                conn.monitors_out.pop(ref, None)
-                node.deliver_down(watcher, ref, item, reason)
-            case (
-                Op.SPAWN_REQUEST,
-                Ref() as ref,
-                Pid() as requester,
-                str() as fn,
-                tuple() as args,
-                dict() as opts,
-            ):
-                self._incoming_spawn(conn, ref, requester, fn, args, opts)
-            case (Op.SPAWN_REPLY, Ref(), Pid() as requester, _) if requester.node != here:
-                self._foreign(conn, control, requester)
-            case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
-                self._spawn_reply(conn, ref, requester, result)
-            case (Op.NODES, list() as addresses):
-                for address in addresses:
-                    if type(address) is str:
-                        self._join_mesh(address)
-            case _:
-                raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
-
-    def _foreign(self, conn: Connection, control: tuple[Any, ...], target: Any) -> None:
-        """Drop a signal whose target is not on this node, and count it."""
-        n = self.foreign_signals_dropped = self.foreign_signals_dropped + 1
-        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a bounded log however many come
-            logger.debug(
-                "node %s: dropped a signal (op %s) from %s for %s, not a pid of this node (%d so far)",
-                self.node.name,
-                short(control[0]),
-                conn.name,
-                short(target),
-                n,
-            )
-
-    def _incoming_monitor(self, conn: Connection, watcher: Pid, target: Any, ref: Ref) -> None:
-        if isinstance(target, Pid):
-            local = self.node.add_monitor(target, watcher, ref, target)
-        elif type(target) is tuple and len(target) == 2 and type(target[0]) is str:
-            local = self.node.add_monitor(target[0], watcher, ref, target)
-        else:
-            raise ProtocolError(f"bad monitor target {target!r:.100}")
-        if local is None:
-            conn.send((Op.DOWN, watcher, ref, target, NOPROC))
-        else:
-            conn.monitors_in[ref] = local
-
-    def _incoming_spawn(
-        self,
-        conn: Connection,
-        ref: Ref,
-        requester: Pid,
-        fn_name: str,
-        args: tuple[Any, ...],
-        opts: dict[str, Any],
-    ) -> None:
-        try:
-            fn = resolve_function(fn_name)
-        except Exception as e:
-            # Bounded: the name is the peer's, as large as a frame.
-            why = f"cannot spawn {short(fn_name)}: {short(e)}"
-            logger.warning("node %s %s for %r", self.node.name, why, requester)
-            if opts.get("reply", True):
-                conn.send((Op.SPAWN_REPLY, ref, requester, ("error", why)))
-            return
-        node = self.node
-        pid, _ = node.spawn(fn, args)
-        proc = node.process(pid)
-        assert proc is not None
-        if not opts.get("reply", True):
-            return  # a cast: nobody waits for the pid, nothing is linked or monitored
-        conn.send((Op.SPAWN_REPLY, ref, requester, pid))
-        if opts.get("link"):
-            node.add_link(proc, requester)
-            conn.links.add((pid, requester))
-        if opts.get("monitor"):
-            node.add_monitor(pid, requester, ref, pid)
-            conn.monitors_in[ref] = pid
-
-    def _spawn_reply(self, conn: Connection, ref: Ref, requester: Pid, result: Any) -> None:
-        entry = conn.spawns.pop(ref, None)
-        if entry is None:
-            return
-        if ref in self._abandoned:
-            self._abandoned.discard(ref)
-            if isinstance(result, Pid):
-                conn.send((Op.EXIT, requester, result, "kill"))
-            return
-        node = self.node
-        proc = node.process(requester)
-        opts = entry[1]
-        if not isinstance(result, Pid):
-            node.send(
-                requester, ("spawn_reply", ref, "error", result[1] if type(result) is tuple else result)
-            )
-            return
-        if opts.get("link"):
-            if proc is not None:
-                node.add_link(proc, result)
-                conn.links.add((requester, result))
-            else:
-                conn.send((Op.LINK_EXIT, requester, result, NOPROC))
-        if opts.get("monitor"):
-            if proc is not None:
-                if proc.monitors is None:
-                    proc.monitors = {}
-                proc.monitors[ref] = result
-                conn.monitors_out[ref] = (requester, result)
-            else:
-                conn.send((Op.DEMONITOR, requester, result, ref))
-        if proc is not None:
-            proc.put(("spawn_reply", ref, "ok", result))
+    @property
+    def foreign_signals_dropped(self) -> int:
+        """Signals peers sent naming a target not on this node (dropped)."""
+        return self._signals.foreign_dropped
 
     def _join_mesh(self, address: str) -> None:
         try:
             name, host, port = _parse_address(address)
         except ValueError:
             return
-        if name == self.node.name or self._stopping:
-            return
-        if name in self._conns or name in self._pending or name in self._accepting:
+        if name == self.node.name or self._stopping or name in self._peers:
             return
         if port is not None:
             # The peer that told us is connected to it now: fresher than ours.
             self._addresses[name] = (host, port)
             self._lost.discard(name)
-        self._start_connect(name)
+        self._fire(Peer(name), Event.WANTED)
 
 
-def _suspend_sender(conn: Connection) -> None:
-    """The connection is busy: the process sending (if a process is) waits for
-    it to drain at its next receive (``send`` itself cannot wait)."""
-    proc = current_process()
-    if proc is not None:
-        proc.suspended_on = conn.drain
+class _Incoming:
+    """An incoming connection of a TLS node, for the max_handshakes cap: it can
+    be closed during its TLS handshake (by cancelling it) and after."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.task: asyncio.Task[None] | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def drop(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+        elif self.task is not None:
+            self.task.cancel()  # the TLS handshake is abandoned, the socket closed
+        else:
+            self.sock.close()
+
+
+async def _listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host`` (an address, or a name resolved to its first one)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.create_server(address[:2], family=family, backlog=128)
+    sock.setblocking(False)
+    return sock
 
 
 def _background(coro: Any) -> asyncio.Task[Any]:
@@ -1118,7 +1005,7 @@ def _background(coro: Any) -> asyncio.Task[Any]:
     return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
 
 
-def _make_net_kernel(node: Node, options: dict[str, Any]) -> NetKernel:
+def _make_net_kernel(node: LocalNode, options: dict[str, Any]) -> NetKernel:
     opts = dict(options)
     cookie = resolve_cookie(opts.pop("cookie", None))
     return NetKernel(node, DistOptions(cookie=cookie, **opts))

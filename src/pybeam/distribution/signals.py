@@ -1,0 +1,226 @@
+"""Control messages: from a peer to local signals, and what crosses a connection.
+
+:class:`Signals` carries out the control messages a peer sends (a message, a
+link, a monitor, a spawn request...) on the local node, through the narrow
+:class:`~pybeam.distribution.local.LocalNode` interface, and records in the
+peer's record (:class:`~pybeam.distribution.peer.Peer`) what now crosses the
+connection. :func:`track` records the same for the signals this node sends;
+:meth:`Signals.undo` gives each of them ``noconnection`` when the connection
+goes down or its setup fails.
+
+Signals naming a target that is not on this node are dropped and counted, as
+BEAM drops them: forwarding would let a peer make this node reach any other
+node, and no node sends such signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..functions import resolve_function
+from ..logtext import short
+from ..terms import NOCONNECTION, NOPROC, Pid, Ref
+from .connection import Op, ProtocolError
+from .local import LocalNode
+from .peer import Peer
+
+__all__ = ["Signals", "track"]
+
+logger = logging.getLogger("pybeam.distribution")
+
+
+class Signals:
+    """Incoming control messages of one node's connections."""
+
+    def __init__(self, node: LocalNode, *, join_mesh: Callable[[str], None]) -> None:
+        self.node = node
+        self._join_mesh = join_mesh
+        #: Spawn requests whose requester gave up: kill what the reply names.
+        self.abandoned: set[Ref] = set()
+        #: Signals dropped for naming a target not on this node.
+        self.foreign_dropped = 0
+
+    @staticmethod
+    def _reply(peer: Peer, control: tuple[Any, ...]) -> None:
+        conn = peer.conn
+        if conn is not None:
+            conn.send(control)
+
+    def dispatch(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        """Carry out a control message ``peer`` sent (ProtocolError if malformed)."""
+        node = self.node
+        here = node.name
+        match control:
+            case (Op.SEND, Pid() as to, msg):
+                if not node.deliver(to, msg) and to.node != here:
+                    self._foreign(peer, control, to)
+            case (Op.SEND_NAME, str() as name, msg):
+                node.deliver_named(name, msg)
+            case (Op.LINK | Op.UNLINK | Op.EXIT | Op.LINK_EXIT, _, Pid() as local, *_) if local.node != here:
+                self._foreign(peer, control, local)
+            case (Op.LINK, Pid() as remote, Pid() as local):
+                if node.link_remote(local, remote):
+                    peer.links.add((local, remote))
+                else:
+                    self._reply(peer, (Op.LINK_EXIT, local, remote, NOPROC))
+            case (Op.UNLINK, Pid() as remote, Pid() as local):
+                peer.links.discard((local, remote))
+                node.unlink_remote(local, remote)
+            case (Op.EXIT, Pid() as remote, Pid() as local, reason):
+                node.exit(remote, local, reason)
+            case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
+                peer.links.discard((local, remote))
+                node.link_exit(remote, local, reason)
+            case (Op.MONITOR | Op.DEMONITOR, Pid(), Pid() as target, Ref()) if target.node != here:
+                self._foreign(peer, control, target)
+            case (Op.MONITOR | Op.DEMONITOR, Pid(), (str(), str() as at) as target, Ref()) if at != here:
+                self._foreign(peer, control, target)
+            case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
+                self._incoming_monitor(peer, watcher, target, ref)
+            case (Op.DEMONITOR, Pid(), _, Ref() as ref):
+                local = peer.monitors_in.pop(ref, None)
+                if local is not None:
+                    node.remove_monitor(local, ref)
+            case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
+                self._foreign(peer, control, watcher)
+            case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
+                peer.monitors_out.pop(ref, None)
+                node.deliver_down(watcher, ref, item, reason)
+            case (
+                Op.SPAWN_REQUEST,
+                Ref() as ref,
+                Pid() as requester,
+                str() as fn,
+                tuple() as args,
+                dict() as opts,
+            ):
+                self._incoming_spawn(peer, ref, requester, fn, args, opts)
+            case (Op.SPAWN_REPLY, Ref(), Pid() as requester, _) if requester.node != here:
+                self._foreign(peer, control, requester)
+            case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
+                self._spawn_reply(peer, ref, requester, result)
+            case (Op.NODES, list() as addresses):
+                for address in addresses:
+                    if type(address) is str:
+                        self._join_mesh(address)
+            case _:
+                raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
+
+    def _foreign(self, peer: Peer, control: tuple[Any, ...], target: Any) -> None:
+        """Drop a signal whose target is not on this node, and count it."""
+        n = self.foreign_dropped = self.foreign_dropped + 1
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a bounded log however many come
+            logger.debug(
+                "node %s: dropped a signal (op %s) from %s for %s, not a pid of this node (%d so far)",
+                self.node.name,
+                short(control[0]),
+                peer.name,
+                short(target),
+                n,
+            )
+
+    def _incoming_monitor(self, peer: Peer, watcher: Pid, target: Any, ref: Ref) -> None:
+        if isinstance(target, Pid):
+            local = self.node.add_monitor(target, watcher, ref, target)
+        elif type(target) is tuple and len(target) == 2 and type(target[0]) is str:
+            local = self.node.add_monitor(target[0], watcher, ref, target)
+        else:
+            raise ProtocolError(f"bad monitor target {target!r:.100}")
+        if local is None:
+            self._reply(peer, (Op.DOWN, watcher, ref, target, NOPROC))
+        else:
+            peer.monitors_in[ref] = local
+
+    def _incoming_spawn(
+        self,
+        peer: Peer,
+        ref: Ref,
+        requester: Pid,
+        fn_name: str,
+        args: tuple[Any, ...],
+        opts: dict[str, Any],
+    ) -> None:
+        try:
+            fn = resolve_function(fn_name)
+        except Exception as e:
+            # Bounded: the name is the peer's, as large as a frame.
+            why = f"cannot spawn {short(fn_name)}: {short(e)}"
+            logger.warning("node %s %s for %r", self.node.name, why, requester)
+            if opts.get("reply", True):
+                self._reply(peer, (Op.SPAWN_REPLY, ref, requester, ("error", why)))
+            return
+        node = self.node
+        pid = node.spawn_function(fn, args)
+        if not opts.get("reply", True):
+            return  # a cast: nobody waits for the pid, nothing is linked or monitored
+        self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
+        if opts.get("link") and node.link_remote(pid, requester):
+            peer.links.add((pid, requester))
+        if opts.get("monitor") and node.add_monitor(pid, requester, ref, pid) is not None:
+            peer.monitors_in[ref] = pid
+
+    def _spawn_reply(self, peer: Peer, ref: Ref, requester: Pid, result: Any) -> None:
+        entry = peer.spawns.pop(ref, None)
+        if entry is None:
+            return
+        if ref in self.abandoned:
+            self.abandoned.discard(ref)
+            if isinstance(result, Pid):
+                self._reply(peer, (Op.EXIT, requester, result, "kill"))
+            return
+        node = self.node
+        opts = entry[1]
+        if not isinstance(result, Pid):
+            why = result[1] if type(result) is tuple else result
+            node.deliver(requester, ("spawn_reply", ref, "error", why))
+            return
+        if opts.get("link"):
+            if node.link_remote(requester, result):
+                peer.links.add((requester, result))
+            else:
+                self._reply(peer, (Op.LINK_EXIT, requester, result, NOPROC))
+        if opts.get("monitor"):
+            if node.watch_remote(requester, ref, result):
+                peer.monitors_out[ref] = (requester, result)
+            else:
+                self._reply(peer, (Op.DEMONITOR, requester, result, ref))
+        node.deliver(requester, ("spawn_reply", ref, "ok", result))
+
+    def undo(self, peer: Peer) -> None:
+        """``noconnection`` for every link, monitor and spawn request that
+        crossed (or was queued for) the peer's connection; each once."""
+        node = self.node
+        links, monitors_out, monitors_in, spawns = peer.take_tracked()
+        for local, remote in links:
+            node.link_exit(remote, local, NOCONNECTION)
+        for ref, (watcher, item) in monitors_out.items():
+            node.deliver_down(watcher, ref, item, NOCONNECTION)
+        for ref, target in monitors_in.items():
+            node.remove_monitor(target, ref)
+        for ref, (requester, _) in spawns.items():
+            if ref in self.abandoned:
+                self.abandoned.discard(ref)
+            else:
+                node.deliver(requester, ("spawn_reply", ref, "error", NOCONNECTION))
+
+
+def track(peer: Peer, control: tuple[Any, ...]) -> None:
+    """Record in ``peer`` what an outgoing signal makes cross its connection
+    (or undoes): what must be undone if the connection goes down."""
+    match control:
+        case (Op.SEND | Op.SEND_NAME, *_):
+            pass
+        case (Op.LINK, local, remote):
+            peer.links.add((local, remote))
+        case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
+            peer.links.discard((local, remote))
+        case (Op.MONITOR, watcher, target, ref):
+            peer.monitors_out[ref] = (watcher, target)
+        case (Op.DEMONITOR, _, _, ref):
+            peer.monitors_out.pop(ref, None)
+        case (Op.DOWN, _, ref, _, _):
+            peer.monitors_in.pop(ref, None)
+        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
+            peer.spawns[ref] = (requester, opts)
