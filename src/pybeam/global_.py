@@ -74,8 +74,8 @@ from typing import Any, TypeVar
 
 from . import errand, kernel, kernel_sup, net, rpc
 from .arguments import check_delay
-from .functions import function_name, resolve_function
 from .errors import BadArg, NodeDown
+from .functions import function_name, resolve_function
 from .kernel_sup import SyncWaiters
 from .terms import KILL, NOPROC, Pid, Ref, Term
 
