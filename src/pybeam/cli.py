@@ -972,6 +972,17 @@ def _add_working_directory() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``pybeam`` command; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`pybeam processes N --json | head`): as other
+        # Unix tools, stop quietly, and keep Python's exit-time flush from
+        # failing on the same closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for such a tool
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _add_working_directory()
     if argv and argv[0] == "epmd":

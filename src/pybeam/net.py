@@ -27,6 +27,7 @@ __all__ = [
     "drain",
     "get_cookie",
     "monitor_nodes",
+    "node_info",
     "nodes",
     "ping",
     "set_cookie",
@@ -44,6 +45,16 @@ def _kernel(node: Node | None = None) -> NetKernel:
             f"node {node.name} is not distributed: start it with a name, e.g. Node('a@127.0.0.1')"
         )
     return dist
+
+
+def node_info(node: str) -> dict[str, Any] | None:
+    """The connection to ``node``, as ``net_kernel:node_info/1`` gives it:
+    ``bytes_out``, ``bytes_in``, ``queued`` (bytes waiting to be sent),
+    ``busy`` (over the busy limit), ``last_received``, ``last_sent`` (seconds
+    since) and ``ticktime``; None if no connection to it is up."""
+    name = parse_address(node)[0]
+    dist = current_node().dist
+    return dist.connection_info(name) if isinstance(dist, NetKernel) else None
 
 
 async def connect(node: str) -> bool:

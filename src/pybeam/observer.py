@@ -79,31 +79,25 @@ def processes_info() -> list[dict[str, Any]]:
     return rows
 
 
+_CONNECTION_FIGURES = ("bytes_out", "bytes_in", "queued", "busy", "last_received", "last_sent", "ticktime")
+
+
 def node_info() -> dict[str, Any]:
     """Node-level figures: name, process and registered-name counts, and one
     entry per connection (``node``, ``hidden``).
 
-    Per-connection traffic (``bytes_out``, ``bytes_in``, ``queued``: bytes
-    waiting to be sent) and heartbeat state (``last_received``,
-    ``last_sent``: seconds since) are None: the distribution does not expose
-    them through a public method yet (see docs/cli_and_testing.md).
+    Each connection also carries its traffic (``bytes_out``, ``bytes_in``,
+    ``queued``: bytes waiting to be sent, ``busy``) and heartbeat state
+    (``last_received``, ``last_sent``: seconds since, ``ticktime``); None
+    where the connection went down between the listing and the reading.
     """
     node = current_node()
     connections: list[dict[str, Any]] = []
     if node.dist is not None:
         visible = set(net.nodes())
         for name in net.nodes(hidden=True):
-            connections.append(
-                {
-                    "node": name,
-                    "hidden": name not in visible,
-                    "bytes_out": None,
-                    "bytes_in": None,
-                    "queued": None,
-                    "last_received": None,
-                    "last_sent": None,
-                }
-            )
+            info = net.node_info(name) or dict.fromkeys(_CONNECTION_FIGURES)
+            connections.append({"node": name, "hidden": name not in visible, **info})
     return {
         "node": node.name,
         "processes": len(node.processes()),

@@ -194,6 +194,7 @@ class Connection:
         self._out_size = 0
         self._flush_scheduled = False
         self._read_task: asyncio.Task[None] | None = None
+        self._frame_reader: FrameReader | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self.last_received = time.monotonic()
         self._received = False
@@ -273,6 +274,23 @@ class Connection:
                 "the peer does not read (or a sender never awaits)"
             )
 
+    def info(self) -> dict[str, Any]:
+        """Traffic and heartbeat figures, for observers (``pybeam top``):
+        ``bytes_out`` and ``bytes_in`` (headers and ticks included), ``queued``
+        (bytes waiting to be sent), ``busy``, ``last_received`` and
+        ``last_sent`` (seconds since), and ``ticktime``."""
+        now = time.monotonic()
+        reader = self._frame_reader
+        return {
+            "bytes_out": self._frames.bytes_sent,
+            "bytes_in": reader.bytes_received if reader is not None else 0,
+            "queued": self.queued(),
+            "busy": self.busy,
+            "last_received": max(now - self.last_received, 0.0),
+            "last_sent": max(now - self._frames.last_write_time, 0.0),
+            "ticktime": self.ticktime,
+        }
+
     def queued(self) -> int:
         """Bytes queued to the peer and not yet taken by the kernel."""
         return self._out_size + (self._frames.buffer_size if not self.closed else 0)
@@ -314,7 +332,7 @@ class Connection:
     # -- receiving ---------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        reader = FrameReader(self._reader, self.max_frame, allow_empty=True)
+        reader = self._frame_reader = FrameReader(self._reader, self.max_frame, allow_empty=True)
         dispatch = self._dispatch
         owner = self._owner
         reason = "connection closed by peer"

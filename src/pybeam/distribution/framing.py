@@ -194,13 +194,15 @@ class FrameReader:
     buffers the start of the next frame.
     """
 
-    __slots__ = ("_decoder", "_reader")
+    __slots__ = ("_decoder", "_reader", "bytes_received")
 
     def __init__(
         self, reader: asyncio.StreamReader, max_size: int = DEFAULT_MAX_FRAME, *, allow_empty: bool = False
     ) -> None:
         self._reader = reader
         self._decoder = FrameDecoder(max_size, allow_empty=allow_empty)
+        #: Bytes read so far, headers and ticks included.
+        self.bytes_received = 0
 
     async def read_frames(self) -> list[bytes]:
         """Wait for at least one frame and return all complete ones (never an empty list).
@@ -212,6 +214,7 @@ class FrameReader:
             if not data:
                 held = self._decoder.buffered
                 raise StreamClosed(bool(held), f"{held} bytes of an unfinished frame" if held else "")
+            self.bytes_received += len(data)
             frames = self._decoder.feed(data)
             if frames:
                 return frames

@@ -328,6 +328,12 @@ class NetKernel:
         peer = self._peers.get(node)
         return None if peer is None else peer.conn
 
+    def connection_info(self, node: str) -> dict[str, Any] | None:
+        """Traffic and heartbeat figures of the live connection to ``node``
+        (see :meth:`Connection.info`), or None if it is not up."""
+        conn = self.connection(node)
+        return None if conn is None or conn.closed else conn.info()
+
     async def connect(self, node: str) -> bool:
         """Connect to ``node`` (``name@host`` or ``name@host:port``); True once up.
 
