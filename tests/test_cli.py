@@ -349,3 +349,24 @@ def test_shell_exit_and_a_dying_shell_process(cli: Cli) -> None:
     assert shell.wait() == 0  # exit() stops the node, stdin still open
     assert shell.stdout.splitlines()[1:] == ["new pid True"]
     assert "shell process exited with reason 'bye'" in shell.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(cli: Cli) -> None:
+    # As `pybeam processes N --json | head -1`: the pipe's reader is gone before
+    # the command writes. A Unix tool stops quietly, with no traceback.
+    cli.node("a@127.0.0.1")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pybeam", "processes", "a@127.0.0.1", "--json", "--cookie", COOKIE],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT,
+            env=cli.env,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == b""
