@@ -50,6 +50,10 @@ async def register_idle(name: str) -> Pid:
     return pid
 
 
+def all_nodes_here() -> list[str]:
+    return pybeam.nodes(hidden=True)
+
+
 def nodes_here() -> list[str]:
     return pybeam.nodes()
 
@@ -192,6 +196,10 @@ async def test_hidden_node_is_not_listed(beam_node: pybeam.Node, epmd_port: int,
         assert name not in pybeam.nodes()
         assert name in pybeam.nodes(hidden=True)
         assert await rpc.call(name, node_here) == name
+        # Hidden on its side too, as in OTP: it lists no visible node, only hidden ones.
+        me = pybeam.node_name()
+        assert await rpc.call(name, nodes_here) == []
+        assert me in await rpc.call(name, all_nodes_here)
     finally:
         proc.kill()
         proc.wait()

@@ -577,7 +577,10 @@ class NetKernel:
     def _do_up(self, peer: Peer, conn: Connection) -> None:
         name = peer.name
         peer.conn = conn
-        peer.hidden = conn.hidden
+        # Hidden if either end is, as in OTP: a hidden node's connections are
+        # hidden on both sides, so it lists none of them in nodes() and its
+        # global and pg do not sync with the nodes it talks to.
+        peer.hidden = conn.hidden or self.options.hidden
         peer.acceptor = None
         peer.dialled = False
         self._cancel_dial(peer)
@@ -599,7 +602,7 @@ class NetKernel:
         if done is not None and not done.done():
             done.set_result(True)
         logger.info("node %s: connected to %s", self.node.name, name)
-        if not conn.hidden:
+        if not peer.hidden:
             self._notify_nodes(("nodeup", name))
             if not self.options.hidden:
                 conn.send((Op.NODES, self._mesh_addresses(exclude=name)))
