@@ -39,6 +39,7 @@ import secrets
 import statistics
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,11 @@ class _Phase:
     bytes to the same keys. So one slow worker cannot hold up the phase.
     """
 
-    def __init__(self, kind: str, count: int) -> None:
+    def __init__(self, kind: str, count: int, pending: Iterable[int] | None = None) -> None:
+        """Jobs ``(kind, 0..count-1)``, those in ``pending`` (all by default) ready to go out."""
         self.kind = kind
-        self.pending: deque[int] = deque(range(count))
+        self.count = count
+        self.pending: deque[int] = deque(range(count) if pending is None else pending)
         self.done: set[int] = set()
         #: Job n -> {worker: assignment number} while it is out.
         self.out: dict[int, dict[Pid, int]] = {}
@@ -269,8 +272,9 @@ class _Master:
             self.runs.append(self.run_id)
             self.done_counts = {"map": 0, "reduce": 0}
             self._report()
-            await self._with_redis(self._store_chunks, data)
-            if await self._phase("map", self.job.maps) and await self._phase("reduce", self.job.reduces):
+            maps = _Phase("map", self.job.maps, pending=())
+            await self._with_redis(self._store_chunks, data, maps)
+            if await self._phase(maps) and await self._phase(_Phase("reduce", self.job.reduces)):
                 result: dict[Any, Any] | None = await self._with_redis(self._collect)
                 if result is not None:
                     await self._with_redis(self._delete_runs)
@@ -296,13 +300,18 @@ class _Master:
         except OSError as e:
             raise MapReduceError(f"cannot read {self.job.path}: {e.strerror or e}") from None
 
-    async def _store_chunks(self, data: bytes) -> None:
+    async def _store_chunks(self, data: bytes, maps: _Phase) -> None:
+        """Store the chunks one by one, each map job handed out as soon as its
+        chunk is in Redis: the first workers count while the master still
+        stores the rest (20 MB take Redis some 30 ms)."""
         chunks = storage.split_lines(data, self.job.maps)
         self.chunk_starts = [0, *itertools.accumulate(len(chunk) for chunk in chunks)]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for m, chunk in enumerate(chunks):
-                pipe.set(storage.chunk_key(self.job.name, self.run_id, m), chunk)
-            await pipe.execute()
+        for m, chunk in enumerate(chunks):
+            if m in maps.pending or m in maps.out:
+                continue  # stored before Redis failed, and this step is tried again
+            await self.client.set(storage.chunk_key(self.job.name, self.run_id, m), chunk)
+            maps.pending.append(m)
+            self._dispatch(maps)
 
     async def _collect(self) -> dict[Any, Any] | None:
         """Every reduce job's pairs in one mapping; None if one is missing."""
@@ -336,12 +345,12 @@ class _Master:
 
     # -- one phase: every map job, or every reduce job ---------------------------------
 
-    async def _phase(self, kind: str, count: int) -> bool:
-        """Run jobs ``(kind, 0..count-1)`` until each was done once; False if
-        the run's data went missing from Redis."""
-        ph = _Phase(kind, count)
+    async def _phase(self, ph: _Phase) -> bool:
+        """Run the phase's jobs until each was done once; False if the run's
+        data went missing from Redis."""
+        kind = ph.kind
         run = self.run_id
-        while len(ph.done) < count:
+        while len(ph.done) < ph.count:
             self._dispatch(ph)
             match await receive(timeout=self._backup_wait(ph), default=None):
                 case ("done", r, (k, n), pid) if r == run and k == kind:
