@@ -10,7 +10,7 @@ jobs, so that:
 - nothing of an earlier run, or of another job, can be mistaken for this one's.
 
 ==================================  =======================================
-``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines)
+``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines, bytes)
 ``mr:{job}:{run}:map:{m}:{r}``       map job m's pairs that go to reduce job r
 ``mr:{job}:{run}:reduce:{r}``        reduce job r's result pairs
 ``mr:{job}:worker:{worker_id}``      how many jobs that worker finished (INCR)
