@@ -307,7 +307,7 @@ class _Master:
         chunks = storage.split_lines(data, self.job.maps)
         self.chunk_starts = [0, *itertools.accumulate(len(chunk) for chunk in chunks)]
         for m, chunk in enumerate(chunks):
-            if m in maps.pending or m in maps.out:
+            if m in maps.pending or m in maps.out or m in maps.done:
                 continue  # stored before Redis failed, and this step is tried again
             await self.client.set(storage.chunk_key(self.job.name, self.run_id, m), chunk)
             maps.pending.append(m)
