@@ -17,10 +17,10 @@ import pytest
 import redis
 
 import pybeam
-from examples.map_reduce import IDENTITY, WORD_COUNT, Job, MapReduceError, run_job, start, start_worker
+from examples.map_reduce import GROUP, IDENTITY, WORD_COUNT, Job, MapReduceError, run_job, start, start_worker
 from examples.map_reduce.storage import counter_key, split_lines
 from examples.redis_server import RedisServer
-from pybeam import ANY, Pid, receive, rpc, supervisor
+from pybeam import ANY, Pid, pg, receive, rpc, supervisor
 from pybeam.testing import eventually, heal, partition
 
 LINES = [str(i) for i in range(100_000)]
@@ -61,6 +61,18 @@ def test_split_lines_keeps_every_line_whole_and_in_order() -> None:
         assert len(chunks) == count
         assert "".join(chunks) == text
         assert sum(len(c.splitlines()) for c in chunks) == len(text.splitlines())
+
+
+def test_split_lines_cuts_utf8_bytes_after_a_newline_only() -> None:
+    # The master cuts the file's bytes: no cut may fall inside a character.
+    data = ("é日本\n🙂 x\r\n\u2028y\n" * 50).encode()
+    for count in (1, 3, 10, 100):
+        chunks = split_lines(data, count)
+        assert len(chunks) == count
+        assert b"".join(chunks) == data
+        for chunk in chunks[:-1]:
+            assert chunk == b"" or chunk.endswith(b"\n")
+            chunk.decode()
 
 
 # -- the training's scenarios -------------------------------------------------------------
@@ -278,6 +290,25 @@ async def test_unreadable_input_is_a_clear_error(tmp_path: Path, redis_server: R
         await run_job(job, timeout=10)
 
 
+async def test_input_that_is_not_utf8_is_a_clear_error_naming_the_byte(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # The master stores the bytes as they are; the worker that decodes the bad
+    # chunk says so, and the master fails the job with the byte's offset in the file.
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"good line\n" * 1000 + b"bad \xff byte\n" + b"good line\n" * 1000)
+    job = Job(f"t{secrets.token_hex(4)}", str(path), WORD_COUNT, redis_server.url, maps=4, reduces=2)
+    async with cluster(1) as c:
+        await add_worker(c.nodes[0], "w")
+        with pytest.raises(
+            MapReduceError, match=r"latin1\.txt is not UTF-8 text \(invalid start byte at byte 10004\)"
+        ):
+            await run_job(job, timeout=30)
+        # The worker did not crash: it serves the next job.
+        good = new_job(tmp_path, redis_server, ["foo bar", "foo"], WORD_COUNT)
+        assert await run_job(good, timeout=30) == {"foo": 2, "bar": 1}
+
+
 def generated_text(seed: int, words: int) -> str:
     rnd = random.Random(seed)
     vocabulary = ["the", "The", "THE", "and", "And", "Straße", "strasse", "élan", "Élan", "日本語", "naïve",
@@ -328,3 +359,66 @@ async def test_the_training_word_count_map_gives_the_same_answer(
         for i, node in enumerate(c.nodes):
             await add_worker(node, f"w{i}")
         assert await run_job(job, timeout=30) == Counter(text.split())
+
+
+# -- fair work distribution (the training's extra exercise) ---------------------------------
+
+
+async def wait_for_workers(count: int) -> None:
+    """Until this node's pg view has ``count`` workers: the master starts with those it sees."""
+    await eventually(lambda: len(pg.get_members(GROUP)) == count)
+
+
+async def test_jobs_go_to_whoever_is_idle_so_a_slow_worker_does_few(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # A worker gets a job only when it has none (pull, not round-robin): the
+    # fast one keeps coming back for more while the slow one sits on one job.
+    # Round-robin would give each half of the 30 jobs.
+    job = new_job(tmp_path, redis_server, LINES, IDENTITY, maps=20, reduces=10, backups=False)
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        await add_worker(n1, "slow", pause=1.0)
+        await add_worker(n2, "fast")
+        await wait_for_workers(2)
+        assert (await run_job(job, timeout=60)).keys() == set(LINES)
+    slow, fast = jobs_done_by(redis_server, job, "slow"), jobs_done_by(redis_server, job, "fast")
+    assert slow + fast == 30
+    assert slow >= 1 and fast > 3 * slow, f"slow did {slow} jobs, fast {fast}"
+
+
+async def test_a_stragglers_job_gets_a_copy_so_a_slow_worker_does_not_hold_up_the_result(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # The slow worker takes 30 s over its first job, far within job_timeout
+    # (60 s): alive, not stuck, so neither a monitor nor the timeout moves
+    # the job. When the fast worker has nothing left to do, it gets a copy.
+    job = new_job(tmp_path, redis_server, LINES, IDENTITY, maps=10, reduces=5, job_timeout=60.0)
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        await add_worker(n1, "slow", pause=30.0)
+        await add_worker(n2, "fast")
+        await wait_for_workers(2)
+        assert (await run_job(job, timeout=20)).keys() == set(LINES)
+        # Every map job and every reduce job, the slow one's copy included.
+        assert jobs_done_by(redis_server, job, "fast") == 15
+        assert jobs_done_by(redis_server, job, "slow") == 0
+
+
+async def test_jobs_are_spread_over_nodes_before_a_node_gets_a_second(
+    cluster: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # Three idle workers on node 1, one on node 2, two jobs a phase: each
+    # phase gives one job to each node (the least loaded first), whatever
+    # order the master learnt of the workers in.
+    lines = LINES[:1000]
+    job = new_job(tmp_path, redis_server, lines, IDENTITY, maps=2, reduces=2, backups=False)
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        for i in range(3):
+            await add_worker(n1, f"a{i}")
+        await add_worker(n2, "b")
+        await wait_for_workers(4)
+        assert (await run_job(job, timeout=30)).keys() == set(lines)
+    assert jobs_done_by(redis_server, job, "b") == 2
+    assert sum(jobs_done_by(redis_server, job, f"a{i}") for i in range(3)) == 2

@@ -13,6 +13,8 @@ writes the same values twice. What the master watches for:
 - Redis refusing a worker (``failed``): the job is tried again a moment later,
   and the master gives up with a clear error only if Redis stays unreachable
   for ``redis_patience`` seconds;
+- input that is not UTF-8 (``invalid``, from the worker that decodes the
+  chunk): the job fails with a clear error naming the byte;
 - data missing from Redis (``missing``: it restarted, and kept nothing): the
   master starts the whole job over as a new *run*, with keys of its own, so
   that nothing of the old run can mix into the new one;
@@ -31,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import secrets
+import statistics
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +60,10 @@ logger = logging.getLogger("map_reduce")
 RETRY_DELAY = 0.1
 #: Workers one job may crash before the job fails.
 MAX_CRASHES = 3
+#: A job out for this many times the median job of its phase is a straggler...
+BACKUP_FACTOR = 3.0
+#: ...and for at least this many seconds (tiny jobs vary by more than a factor).
+BACKUP_MIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class Job:
     redis_patience: float = 10.0
     #: How many times the job may start over because its data vanished from Redis.
     max_runs: int = 3
+    #: Whether a straggler's job gets a copy on an idle worker (see ``_Phase``).
+    backups: bool = True
 
     def as_term(self) -> dict[str, Any]:
         """The job as a term (a dict), to send it to another node; ``Job(**term)`` is the job again."""
@@ -92,6 +103,77 @@ class Job:
 
 class MapReduceError(Exception):
     """The job cannot give an answer (unreadable input, Redis unreachable...)."""
+
+
+class _Phase:
+    """The master's book of one phase: the map jobs or the reduce jobs of a run.
+
+    A job is *pending* (waiting for a worker), *out* (with one worker, or two
+    when it got a backup copy) or *done*. A job out for much longer than the
+    phase's jobs usually take is a straggler: the worker is slow (an
+    overloaded node, a bad disk), not dead, so neither a monitor nor
+    ``job_timeout`` says anything yet. When a worker is idle and no job waits,
+    a straggler's job gets a copy on that worker (the MapReduce paper's
+    "backup tasks"): the first to finish wins, the other's writes are the same
+    bytes to the same keys. So one slow worker cannot hold up the phase.
+    """
+
+    def __init__(self, kind: str, count: int, pending: Iterable[int] | None = None) -> None:
+        """Jobs ``(kind, 0..count-1)``, those in ``pending`` (all by default) ready to go out."""
+        self.kind = kind
+        self.count = count
+        self.pending: deque[int] = deque(range(count) if pending is None else pending)
+        self.done: set[int] = set()
+        #: Job n -> {worker: assignment number} while it is out.
+        self.out: dict[int, dict[Pid, int]] = {}
+        #: Job n -> when it went out (the first copy), while it is out.
+        self.since: dict[int, float] = {}
+        #: How long each job that was done took, first copy out to first answer.
+        self.durations: list[float] = []
+
+    def hand_out(self, n: int, pid: Pid, seq: int, now: float) -> None:
+        if n not in self.out:
+            self.out[n] = {}
+            self.since[n] = now
+        self.out[n][pid] = seq
+
+    def drop(self, n: int, pid: Pid) -> bool:
+        """``pid`` no longer does job ``n``; True if no copy of it is left out."""
+        copies = self.out.get(n)
+        if copies is None or copies.pop(pid, None) is None:
+            return False
+        if copies:
+            return False
+        del self.out[n], self.since[n]
+        return True
+
+    def finish(self, n: int) -> None:
+        self.done.add(n)
+        if n in self.out:
+            del self.out[n]
+            self.durations.append(time.monotonic() - self.since.pop(n))
+
+    def straggler_limit(self) -> float | None:
+        """How long a job may be out before it counts as a straggler: a few
+        times the median of the jobs done (None before the first one)."""
+        if not self.durations:
+            return None
+        return max(BACKUP_MIN, BACKUP_FACTOR * statistics.median(self.durations))
+
+    def next_straggler_at(self) -> float | None:
+        limit = self.straggler_limit()
+        single = [t for n, t in self.since.items() if len(self.out[n]) == 1]
+        if limit is None or not single:
+            return None
+        return min(single) + limit
+
+    def stragglers(self, now: float) -> list[int]:
+        """The jobs out with only one worker for longer than the limit, oldest first."""
+        limit = self.straggler_limit()
+        if limit is None:
+            return []
+        late = [n for n, t in self.since.items() if len(self.out[n]) == 1 and now - t > limit]
+        return sorted(late, key=self.since.__getitem__)
 
 
 async def master(caller: Pid, job: Job, progress: Pid | None = None) -> None:
@@ -177,10 +259,12 @@ class _Master:
         self.redis_trouble_since: float | None = None
         self.done_counts = {"map": 0, "reduce": 0}
         self.crashes: dict[tuple[str, str, int], int] = {}
+        #: Where each chunk starts in the input file (bytes), and where the last ends.
+        self.chunk_starts: list[int] = [0]
         self._seq = 0
 
     async def run(self) -> dict[Any, Any]:
-        text = self._read_input()
+        data = self._read_input()
         self.pg_ref, members = await pg.monitor(GROUP)
         self._add_workers(members)
         for attempt in range(1, self.job.max_runs + 1):
@@ -188,8 +272,9 @@ class _Master:
             self.runs.append(self.run_id)
             self.done_counts = {"map": 0, "reduce": 0}
             self._report()
-            await self._with_redis(self._store_chunks, text)
-            if await self._phase("map", self.job.maps) and await self._phase("reduce", self.job.reduces):
+            maps = _Phase("map", self.job.maps, pending=())
+            await self._with_redis(self._store_chunks, data, maps)
+            if await self._phase(maps) and await self._phase(_Phase("reduce", self.job.reduces)):
                 result: dict[Any, Any] | None = await self._with_redis(self._collect)
                 if result is not None:
                     await self._with_redis(self._delete_runs)
@@ -207,22 +292,26 @@ class _Master:
 
     # -- the input and the output ---------------------------------------------------
 
-    def _read_input(self) -> str:
+    def _read_input(self) -> bytes:
+        # Bytes, as they are on disk: the workers decode their chunks (in
+        # parallel) and report a chunk that is not UTF-8 ("invalid").
         try:
-            return Path(self.job.path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise MapReduceError(
-                f"{self.job.path} is not UTF-8 text ({e.reason} at byte {e.start})"
-            ) from None
+            return Path(self.job.path).read_bytes()
         except OSError as e:
             raise MapReduceError(f"cannot read {self.job.path}: {e.strerror or e}") from None
 
-    async def _store_chunks(self, text: str) -> None:
-        chunks = storage.split_lines(text, self.job.maps)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for m, chunk in enumerate(chunks):
-                pipe.set(storage.chunk_key(self.job.name, self.run_id, m), chunk)
-            await pipe.execute()
+    async def _store_chunks(self, data: bytes, maps: _Phase) -> None:
+        """Store the chunks one by one, each map job handed out as soon as its
+        chunk is in Redis: the first workers count while the master still
+        stores the rest (20 MB take Redis some 30 ms)."""
+        chunks = storage.split_lines(data, self.job.maps)
+        self.chunk_starts = [0, *itertools.accumulate(len(chunk) for chunk in chunks)]
+        for m, chunk in enumerate(chunks):
+            if m in maps.pending or m in maps.out or m in maps.done:
+                continue  # stored before Redis failed, and this step is tried again
+            await self.client.set(storage.chunk_key(self.job.name, self.run_id, m), chunk)
+            maps.pending.append(m)
+            self._dispatch(maps)
 
     async def _collect(self) -> dict[Any, Any] | None:
         """Every reduce job's pairs in one mapping; None if one is missing."""
@@ -256,44 +345,42 @@ class _Master:
 
     # -- one phase: every map job, or every reduce job ---------------------------------
 
-    async def _phase(self, kind: str, count: int) -> bool:
-        """Run jobs ``(kind, 0..count-1)`` until each was done once; False if
-        the run's data went missing from Redis."""
-        pending = deque(range(count))
-        done: set[int] = set()
-        #: Job n -> (worker, assignment number) while it is out.
-        out: dict[int, tuple[Pid, int]] = {}
+    async def _phase(self, ph: _Phase) -> bool:
+        """Run the phase's jobs until each was done once; False if the run's
+        data went missing from Redis."""
+        kind = ph.kind
         run = self.run_id
-        while len(done) < count:
-            self._dispatch(kind, pending, done, out)
-            match await receive():
+        while len(ph.done) < ph.count:
+            self._dispatch(ph)
+            match await receive(timeout=self._backup_wait(ph), default=None):
                 case ("done", r, (k, n), pid) if r == run and k == kind:
                     self._free(pid)
-                    out.pop(n, None)
-                    if n not in done:  # a job done twice counts once
-                        done.add(n)
+                    if n not in ph.done:  # a job done twice counts once
+                        ph.finish(n)
                         self.done_counts[kind] += 1
                         self._report()
                     self.redis_trouble_since = None
                 case ("failed", r, (k, n), pid, why) if r == run and k == kind:
                     self._free(pid)
-                    if out.get(n, (None,))[0] == pid:
-                        del out[n]
+                    ph.drop(n, pid)
                     self._redis_trouble(why)
                     pybeam.send_after(RETRY_DELAY, self.me, ("retry", run, (kind, n)))
                 case ("retry", r, (k, n)) if r == run and k == kind:
-                    if n not in done and n not in out:
-                        pending.append(n)
+                    if n not in ph.done and n not in ph.out:
+                        ph.pending.append(n)
+                case ("invalid", r, ("map", m), _, reason, start) if r == run:
+                    at = self.chunk_starts[m] + start
+                    raise MapReduceError(f"{self.job.path} is not UTF-8 text ({reason} at byte {at})")
                 case ("missing", r, _, pid, key) if r == run:
                     self._free(pid)
                     logger.warning("job %s: %s is missing from Redis", self.job.name, key)
                     return False
                 case ("timeout", r, (k, n), pid, seq) if r == run and k == kind:
-                    if out.get(n) == (pid, seq) and n not in done:
+                    if ph.out.get(n, {}).get(pid) == seq and n not in ph.done:
                         # The worker stays busy (no new work) until it answers.
                         logger.info("job %s: %s %d timed out on %s", self.job.name, kind, n, pid)
-                        del out[n]
-                        pending.appendleft(n)
+                        if ph.drop(n, pid):
+                            ph.pending.appendleft(n)
                 case ("DOWN", ref, "process", pid, reason) if self.workers.get(pid) == ref:
                     logger.info("job %s: worker %s is down (%r)", self.job.name, pid, reason)
                     del self.workers[pid]
@@ -302,33 +389,58 @@ class _Master:
                     job = self.busy.pop(pid, None)
                     if job is not None:
                         _, _, n = job
-                        if job[:2] == (run, kind) and out.get(n, (None,))[0] == pid:
-                            del out[n]
-                            pending.appendleft(n)
+                        if job[:2] == (run, kind) and pid in ph.out.get(n, {}):
+                            if ph.drop(n, pid):
+                                ph.pending.appendleft(n)
                             self._count_crash(kind, n, reason)
                 case (ref, "join", _, pids) if ref == self.pg_ref:
                     self._add_workers(pids)
-                case ("done" | "failed" | "missing", _, _, pid, *_):
+                case ("done" | "failed" | "missing" | "invalid", _, _, pid, *_):
                     self._free(pid)  # about a job of an earlier phase or run: only the worker is news
                 case _:
-                    pass  # pg leaves (the monitors say more), stale timers and retries
+                    pass  # pg leaves (the monitors say more), stale timers and retries, no message
         return True
 
-    def _dispatch(
-        self, kind: str, pending: deque[int], done: set[int], out: dict[int, tuple[Pid, int]]
-    ) -> None:
-        while pending and self.idle:
-            n = pending.popleft()
-            if n in done or n in out:
-                continue
-            pid = self.idle.popleft()
-            self._seq += 1
-            send(pid, (kind, self.me, self.job.spec(), self.run_id, n))
-            self.busy[pid] = (self.run_id, kind, n)
-            out[n] = (pid, self._seq)
-            pybeam.send_after(
-                self.job.job_timeout, self.me, ("timeout", self.run_id, (kind, n), pid, self._seq)
-            )
+    def _dispatch(self, ph: _Phase) -> None:
+        """Hand jobs to idle workers: the waiting jobs first, then copies of
+        stragglers' jobs (:meth:`_Phase.stragglers`)."""
+        while ph.pending and self.idle:
+            n = ph.pending.popleft()
+            if n not in ph.done and n not in ph.out:
+                self._assign(ph, n, self._take_idle(()))
+        if self.idle and self.job.backups:
+            for n in ph.stragglers(time.monotonic()):
+                if not self.idle:
+                    break
+                logger.info("job %s: %s %d is slow; a copy goes to an idle worker", self.job.name, ph.kind, n)
+                self._assign(ph, n, self._take_idle({pid.node for pid in ph.out[n]}))
+
+    def _assign(self, ph: _Phase, n: int, pid: Pid) -> None:
+        self._seq += 1
+        send(pid, (ph.kind, self.me, self.job.spec(), self.run_id, n))
+        self.busy[pid] = (self.run_id, ph.kind, n)
+        ph.hand_out(n, pid, self._seq, time.monotonic())
+        pybeam.send_after(
+            self.job.job_timeout, self.me, ("timeout", self.run_id, (ph.kind, n), pid, self._seq)
+        )
+
+    def _take_idle(self, avoid: set[str] | tuple[()]) -> Pid:
+        """An idle worker, on the node with the fewest of our jobs (a node
+        in ``avoid`` last), the longest idle first among equals."""
+        load: dict[str, int] = {}
+        for pid in self.busy:
+            load[pid.node] = load.get(pid.node, 0) + 1
+        # min() keeps the first of equals: the idle queue's order.
+        pid = min(self.idle, key=lambda p: (p.node in avoid, load.get(p.node, 0)))
+        self.idle.remove(pid)
+        return pid
+
+    def _backup_wait(self, ph: _Phase) -> float | None:
+        """Seconds until a straggler's job may get a copy, if a worker is idle for it."""
+        if not self.idle or ph.pending or not self.job.backups:
+            return None
+        at = ph.next_straggler_at()
+        return None if at is None else max(0.0, at - time.monotonic())
 
     # -- workers -----------------------------------------------------------------------
 

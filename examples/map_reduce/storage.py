@@ -10,7 +10,7 @@ jobs, so that:
 - nothing of an earlier run, or of another job, can be mistaken for this one's.
 
 ==================================  =======================================
-``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines)
+``mr:{job}:{run}:chunk:{m}``         the input of map job m (whole lines, bytes)
 ``mr:{job}:{run}:map:{m}:{r}``       map job m's pairs that go to reduce job r
 ``mr:{job}:{run}:reduce:{r}``        reduce job r's result pairs
 ``mr:{job}:worker:{worker_id}``      how many jobs that worker finished (INCR)
@@ -22,12 +22,14 @@ Pairs are stored as msgpack lists of ``[key, value]``.
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, AnyStr
 
 import msgpack
 import redis.asyncio as aioredis
 
 __all__ = [
+    "InvalidInput",
     "MissingData",
     "chunk_key",
     "cleanup",
@@ -35,6 +37,7 @@ __all__ = [
     "counter_key",
     "decode_pairs",
     "encode_pairs",
+    "group_by_partition",
     "map_key",
     "partition",
     "reduce_key",
@@ -44,6 +47,15 @@ __all__ = [
 
 class MissingData(Exception):
     """A key that should be in Redis is not (Redis restarted, or was flushed)."""
+
+
+class InvalidInput(Exception):
+    """A chunk is not UTF-8 text: ``reason`` (the codec's) at byte ``start`` of the chunk."""
+
+    def __init__(self, reason: str, start: int) -> None:
+        super().__init__(f"{reason} at byte {start}")
+        self.reason = reason
+        self.start = start
 
 
 def chunk_key(job: str, run: str, m: int) -> str:
@@ -73,6 +85,22 @@ def partition(key: Any, reduce_count: int) -> int:
     return zlib.crc32(data) % reduce_count
 
 
+def group_by_partition(pairs: Iterable[tuple[Any, Any]], reduce_count: int) -> list[list[tuple[Any, Any]]]:
+    """``pairs`` in ``reduce_count`` groups, group ``r`` holding those whose key
+    :func:`partition` gives to reduce job ``r``."""
+    groups: list[list[tuple[Any, Any]]] = [[] for _ in range(reduce_count)]
+    appends = [group.append for group in groups]
+    crc32 = zlib.crc32
+    for pair in pairs:
+        key = pair[0]
+        # partition() inlined for str keys: a map job may emit tens of
+        # thousands of pairs, and a call each cost a third of the time.
+        appends[crc32(key.encode()) % reduce_count if type(key) is str else partition(key, reduce_count)](
+            pair
+        )
+    return groups
+
+
 def encode_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
     data: bytes = msgpack.packb(pairs)
     return data
@@ -83,16 +111,20 @@ def decode_pairs(data: bytes | str) -> list[list[Any]]:
     return pairs
 
 
-def split_lines(text: str, count: int) -> list[str]:
-    """``text`` cut into ``count`` chunks of whole lines, about equal in size.
+def split_lines(text: AnyStr, count: int) -> list[AnyStr]:
+    """``text`` (``str`` or UTF-8 ``bytes``) cut into ``count`` chunks of whole
+    lines, about equal in size.
 
     Each cut is just after a ``"\n"``, which ends a line whatever else does
     (``"\r\n"`` stays whole), so no line, and no word, straddles two chunks.
+    In UTF-8 the byte ``b"\n"`` is never part of another character, so cutting
+    the bytes is cutting the text.
     """
+    newline: Any = "\n" if isinstance(text, str) else b"\n"
     chunks = []
     start = 0
     for i in range(1, count):
-        end = text.find("\n", max(start, i * len(text) // count))
+        end = text.find(newline, max(start, i * len(text) // count))
         end = len(text) if end < 0 else end + 1
         chunks.append(text[start:end])
         start = end

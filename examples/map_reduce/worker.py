@@ -11,7 +11,9 @@ A worker joins the process group :data:`GROUP`; masters find workers there
 and answers each one with ``("done", run, job, self)``, or
 ``("failed", run, job, self, why)`` when Redis could not be reached (the master
 tries again later), or ``("missing", run, job, self, key)`` when input it
-needed is not in Redis (the master starts the job over). ``spec`` says
+needed is not in Redis (the master starts the job over), or
+``("invalid", run, job, self, reason, start)`` when a chunk is not UTF-8 (the
+master fails the job with a clear error). ``spec`` says
 everything about the job (its name, Redis URL, job module, counts), so a worker
 serves any master and holds no state between jobs: losing one loses nothing.
 """
@@ -30,14 +32,15 @@ import pybeam
 from pybeam import Pid, pg, receive, send
 
 from .storage import (
+    InvalidInput,
     MissingData,
     chunk_key,
     connect,
     counter_key,
     decode_pairs,
     encode_pairs,
+    group_by_partition,
     map_key,
-    partition,
     reduce_key,
 )
 
@@ -80,6 +83,8 @@ async def worker(
                             await do_reduce(client, spec, run, n, worker_id)
                     except MissingData as e:
                         send(master, ("missing", run, job, pybeam.self(), str(e)))
+                    except InvalidInput as e:
+                        send(master, ("invalid", run, job, pybeam.self(), e.reason, e.start))
                     except RedisError as e:
                         send(master, ("failed", run, job, pybeam.self(), f"{type(e).__name__}: {e}"))
                     else:
@@ -112,10 +117,13 @@ async def do_map(client: aioredis.Redis, spec: dict[str, Any], run: str, m: int,
     chunk = await client.get(key)
     if chunk is None:
         raise MissingData(key)
-    text = chunk.decode() if isinstance(chunk, bytes) else chunk
-    groups: list[list[tuple[Any, Any]]] = [[] for _ in range(reduces)]
-    for pair in _job_module(spec).map(text):
-        groups[partition(pair[0], reduces)].append(pair)
+    try:
+        # The master stores the file's bytes as they are: the decoding (and the
+        # check that it is UTF-8) happens here, in parallel.
+        text = chunk.decode() if isinstance(chunk, bytes) else chunk
+    except UnicodeDecodeError as e:
+        raise InvalidInput(e.reason, e.start) from None
+    groups = group_by_partition(_job_module(spec).map(text), reduces)
     # One round trip for all the writes and the counter, applied all at once
     # (MULTI/EXEC): a reader never sees half of this job's output.
     async with client.pipeline(transaction=True) as pipe:
