@@ -1,0 +1,67 @@
+"""`python -m benchmarks compare` end to end, on tiny sizes: every row of the
+report is there, with a figure where the peer has the feature and "n/a" where
+it has not. No timing is asserted: the figures are whatever this machine gives."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.compare.workloads import ROWS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    """The figures table: row title -> the peers' cells."""
+    rows: dict[str, list[str]] = {}
+    for line in text.split("\n## ")[0].splitlines():  # the first table, before any section
+        if line.startswith("| ") and not line.startswith("| workload") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[2:]
+    return rows
+
+
+def test_compare_quick_writes_every_row(tmp_path: Path) -> None:
+    erlang = all(shutil.which(t) for t in ("erl", "erlc", "epmd"))
+    pykka = importlib.util.find_spec("pykka") is not None
+    peers = ["pybeam", "asyncio", "pykka"] + (["erlang"] if erlang else [])
+    out = tmp_path / "report.md"
+    argv = [sys.executable, "-m", "benchmarks", "compare", "--quick", "--runs", "1", "--scale", "0.02"]
+    argv += ["--peers", ",".join(peers), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    table = _table(text)
+    assert "Load (1-minute average)" in text
+    header = next(line for line in text.splitlines() if line.startswith("| workload | unit"))
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == [
+        {"pybeam": "pybeam", "asyncio": "bare asyncio", "pykka": "Pykka", "erlang": "Erlang/OTP"}[p]
+        for p in peers
+    ]
+    for row in ROWS:
+        assert row.title in table, f"missing row {row.title!r}"
+        cells = dict(zip(peers, table[row.title], strict=True))
+        # pybeam has every feature: a figure, never n/a or failed.
+        assert cells["pybeam"][0].isdigit(), (row.title, cells)
+        network = row.workload in ("cross_one_way", "cross_rtt", "rpc", "fanout")
+        if row.workload == "fanout":
+            assert cells["asyncio"] == "n/a"
+        else:
+            assert cells["asyncio"][0].isdigit(), (row.title, cells)
+        if network:
+            assert cells["pykka"] == "n/a"
+        else:
+            assert cells["pykka"][0].isdigit() if pykka else cells["pykka"] == "not installed"
+        if erlang:
+            assert cells["erlang"][0].isdigit(), (row.title, cells)
+    assert "## pybeam's advantage over each peer" in text
+    assert "## Goals (issues 11 and 15)" in text
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "report" / "ratios.png").stat().st_size > 1000
+        assert "![ratios.png](report/ratios.png)" in text
