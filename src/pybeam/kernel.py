@@ -13,7 +13,7 @@ from typing import Any, NoReturn, overload
 
 from .arguments import check_delay, check_timeout
 from .errors import BadArg, Exit
-from .mailbox import NO_DEFAULT
+from .mailbox import NO_DEFAULT, _pop
 from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
@@ -98,9 +98,17 @@ def send(dest: Any, msg: Any) -> Any:
     BEAM); sending to a name nobody registered raises :class:`BadArg`.
     """
     proc = _current.get()
+    if type(dest) is Pid:
+        # The hot path: the pid a spawn returned leads to its live process
+        # (while it lives) without hashing it. Only within one node: a pid of
+        # another node in this interpreter is reached through the distribution.
+        target = dest._proc
+        if target is not None and proc is not None and target.node is proc.node:
+            target.put(msg)
+            return msg
     node = proc.node if proc is not None else current_node()
     if type(dest) is Pid:
-        # The hot path: a live local pid needs one dict lookup and an append.
+        # A pid that came another way (decoded from a message, say).
         target = node._procs.get(dest)
         if target is not None:
             target.put(msg)
@@ -126,6 +134,11 @@ def receive(
     if proc is None or (proc.adopted and not proc.alive):
         proc = _me()
     if pattern is None and timeout is None:
+        # Mailbox.receive_any's first step, without the call: a message is queued.
+        if proc.suspended_on is None:
+            q = proc._queue
+            if q:
+                return _pop(q)
         return proc.receive_any()
     return proc.receive(None if pattern is None else compile_pattern(pattern), timeout, default)
 
@@ -320,6 +333,6 @@ def _status(proc: Process) -> str:
     task = proc.task
     if not proc.alive or (task is not None and task.cancelling()):
         return "exiting"
-    if proc._waiter is not None or proc._wait is not None:
+    if proc._waiter is not None or proc._wait is not None or proc._taker is not None:
         return "waiting"
     return "running"

@@ -5,11 +5,18 @@ message a matcher accepts and leaves the others where they were, as BEAM's
 ``receive`` does; like BEAM it remembers how far it has already looked, so a
 process waiting for one particular reply in a long mailbox checks each new
 arrival once instead of rescanning the whole queue.
+
+The common case — a process's own task waiting in ``receive()`` for any
+message — is a hand-off: the message becomes the result of the future the
+task waits on, so it never enters the queue and the task resumes without
+running any Python code of ours. A cancellation that races with the hand-off
+gives the message back (see :meth:`Mailbox.give_back`), so no message is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from itertools import islice
@@ -33,26 +40,55 @@ NO_DEFAULT: Final = _NoDefault()
 _TIMED_OUT: Final = object()
 
 
+_get_running_loop: Final = asyncio.get_running_loop
+
+# The task running now, given the loop: a C call either way (Python 3.11's
+# asyncio.current_task is a Python function around this very dict).
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = asyncio.current_task
+if not isinstance(_current_task, types.BuiltinFunctionType):  # pragma: no cover - depends on the version
+    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+
+
 def _time_out(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(_TIMED_OUT)
 
 
 class Mailbox:
-    """A FIFO of messages with one waiting receiver at most."""
+    """A FIFO of messages with one waiting receiver at most (the base of a
+    :class:`~pybeam.process.Process`)."""
 
     # The deque is created on the first message: an empty deque costs ~600
     # bytes, more than the rest of an idle process together.
-    __slots__ = ("_queue", "_wait", "_waiter", "suspended_on")
+    __slots__ = ("_handed", "_queue", "_taker", "_wait", "_waiter", "suspended_on")
+
+    #: The process's own task, and whether it was adopted (set by Process):
+    #: only a task of ours gives a handed message back when cancelled.
+    task: asyncio.Task[Any] | None
+    adopted: bool
 
     def __init__(self) -> None:
         self._queue: deque[Any] | None = None
+        #: A receive waiting for a wake-up (it then looks in the queue itself).
         self._waiter: asyncio.Future[Any] | None = None
+        #: The process's own task waiting for any message: the next one is its result.
+        self._taker: asyncio.Future[Any] | None = None
+        #: The taker last handed a message, until the task has taken it.
+        self._handed: asyncio.Future[Any] | None = None
         self._wait: _WaitAny | None = None
         self.suspended_on = None
 
     def put(self, msg: Any) -> None:
-        """Append a message and wake the receiver if it waits."""
+        """Hand a message to the receiver waiting for any message, or queue it
+        and wake the receiver if it waits."""
+        t = self._taker
+        if t is not None:
+            self._taker = None
+            # Done: cancelled by whoever awaited it (asyncio.wait_for, say).
+            if not t.done():
+                self._handed = t
+                t.set_result(msg)
+                return
         q = self._queue
         if q is None:
             q = self._queue = deque()
@@ -62,6 +98,20 @@ class Mailbox:
             self._waiter = None
             if not w.done():
                 w.set_result(None)
+
+    def give_back(self, fut: Any) -> None:
+        """The process's task, waiting on ``fut``, is being cancelled before it
+        resumed: a message handed to ``fut`` was never received, so it goes
+        back to the front of the queue."""
+        handed = self._handed
+        if handed is None or fut is not handed:
+            return
+        self._handed = None
+        if handed.done() and not handed.cancelled():
+            q = self._queue
+            if q is None:
+                q = self._queue = deque()
+            q.appendleft(handed.result())
 
     def __len__(self) -> int:
         q = self._queue
@@ -86,6 +136,7 @@ class Mailbox:
     def clear(self) -> None:
         """Forget every message (the process has ended)."""
         self._queue = None
+        self._taker = self._handed = None
 
     def _take(self, matcher: Matcher, start: int) -> tuple[bool, Any]:
         q = self._queue
@@ -123,7 +174,17 @@ class Mailbox:
         q = self._queue
         if q:
             return _pop(q)
-        fut = self._waiter = asyncio.get_running_loop().create_future()
+        loop = _get_running_loop()
+        fut = loop.create_future()
+        # Running again, so the last message handed over has been taken.
+        self._handed = None
+        task = self.task
+        if task is not None and _current_task(loop) is task and not self.adopted:
+            # Our own task (see process.start), which gives back a message
+            # handed to it if cancelled before it resumes: hand off.
+            self._taker = fut
+            return fut
+        self._waiter = fut
         # One waiting object per mailbox, reused: a process waits in one
         # receive at a time, and ping-pong traffic waits on every message.
         wait = self._wait

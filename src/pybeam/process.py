@@ -22,7 +22,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import Exit
 from .logtext import clip
@@ -70,11 +70,14 @@ class Process(Mailbox):
     def __init__(self, node: Node, pid: Pid, adopted: bool = False) -> None:
         self._queue = None
         self._waiter = None
+        self._taker = None
+        self._handed = None
         self._wait = None
         self.suspended_on = None
         self.node = node
         self.pid = pid
-        self.task: asyncio.Task[Any] | None = None
+        pid._proc = self  # until clear(): the local send's shortcut
+        self.task = None
         #: Pids this process is linked to (created on first link).
         self.links: set[Pid] | None = None
         #: Monitors others hold on this process: ref -> (watcher pid, the item
@@ -93,6 +96,11 @@ class Process(Mailbox):
     def __repr__(self) -> str:
         state = "alive" if self.alive else f"exited {self.reason!r}"
         return f"<Process {self.pid!r} {state}>"
+
+    def clear(self) -> None:
+        """Forget every message, and the pid's shortcut to this process (it has ended)."""
+        Mailbox.clear(self)
+        self.pid._proc = None
 
     def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
         """React to an exit signal, by BEAM's rules (see the module docstring)."""
@@ -312,8 +320,24 @@ def start(
     ctx = contextvars.Context()
     ctx.run(_current.set, proc)
     coro = _Guard(fn(*args) if _is_async_function(fn) else _call(fn, args), proc)
-    task = proc.task = loop.create_task(coro, context=ctx)
+    task = proc.task = _ProcessTask(coro, loop=loop, context=ctx)
     task.add_done_callback(_task_done, context=ctx)
+
+
+class _ProcessTask(asyncio.Task[Any]):
+    """A process's own task: cancelled before it resumed from a ``receive``
+    that a message was handed to, it gives that message back to the mailbox
+    (see :mod:`pybeam.mailbox`), so that cancelling a receive (a timeout
+    around it, say) never loses a message."""
+
+    __slots__ = ()
+
+    def cancel(self, msg: Any = None) -> bool:
+        proc = cast(_Guard, self.get_coro())._proc
+        if proc.alive:
+            # The future the task waits on, cleared when it next runs.
+            proc.give_back(getattr(self, "_fut_waiter", None))
+        return super().cancel(msg)
 
 
 def _task_done(task: asyncio.Task[Any]) -> None:
