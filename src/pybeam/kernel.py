@@ -104,7 +104,12 @@ def send(dest: Any, msg: Any) -> Any:
         # another node in this interpreter is reached through the distribution.
         target = dest._proc
         if target is not None and proc is not None and target.node is proc.node:
-            target.put(msg)
+            q = target._queue
+            if q is not None and target._taker is None and target._waiter is None:
+                # Mailbox.put without the call: nobody waits, the queue exists.
+                q.append(msg)
+            else:
+                target.put(msg)
             return msg
     node = proc.node if proc is not None else current_node()
     if type(dest) is Pid:

@@ -174,17 +174,21 @@ class Mailbox:
         q = self._queue
         if q:
             return _pop(q)
-        loop = _get_running_loop()
-        fut = loop.create_future()
         # Running again, so the last message handed over has been taken.
         self._handed = None
         task = self.task
-        if task is not None and _current_task(loop) is task and not self.adopted:
-            # Our own task (see process.start), which gives back a message
-            # handed to it if cancelled before it resumes: hand off.
-            self._taker = fut
-            return fut
-        self._waiter = fut
+        if task is None:
+            fut = self._waiter = _get_running_loop().create_future()
+        else:
+            # The task's loop rather than get_running_loop(), which on Python
+            # 3.11 makes a getpid() system call every time (to notice a fork).
+            loop = task.get_loop()
+            if not self.adopted and _current_task(loop) is task:
+                # Our own task (see process.start), which gives back a message
+                # handed to it if cancelled before it resumes: hand off.
+                fut = self._taker = loop.create_future()
+                return fut
+            fut = self._waiter = loop.create_future()
         # One waiting object per mailbox, reused: a process waits in one
         # receive at a time, and ping-pong traffic waits on every message.
         wait = self._wait
@@ -219,7 +223,8 @@ class Mailbox:
             scanned = len(q) if q is not None else 0
         if timeout is not None and timeout <= 0:
             return _expired(default)
-        loop = asyncio.get_running_loop()
+        task = self.task
+        loop = _get_running_loop() if task is None else task.get_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             fut: asyncio.Future[Any] = loop.create_future()
@@ -281,7 +286,7 @@ class _WaitAny:
             q = mailbox._queue
             if q:
                 raise StopIteration(q.popleft())
-            fut = self._fut = asyncio.get_running_loop().create_future()
+            fut = self._fut = fut.get_loop().create_future()
             mailbox._waiter = fut
         # What Future.__await__ does: tells the task to wait for this future.
         fut._asyncio_future_blocking = True
