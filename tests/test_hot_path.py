@@ -79,3 +79,31 @@ async def test_a_pid_holds_no_reference_to_its_ended_process() -> None:
     assert not [r for r in gc.get_referents(pid) if isinstance(r, Process)]
     send(pid, "to the dead: dropped")  # no error, as in BEAM
     assert not pybeam.is_alive(pid)
+
+
+def test_the_runtime_raises_only_pythons_default_gc_thresholds() -> None:
+    from pybeam import process
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(*process.PYTHON_GC_THRESHOLDS)
+        process.tune_gc()
+        assert gc.get_threshold() == process.GC_THRESHOLDS
+        gc.set_threshold(1234, 5, 6)  # the program's own choice stays
+        process.tune_gc()
+        assert gc.get_threshold() == (1234, 5, 6)
+    finally:
+        gc.set_threshold(*saved)
+
+
+async def test_a_spawn_tunes_the_collector() -> None:
+    from pybeam import process
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(*process.PYTHON_GC_THRESHOLDS)
+        process._gc_tuned = False
+        spawn(_echo_once)
+        assert gc.get_threshold() == process.GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*saved)
