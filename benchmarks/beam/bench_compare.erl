@@ -6,9 +6,9 @@
 -module(bench_compare).
 -export([main/1, add/2, sink/1, ponger/0, idle/0]).
 
-main([Workload, Size]) ->
+main([Workload, Size | Live]) ->
     N = list_to_integer(Size),
-    try run(list_to_atom(Workload), N) of
+    try run(list_to_atom(Workload), N, Live) of
         Values ->
             Text = [io_lib:format("~.6f", [float(V)]) || V <- Values],
             io:format("RESULT ~s~n", [lists:join(" ", Text)]),
@@ -24,6 +24,20 @@ now_us() -> erlang:monotonic_time(microsecond).
 seconds_since(T0) -> (now_us() - T0) / 1.0e6.
 
 %% -- local ------------------------------------------------------------------
+
+%% Spawn-and-exit rate of N processes with each number of idle ones alive.
+run(spawn_scale, N, [Levels]) ->
+    scale(N, [list_to_integer(L) || L <- string:split(Levels, ",", all)], 0, []);
+run(Workload, N, []) ->
+    run(Workload, N).
+
+scale(_, [], _, Rates) ->
+    lists:reverse(Rates);
+scale(N, [Level | Levels], Alive, Rates) ->
+    spawn_idle(Level - Alive),
+    wait_idle(),
+    [Rate] = run(spawn_exit, N),
+    scale(N, Levels, Level, [Rate | Rates]).
 
 run(one_way, N) ->
     Me = self(),
@@ -168,7 +182,7 @@ watch(Producer, Collector) ->
     Collector ! {watching, self()},
     receive {'DOWN', Ref, process, _, Reason} -> Collector ! {down, self(), Reason} end.
 
-spawn_idle(0) -> ok;
+spawn_idle(K) when K =< 0 -> ok;
 spawn_idle(K) ->
     spawn(fun idle/0),
     spawn_idle(K - 1).

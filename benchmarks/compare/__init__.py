@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import beam, report
-from .workloads import PEERS, WORKLOADS, Workload, size_for
+from .workloads import LIVE, LIVE_QUICK, PEERS, WORKLOADS, Workload, size_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks_compare.md"
@@ -38,6 +38,8 @@ class Results:
     runs: int
     quick: bool
     scale: float
+    #: spawn_scale's numbers of idle processes alive.
+    live: tuple[int, ...] = LIVE
     #: (workload, peer) -> one list of values per run that succeeded.
     values: dict[tuple[str, str], list[list[float]]] = field(default_factory=dict)
     #: (workload, peer) -> why a run failed (the last one).
@@ -68,6 +70,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the report (charts go beside it)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one measurement may take")
+    p.add_argument(
+        "--live",
+        help="spawn_scale: comma-separated numbers of idle processes alive while it spawns "
+        f"(default {','.join(map(str, LIVE))}; --quick {','.join(map(str, LIVE_QUICK))})",
+    )
     args = p.parse_args(argv)
     known = {w.key for w in WORKLOADS}
     for w in args.only or ():
@@ -81,6 +88,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         peers.insert(0, "pybeam")  # every ratio is pybeam's
     args.peers = [x for x in PEERS if x in peers]
     args.runs = args.runs or (2 if args.quick else 5)
+    try:
+        args.live = tuple(int(x) for x in args.live.split(",")) if args.live else None
+    except ValueError:
+        p.error(f"--live takes numbers separated by commas, not {args.live!r}")
+    if args.live is None:
+        args.live = LIVE_QUICK if args.quick else LIVE
     return args
 
 
@@ -129,7 +142,8 @@ def _python_env() -> dict[str, str]:
 def compare(args: argparse.Namespace) -> Results:
     """Run the comparison ``args`` describes."""
     workloads = [w for w in WORKLOADS if not args.only or w.key in args.only]
-    res = Results(args.peers, workloads, args.runs, args.quick, args.scale)
+    res = Results(args.peers, workloads, args.runs, args.quick, args.scale, args.live)
+    live = ",".join(map(str, args.live))
     res.started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for peer in args.peers:
         why = _missing(peer)
@@ -154,9 +168,11 @@ def compare(args: argparse.Namespace) -> Results:
             res.loads.append(os.getloadavg()[0])
             if peer == "erlang":
                 assert erl is not None
-                argv, env = erl.command(w.key, n)
+                argv, env = erl.command(w.key, n, live if w.key == "spawn_scale" else "")
             else:
                 argv = [sys.executable, "-m", "benchmarks.compare.child", peer, w.key, str(n)]
+                if w.key == "spawn_scale":
+                    argv.append(live)
                 env = py_env
             try:
                 res.values.setdefault((w.key, peer), []).append(_measure(argv, env, args.timeout))

@@ -17,7 +17,7 @@ from types import TracebackType
 from pybeam.testing import free_port
 
 SOURCES = Path(__file__).resolve().parent.parent / "beam"
-LOCAL = ("one_way", "ping_pong", "spawn_exit", "memory")
+LOCAL = ("one_way", "ping_pong", "spawn_exit", "memory", "spawn_scale")
 
 
 def missing() -> str | None:
@@ -67,10 +67,13 @@ class Beam:
             self.epmd.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def command(self, workload: str, n: int) -> tuple[list[str], dict[str, str]]:
+    def command(self, workload: str, n: int, live: str = "") -> tuple[list[str], dict[str, str]]:
         """The ``erl`` command line (and environment) that measures ``workload`` once."""
-        argv = ["erl", "-noshell", "-pa", self.dir]
+        # Room for a million processes and more (the default limit is 262,144).
+        argv = ["erl", "-noshell", "+P", "4000000", "-pa", self.dir]
         if workload not in LOCAL:
             argv += ["-name", f"cmp{secrets.token_hex(3)}@127.0.0.1", "-setcookie", self.cookie]
         argv += ["-run", "bench_compare", "main", workload, str(n)]
+        if live:
+            argv.append(live)
         return argv, {**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)}

@@ -1,4 +1,5 @@
-"""One measurement in a fresh process: ``python -m benchmarks.compare.child PEER WORKLOAD N``.
+"""One measurement in a fresh process: ``python -m benchmarks.compare.child PEER WORKLOAD N [LIVE]``
+(LIVE: spawn_scale's comma-separated numbers of idle processes).
 
 Prints ``RESULT V [V2]`` as its last line. A fresh process per measurement
 keeps one peer's garbage, threads and memory out of the next one's figure.
@@ -20,7 +21,10 @@ def rss() -> int:
 def main(argv: list[str]) -> int:
     peer, workload, n = argv[0], argv[1], int(argv[2])
     module = importlib.import_module(f"benchmarks.compare.peer_{peer}")
-    values = module.run(workload, n)
+    if workload == "spawn_scale":
+        values = module.run_scale(n, [int(x) for x in argv[3].split(",")])
+    else:
+        values = module.run(workload, n)
     print("RESULT " + " ".join(f"{float(v):.6f}" for v in values), flush=True)
     return 0
 

@@ -219,6 +219,30 @@ async def _main(workload: str, n: int) -> list[float]:
     return await _cross(workload, n)
 
 
+async def _scale(n: int, live: list[int]) -> list[float]:
+    async def idle(q: asyncio.Queue[Any]) -> None:
+        await q.get()
+
+    tasks: list[asyncio.Task[None]] = []
+    out = []
+    for level in live:
+        while len(tasks) < level:
+            tasks.append(asyncio.create_task(idle(asyncio.Queue())))
+            if len(tasks) & 1023 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        out.append(await spawn_exit(n))
+    for t in tasks:
+        t.cancel()
+    return out
+
+
+def run_scale(n: int, live: list[int]) -> list[float]:
+    """Task create-and-finish rate of ``n`` tasks with each number of idle ones alive."""
+    with asyncio.Runner(loop_factory=pybeam.new_event_loop) as runner:
+        return runner.run(_scale(n, live))
+
+
 def run(workload: str, n: int) -> list[float]:
     """The workload's figures, on the event loop pybeam uses (uvloop where installed)."""
     with asyncio.Runner(loop_factory=pybeam.new_event_loop) as runner:

@@ -90,6 +90,24 @@ async def _main(workload: str, n: int) -> list[float]:
     return await _cross(workload, n)
 
 
+async def _scale(n: int, live: list[int]) -> list[float]:
+    idle: list[Pid] = []
+    out = []
+    for level in live:
+        while len(idle) < level:
+            idle.append(pybeam.spawn(_idle))
+            if len(idle) & 1023 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        out.append(await local.spawn_rate(n))
+    return out
+
+
+def run_scale(n: int, live: list[int]) -> list[float]:
+    """Spawn-and-exit rate of ``n`` processes with each number of idle ones alive."""
+    return pybeam.run(_scale, n, live)
+
+
 def run(workload: str, n: int) -> list[float]:
     """The workload's figures."""
     return pybeam.run(_main, workload, n)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import beam
-from .workloads import PEER_TITLES, ROWS, Row, size_for
+from .workloads import PEER_TITLES, Row, rows, size_for
 
 if TYPE_CHECKING:
     from . import Results
@@ -135,7 +135,7 @@ def _ratio_cell(res: Results, row: Row, peer: str) -> str:
 
 def _rows(res: Results) -> list[Row]:
     keys = {w.key for w in res.workloads}
-    return [r for r in ROWS if r.workload in keys]
+    return [r for r in rows(res.live) if r.workload in keys]
 
 
 def _charts(res: Results, out_dir: Path) -> list[str]:
@@ -172,7 +172,24 @@ def _charts(res: Results, out_dir: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out_dir / "ratios.png", dpi=110)
     plt.close(fig)
-    return ["ratios.png"]
+    charts = ["ratios.png"]
+    if any(w.key == "spawn_scale" for w in res.workloads):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for peer in res.peers:
+            runs = res.values.get(("spawn_scale", peer))
+            if runs:
+                medians = [statistics.median(r[i] for r in runs) for i in range(len(res.live))]
+                ax.plot(res.live, medians, marker="o", label=PEER_TITLES[peer])
+        ax.set_xlabel("idle processes alive")
+        ax.set_ylabel("spawned and exited per second")
+        ax.set_ylim(bottom=0)
+        ax.set_title("spawn-and-exit rate against live processes (median)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "spawn_scale.png", dpi=110)
+        plt.close(fig)
+        charts.append("spawn_scale.png")
+    return charts
 
 
 def _uptime() -> str:

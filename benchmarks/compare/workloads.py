@@ -55,7 +55,13 @@ WORKLOADS = (
     Workload("rpc", 3_000, 1_000, NETWORK, minimum=50),
     # Monitors need a runtime with monitors and a distribution: pybeam and BEAM.
     Workload("fanout", 5_000, 5_000, ("pybeam", "erlang"), minimum=100),
+    # Spawn-and-exit of `size` processes while more and more idle ones are alive (LIVE).
+    Workload("spawn_scale", 20_000, 5_000, ("pybeam", "asyncio", "erlang"), minimum=1_024),
 )
+
+#: Idle processes alive while spawn_scale measures (--live overrides).
+LIVE = (0, 100_000, 300_000)
+LIVE_QUICK = (0, 10_000, 30_000)
 
 ROWS = (
     Row("one_way", 0, "local one-way (sender yields every 1,024)", "msgs/s", True),
@@ -70,6 +76,15 @@ ROWS = (
 )
 
 BY_KEY = {w.key: w for w in WORKLOADS}
+
+
+def rows(live: tuple[int, ...]) -> tuple[Row, ...]:
+    """Every row of the report, spawn_scale's one per level of ``live``."""
+    scale = tuple(
+        Row("spawn_scale", i, f"spawn and exit, {n:,} idle processes alive", "processes/s", True)
+        for i, n in enumerate(live)
+    )
+    return ROWS + scale
 
 
 def size_for(workload: Workload, peer: str, *, quick: bool, scale: float) -> int:
