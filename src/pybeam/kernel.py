@@ -105,7 +105,7 @@ def send(dest: Any, msg: Any) -> Any:
         target = dest._proc
         if target is not None and proc is not None and target.node is proc.node:
             q = target._queue
-            if q is not None and target._taker is None and target._waiter is None:
+            if q is not None and target._waiter is None:
                 # Mailbox.put without the call: nobody waits, the queue exists.
                 q.append(msg)
             else:
@@ -133,17 +133,18 @@ def receive(
     returned, or ``TimeoutError`` raised if no default was given. A timeout
     that is not None or a number >= 0 is a :class:`BadArg`.
     """
+    proc = _current.get()
+    if proc is not None:
+        # The hot path, Mailbox.receive_any's first step without the call: a
+        # message is queued. (A process that has ended has no queue.)
+        q = proc._queue
+        if q and pattern is None and timeout is None and proc.suspended_on is None:
+            return _pop(q)
     if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
         timeout = check_timeout(timeout)  # BadArg, or None for infinity
-    proc = _current.get()
     if proc is None or (proc.adopted and not proc.alive):
         proc = _me()
     if pattern is None and timeout is None:
-        # Mailbox.receive_any's first step, without the call: a message is queued.
-        if proc.suspended_on is None:
-            q = proc._queue
-            if q:
-                return _pop(q)
         return proc.receive_any()
     return proc.receive(None if pattern is None else compile_pattern(pattern), timeout, default)
 
@@ -338,6 +339,6 @@ def _status(proc: Process) -> str:
     task = proc.task
     if not proc.alive or (task is not None and task.cancelling()):
         return "exiting"
-    if proc._waiter is not None or proc._wait is not None or proc._taker is not None:
+    if proc._waiter is not None or proc._wait is not None:
         return "waiting"
     return "running"

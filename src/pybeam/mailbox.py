@@ -60,7 +60,7 @@ class Mailbox:
 
     # The deque is created on the first message: an empty deque costs ~600
     # bytes, more than the rest of an idle process together.
-    __slots__ = ("_handed", "_queue", "_taker", "_wait", "_waiter", "suspended_on")
+    __slots__ = ("_handed", "_queue", "_takes", "_wait", "_waiter", "suspended_on")
 
     #: The process's own task, and whether it was adopted (set by Process):
     #: only a task of ours gives a handed message back when cancelled.
@@ -69,10 +69,11 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._queue: deque[Any] | None = None
-        #: A receive waiting for a wake-up (it then looks in the queue itself).
+        #: The receive waiting: a future to wake it (it then looks in the
+        #: queue itself) or, if ``_takes``, the process's own task waiting for
+        #: any message, whose result the next message becomes.
         self._waiter: asyncio.Future[Any] | None = None
-        #: The process's own task waiting for any message: the next one is its result.
-        self._taker: asyncio.Future[Any] | None = None
+        self._takes = False
         #: The taker last handed a message, until the task has taken it.
         self._handed: asyncio.Future[Any] | None = None
         self._wait: _WaitAny | None = None
@@ -81,23 +82,20 @@ class Mailbox:
     def put(self, msg: Any) -> None:
         """Hand a message to the receiver waiting for any message, or queue it
         and wake the receiver if it waits."""
-        t = self._taker
-        if t is not None:
-            self._taker = None
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
             # Done: cancelled by whoever awaited it (asyncio.wait_for, say).
-            if not t.done():
-                self._handed = t
-                t.set_result(msg)
-                return
+            if not w.done():
+                if self._takes:
+                    self._handed = w
+                    w.set_result(msg)
+                    return
+                w.set_result(None)  # it runs later: the message is queued by then
         q = self._queue
         if q is None:
             q = self._queue = deque()
         q.append(msg)
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
 
     def give_back(self, fut: Any) -> None:
         """The process's task, waiting on ``fut``, is being cancelled before it
@@ -136,7 +134,7 @@ class Mailbox:
     def clear(self) -> None:
         """Forget every message (the process has ended)."""
         self._queue = None
-        self._taker = self._handed = None
+        self._waiter = self._handed = None
 
     def _take(self, matcher: Matcher, start: int) -> tuple[bool, Any]:
         q = self._queue
@@ -164,10 +162,11 @@ class Mailbox:
     def receive_any(self) -> Awaitable[Any]:
         """Take the oldest message, waiting for one if there is none.
 
-        The common case of :meth:`receive`, kept lean: an idle process waits
-        in the small object returned here instead of in a coroutine frame
-        (a third of what an idle process would otherwise cost), and a message
-        already queued is taken at once.
+        The common case of :meth:`receive`, kept lean: a message already
+        queued is taken at once; the process's own task waits on the future
+        the next message is handed to; any other task (an adopted process's,
+        or one a process started) waits in a small reused object. None of them
+        waits in a coroutine frame, which would add a third to an idle process.
         """
         if self.suspended_on is not None:
             return self._suspended(None, None, NO_DEFAULT)
@@ -186,9 +185,11 @@ class Mailbox:
             if not self.adopted and _current_task(loop) is task:
                 # Our own task (see process.start), which gives back a message
                 # handed to it if cancelled before it resumes: hand off.
-                fut = self._taker = loop.create_future()
+                fut = self._waiter = loop.create_future()
+                self._takes = True
                 return fut
             fut = self._waiter = loop.create_future()
+        self._takes = False
         # One waiting object per mailbox, reused: a process waits in one
         # receive at a time, and ping-pong traffic waits on every message.
         wait = self._wait
@@ -229,6 +230,7 @@ class Mailbox:
         while True:
             fut: asyncio.Future[Any] = loop.create_future()
             self._waiter = fut
+            self._takes = False
             handle = None if deadline is None else loop.call_at(deadline, _time_out, fut)
             try:
                 woke = await fut
@@ -288,6 +290,7 @@ class _WaitAny:
                 raise StopIteration(q.popleft())
             fut = self._fut = fut.get_loop().create_future()
             mailbox._waiter = fut
+            mailbox._takes = False
         # What Future.__await__ does: tells the task to wait for this future.
         fut._asyncio_future_blocking = True
         return fut

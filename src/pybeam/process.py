@@ -71,7 +71,7 @@ class Process(Mailbox):
     def __init__(self, node: Node, pid: Pid, adopted: bool = False) -> None:
         self._queue = None
         self._waiter = None
-        self._taker = None
+        self._takes = False
         self._handed = None
         self._wait = None
         self.suspended_on = None
