@@ -278,8 +278,8 @@ def write(res: Results, path: Path) -> str:
 
 HOW = [
     "- **pybeam** (`benchmarks/local.py`, `benchmarks/dist.py`, `benchmarks/compare/peer_pybeam.py`): "
-    "the public API under uvloop. Cross-node: this node and one `LocalCluster` node (another OS "
-    "process) on 127.0.0.1. Fan-out: N local processes monitor one process on the other node, "
+    "the public API under uvloop; ping-pong between two spawned processes. Cross-node: this node "
+    "and one `LocalCluster` node (another OS process) on 127.0.0.1. Fan-out: N local processes monitor one process on the other node, "
     "then `pybeam.disconnect`; time until the last DOWN (`noconnection`).",
     "- **bare asyncio** (`peer_asyncio.py`, `floor_server.py`): the floor, under uvloop too. An "
     "`asyncio.Queue` per mailbox (a pair for ping-pong), `create_task` per spawned task, an idle "
@@ -297,4 +297,9 @@ HOW = [
     "schedulers (one per core): BEAM uses both cores, Python one.",
     "- Memory is the growth of the process's resident set size per idle process, for every "
     "peer (threads for Pykka, actor objects for Thespian's single-threaded base).",
+    "- spawn_scale: idle processes are spawned up to each level, then the spawn-and-exit rate "
+    "is measured with them alive (BEAM with `+P 4000000`).",
+    "- Wall-clock figures on a shared machine are noisy. `python -m benchmarks.compare.hot_path` "
+    "measures pybeam's local hot path against the asyncio floor in one process by CPU time as "
+    "well, which other load disturbs far less.",
 ]
