@@ -60,7 +60,7 @@ WORKLOADS = (
 )
 
 #: Idle processes alive while spawn_scale measures (--live overrides).
-LIVE = (0, 100_000, 300_000)
+LIVE = (0, 100_000, 1_000_000)
 LIVE_QUICK = (0, 10_000, 30_000)
 
 ROWS = (
