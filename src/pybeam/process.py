@@ -23,7 +23,7 @@ import gc
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .errors import Exit
 from .logtext import clip
@@ -356,8 +356,8 @@ class _ProcessTask(asyncio.Task[Any]):
     __slots__ = ()
 
     def cancel(self, msg: Any = None) -> bool:
-        proc = cast(_Guard, self.get_coro())._proc
-        if proc.alive:
+        proc = getattr(self.get_coro(), "_proc", None)  # its _Guard's
+        if proc is not None and proc.alive and not self.done():
             # The future the task waits on, cleared when it next runs.
             proc.give_back(getattr(self, "_fut_waiter", None))
         return super().cancel(msg)
