@@ -69,3 +69,15 @@ def test_compare_quick_writes_every_row(tmp_path: Path) -> None:
         assert (tmp_path / "report" / "ratios.png").stat().st_size > 1000
         assert "![ratios.png](report/ratios.png)" in text
         assert (tmp_path / "report" / "spawn_scale.png").stat().st_size > 1000
+
+
+def test_hot_path_prints_both_clocks_for_every_workload() -> None:
+    import pybeam
+    from benchmarks.compare import hot_path
+
+    lines = pybeam.run(hot_path.main, 1, 0.01)
+    names = [name for name, *_ in hot_path.PAIRS]
+    assert len(lines) == 1 + 2 * len(names)
+    for line, (name, clock) in zip(lines[1:], [(n, c) for n in names for c in ("wall", "cpu")], strict=True):
+        assert line.startswith(name) and f" {clock} " in line, line
+        assert "x (" in line  # a ratio with its spread
