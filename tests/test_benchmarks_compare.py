@@ -65,6 +65,7 @@ def test_compare_quick_writes_every_row(tmp_path: Path) -> None:
                 assert cells[peer][0].isdigit(), (row.title, cells)
     assert "## pybeam's advantage over each peer" in text
     assert "## Goals (issues 11 and 15)" in text
+    assert "## The local hot path by CPU time" in text and "ping-pong        cpu" in text
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "report" / "ratios.png").stat().st_size > 1000
         assert "![ratios.png](report/ratios.png)" in text

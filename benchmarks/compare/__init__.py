@@ -47,6 +47,8 @@ class Results:
     #: peer -> why it could not run, with how to install it.
     unavailable: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    #: hot_path's table (CPU and wall time, one process), if it ran.
+    hot_path: list[str] = field(default_factory=list)
     #: 1-minute load average sampled before each measurement.
     loads: list[float] = field(default_factory=list)
     started: str = ""
@@ -179,6 +181,19 @@ def compare(args: argparse.Namespace) -> Results:
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 res.errors[(w.key, peer)] = str(e)
             bar.advance()
+        if {"pybeam", "asyncio"} <= set(args.peers) and {"one_way", "ping_pong"} & {w.key for w in workloads}:
+            bar.step("hot path by CPU time, pybeam and asyncio in one process")
+            argv = [sys.executable, "-m", "benchmarks.compare.hot_path", str(args.runs)]
+            argv.append(str(args.scale * (0.1 if args.quick else 1.0)))
+            try:
+                out = subprocess.run(
+                    argv, capture_output=True, text=True, env=py_env, cwd=ROOT, timeout=args.timeout
+                )
+                res.hot_path = out.stdout.strip().splitlines() if out.returncode == 0 else []
+                if out.returncode != 0:
+                    res.errors[("hot_path", "pybeam")] = (out.stderr.strip().splitlines() or ["failed"])[-1]
+            except subprocess.TimeoutExpired as e:
+                res.errors[("hot_path", "pybeam")] = str(e)
     res.loads.append(os.getloadavg()[0])
     res.seconds = time.monotonic() - t0
     return res

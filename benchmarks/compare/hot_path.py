@@ -1,5 +1,5 @@
 """The local hot path against the bare-asyncio floor, in one process:
-``python -m benchmarks.compare.hot_path [REPETITIONS]``.
+``python -m benchmarks.compare.hot_path [REPETITIONS [SCALE]]``.
 
 pybeam's one-way send, ping-pong (two spawned processes) and spawn-and-exit
 beside the same work done with ``asyncio.Queue`` and ``create_task``, under
@@ -107,4 +107,5 @@ async def main(reps: int, scale: float = 1.0) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(*pybeam.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 7), sep="\n")
+    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    print(*pybeam.run(main, reps, float(sys.argv[2]) if len(sys.argv) > 2 else 1.0), sep="\n")

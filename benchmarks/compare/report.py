@@ -246,6 +246,20 @@ def write(res: Results, path: Path) -> str:
     for row in _rows(res):
         lines.append(f"| {row.title} | " + " | ".join(_ratio_cell(res, row, p) for p in others) + " |")
     lines += ["", *[f"![{c}]({img_dir.name}/{c})" for c in charts]]
+    if res.hot_path:
+        lines += [
+            "",
+            "## The local hot path by CPU time",
+            "",
+            "`python -m benchmarks.compare.hot_path`: pybeam and the asyncio floor in one process, "
+            "interleaved, timed by the wall clock and by the process's CPU time (both sides are "
+            "single-threaded, so CPU time is their cost, and other load on the machine disturbs it "
+            "far less than the wall clock).",
+            "",
+            "```",
+            *res.hot_path,
+            "```",
+        ]
     lines += ["", "## Goals (issues 11 and 15)", "", "| goal | measured | met |", "| --- | --- | --- |"]
     for what, (wkey, index), peer, floor in GOALS:
         found = [r for r in _rows(res) if r.workload == wkey and r.index == index]

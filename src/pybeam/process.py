@@ -100,7 +100,9 @@ class Process(Mailbox):
 
     def clear(self) -> None:
         """Forget every message, and the pid's shortcut to this process (it has ended)."""
-        Mailbox.clear(self)
+        # Mailbox.clear's work, without the call: this runs at every exit.
+        self._queue = None
+        self._waiter = self._handed = None
         self.pid._proc = None
 
     def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
