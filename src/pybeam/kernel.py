@@ -13,7 +13,7 @@ from typing import Any, NoReturn, overload
 
 from .arguments import check_delay, check_timeout
 from .errors import BadArg, Exit
-from .mailbox import NO_DEFAULT
+from .mailbox import NO_DEFAULT, _pop
 from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
@@ -98,9 +98,22 @@ def send(dest: Any, msg: Any) -> Any:
     BEAM); sending to a name nobody registered raises :class:`BadArg`.
     """
     proc = _current.get()
+    if type(dest) is Pid:
+        # The hot path: the pid a spawn returned leads to its live process
+        # (while it lives) without hashing it. Only within one node: a pid of
+        # another node in this interpreter is reached through the distribution.
+        target = dest._proc
+        if target is not None and proc is not None and target.node is proc.node:
+            q = target._queue
+            if q is not None and target._waiter is None:
+                # Mailbox.put without the call: nobody waits, the queue exists.
+                q.append(msg)
+            else:
+                target.put(msg)
+            return msg
     node = proc.node if proc is not None else current_node()
     if type(dest) is Pid:
-        # The hot path: a live local pid needs one dict lookup and an append.
+        # A pid that came another way (decoded from a message, say).
         target = node._procs.get(dest)
         if target is not None:
             target.put(msg)
@@ -120,9 +133,15 @@ def receive(
     returned, or ``TimeoutError`` raised if no default was given. A timeout
     that is not None or a number >= 0 is a :class:`BadArg`.
     """
+    proc = _current.get()
+    if proc is not None:
+        # The hot path, Mailbox.receive_any's first step without the call: a
+        # message is queued. (A process that has ended has no queue.)
+        q = proc._queue
+        if q and pattern is None and timeout is None and proc.suspended_on is None:
+            return _pop(q)
     if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
         timeout = check_timeout(timeout)  # BadArg, or None for infinity
-    proc = _current.get()
     if proc is None or (proc.adopted and not proc.alive):
         proc = _me()
     if pattern is None and timeout is None:

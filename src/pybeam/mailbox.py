@@ -5,11 +5,18 @@ message a matcher accepts and leaves the others where they were, as BEAM's
 ``receive`` does; like BEAM it remembers how far it has already looked, so a
 process waiting for one particular reply in a long mailbox checks each new
 arrival once instead of rescanning the whole queue.
+
+The common case — a process's own task waiting in ``receive()`` for any
+message — is a hand-off: the message becomes the result of the future the
+task waits on, so it never enters the queue and the task resumes without
+running any Python code of ours. A cancellation that races with the hand-off
+gives the message back (see :meth:`Mailbox.give_back`), so no message is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from itertools import islice
@@ -33,35 +40,76 @@ NO_DEFAULT: Final = _NoDefault()
 _TIMED_OUT: Final = object()
 
 
+_get_running_loop: Final = asyncio.get_running_loop
+
+# The task running now, given the loop: a C call either way (Python 3.11's
+# asyncio.current_task is a Python function around this very dict).
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = asyncio.current_task
+if not isinstance(_current_task, types.BuiltinFunctionType):  # pragma: no cover - depends on the version
+    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+
+
 def _time_out(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(_TIMED_OUT)
 
 
 class Mailbox:
-    """A FIFO of messages with one waiting receiver at most."""
+    """A FIFO of messages with one waiting receiver at most (the base of a
+    :class:`~pybeam.process.Process`)."""
 
     # The deque is created on the first message: an empty deque costs ~600
     # bytes, more than the rest of an idle process together.
-    __slots__ = ("_queue", "_wait", "_waiter", "suspended_on")
+    __slots__ = ("_handed", "_queue", "_takes", "_wait", "_waiter", "suspended_on")
+
+    #: The process's own task, and whether it was adopted (set by Process):
+    #: only a task of ours gives a handed message back when cancelled.
+    task: asyncio.Task[Any] | None
+    adopted: bool
 
     def __init__(self) -> None:
         self._queue: deque[Any] | None = None
+        #: The receive waiting: a future to wake it (it then looks in the
+        #: queue itself) or, if ``_takes``, the process's own task waiting for
+        #: any message, whose result the next message becomes.
         self._waiter: asyncio.Future[Any] | None = None
+        self._takes = False
+        #: The taker last handed a message, until the task has taken it.
+        self._handed: asyncio.Future[Any] | None = None
         self._wait: _WaitAny | None = None
         self.suspended_on = None
 
     def put(self, msg: Any) -> None:
-        """Append a message and wake the receiver if it waits."""
+        """Hand a message to the receiver waiting for any message, or queue it
+        and wake the receiver if it waits."""
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            # Done: cancelled by whoever awaited it (asyncio.wait_for, say).
+            if not w.done():
+                if self._takes:
+                    self._handed = w
+                    w.set_result(msg)
+                    return
+                w.set_result(None)  # it runs later: the message is queued by then
         q = self._queue
         if q is None:
             q = self._queue = deque()
         q.append(msg)
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
+
+    def give_back(self, fut: Any) -> None:
+        """The process's task, waiting on ``fut``, is being cancelled before it
+        resumed: a message handed to ``fut`` was never received, so it goes
+        back to the front of the queue."""
+        handed = self._handed
+        if handed is None or fut is not handed:
+            return
+        self._handed = None
+        if handed.done() and not handed.cancelled():
+            q = self._queue
+            if q is None:
+                q = self._queue = deque()
+            q.appendleft(handed.result())
 
     def __len__(self) -> int:
         q = self._queue
@@ -86,6 +134,7 @@ class Mailbox:
     def clear(self) -> None:
         """Forget every message (the process has ended)."""
         self._queue = None
+        self._waiter = self._handed = None
 
     def _take(self, matcher: Matcher, start: int) -> tuple[bool, Any]:
         q = self._queue
@@ -113,17 +162,34 @@ class Mailbox:
     def receive_any(self) -> Awaitable[Any]:
         """Take the oldest message, waiting for one if there is none.
 
-        The common case of :meth:`receive`, kept lean: an idle process waits
-        in the small object returned here instead of in a coroutine frame
-        (a third of what an idle process would otherwise cost), and a message
-        already queued is taken at once.
+        The common case of :meth:`receive`, kept lean: a message already
+        queued is taken at once; the process's own task waits on the future
+        the next message is handed to; any other task (an adopted process's,
+        or one a process started) waits in a small reused object. None of them
+        waits in a coroutine frame, which would add a third to an idle process.
         """
         if self.suspended_on is not None:
             return self._suspended(None, None, NO_DEFAULT)
         q = self._queue
         if q:
             return _pop(q)
-        fut = self._waiter = asyncio.get_running_loop().create_future()
+        # Running again, so the last message handed over has been taken.
+        self._handed = None
+        task = self.task
+        if task is None:
+            fut = self._waiter = _get_running_loop().create_future()
+        else:
+            # The task's loop rather than get_running_loop(), which on Python
+            # 3.11 makes a getpid() system call every time (to notice a fork).
+            loop = task.get_loop()
+            if not self.adopted and _current_task(loop) is task:
+                # Our own task (see process.start), which gives back a message
+                # handed to it if cancelled before it resumes: hand off.
+                fut = self._waiter = loop.create_future()
+                self._takes = True
+                return fut
+            fut = self._waiter = loop.create_future()
+        self._takes = False
         # One waiting object per mailbox, reused: a process waits in one
         # receive at a time, and ping-pong traffic waits on every message.
         wait = self._wait
@@ -158,11 +224,13 @@ class Mailbox:
             scanned = len(q) if q is not None else 0
         if timeout is not None and timeout <= 0:
             return _expired(default)
-        loop = asyncio.get_running_loop()
+        task = self.task
+        loop = _get_running_loop() if task is None else task.get_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             fut: asyncio.Future[Any] = loop.create_future()
             self._waiter = fut
+            self._takes = False
             handle = None if deadline is None else loop.call_at(deadline, _time_out, fut)
             try:
                 woke = await fut
@@ -220,8 +288,9 @@ class _WaitAny:
             q = mailbox._queue
             if q:
                 raise StopIteration(q.popleft())
-            fut = self._fut = asyncio.get_running_loop().create_future()
+            fut = self._fut = fut.get_loop().create_future()
             mailbox._waiter = fut
+            mailbox._takes = False
         # What Future.__await__ does: tells the task to wait for this future.
         fut._asyncio_future_blocking = True
         return fut

@@ -36,12 +36,17 @@ class Pid:
 
     # No cached hash: an idle process should cost as little as possible, and
     # id ^ creation is as quick to compute as a stored hash is to fetch.
-    __slots__ = ("creation", "id", "node")
+    # ``_proc`` is not part of the value: the runtime's shortcut from the pid a
+    # spawn returned to its live local process (see pybeam.kernel.send), set
+    # while the process lives, so a local send needs no hashing (__hash__ is a
+    # Python call) and no lookup in the process table.
+    __slots__ = ("_proc", "creation", "id", "node")
 
     def __init__(self, node: str, id: int, creation: int) -> None:
         self.node = node
         self.id = id
         self.creation = creation
+        self._proc: Any = None
 
     def __eq__(self, other: object) -> bool:
         if self is other:
