@@ -73,5 +73,9 @@ async def test_reductions_count_resumptions_and_memory_grows_with_the_mailbox() 
     rows = {row["pid"]: row for row in processes_info()}
     assert rows[pid]["message_queue_len"] == 1
     assert rows[pid]["memory"] >= empty + 10_000
+    # process_info gives the same two figures.
+    info = pybeam.process_info(pid)
+    assert info is not None
+    assert info["reductions"] == rows[pid]["reductions"] and info["memory"] >= empty + 10_000
     assert rows[me]["reductions"] == 0  # an adopted task is not resumed through a process's guard
     pybeam.exit(pid, "kill")

@@ -294,7 +294,12 @@ def node_name() -> str:
 
 
 def process_info(pid: Pid) -> dict[str, Any] | None:
-    """A snapshot of a live local process, or None if it is not alive."""
+    """A snapshot of a live local process, or None if it is not alive
+    (``erlang:process_info/1``); ``memory`` is an estimate in bytes (see
+    :func:`pybeam.observer.memory`), ``reductions`` how many times the event
+    loop resumed it."""
+    from .observer import memory  # observer builds on this module
+
     proc = current_node().process(pid)
     if proc is None:
         return None
@@ -308,6 +313,8 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         "monitors": list((proc.monitors or {}).items()),
         "monitored_by": [watcher for watcher, _ in (proc.monitored_by or {}).values()],
         "trap_exit": proc.trap_exit,
+        "memory": memory(proc),
+        "reductions": proc.reductions,
     }
 
 
