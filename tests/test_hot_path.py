@@ -107,3 +107,24 @@ async def test_a_spawn_tunes_the_collector() -> None:
         assert gc.get_threshold() == process.GC_THRESHOLDS
     finally:
         gc.set_threshold(*saved)
+
+
+async def _two_receives_at_once(reply: Pid, selective: bool) -> None:
+    first = asyncio.ensure_future(receive("a", timeout=30) if selective else receive(timeout=30))
+    await asyncio.sleep(0)  # the first now waits
+    try:
+        await (receive("b", timeout=30) if selective else receive(timeout=30))
+    except RuntimeError as e:
+        send(reply, ("refused", str(e)))
+    send(reply, ("first got", await first))
+
+
+async def test_a_second_receive_at_once_in_one_process_is_refused_and_the_first_still_works() -> None:
+    # One waiter per mailbox: a second would take the first's wake-up and leave
+    # it waiting until its timeout (found by the soak: a gather of two receives).
+    for selective in (False, True):
+        pid = spawn(_two_receives_at_once, pybeam.self(), selective)
+        refused = await receive(timeout=5)
+        assert refused[0] == "refused" and "one place at a time" in refused[1]
+        send(pid, "a")
+        assert await receive(timeout=5) == ("first got", "a")

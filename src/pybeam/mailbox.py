@@ -173,6 +173,9 @@ class Mailbox:
         q = self._queue
         if q:
             return _pop(q)
+        w = self._waiter
+        if w is not None and not w.done():
+            _already_waiting()
         # Running again, so the last message handed over has been taken.
         self._handed = None
         task = self.task
@@ -224,6 +227,9 @@ class Mailbox:
             scanned = len(q) if q is not None else 0
         if timeout is not None and timeout <= 0:
             return _expired(default)
+        w = self._waiter
+        if w is not None and not w.done():
+            _already_waiting()
         task = self.task
         loop = _get_running_loop() if task is None else task.get_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -300,6 +306,15 @@ class _WaitAny:
 
     def close(self) -> None:
         pass
+
+
+def _already_waiting() -> None:
+    # One waiter per mailbox keeps the common path lean; a second one would
+    # silently take the first's wake-up, leaving it to its timeout or forever.
+    raise RuntimeError(
+        "this process is already waiting in another receive: a process receives in one place at a "
+        "time, as in BEAM (two receives at once, e.g. under asyncio.gather, need two processes)"
+    )
 
 
 def _expired(default: Any) -> Any:
