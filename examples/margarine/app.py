@@ -128,6 +128,11 @@ async def stop() -> None:
     global running
     await gen_server.stop(SUPERVISOR)
     if running is not None:
+        # The saver saves at most once a second under load: what it had not saved yet.
+        try:
+            await aggregates.save(running.aggregates, running.client)
+        except storage.StorageDown as e:
+            log.warning("margarine: the last counts could not be persisted: %s", e)
         await running.client.aclose()
         running = None
 
