@@ -252,20 +252,20 @@ async def main() -> list[Row]:
             best = await _measure(nodes, [(mode, BATCH) for mode in MODES], server)
             for mode in MODES:
                 r = best[mode, BATCH]
-                name = f"margarine {nodes} node{'s' if nodes > 1 else ''}, {mode}"
+                name = f"margarine {nodes}n {mode}"
                 rows.append((f"{name} [{gen}]", r["rps"], "redirects/s", 0.0))
                 rows.append((f"{name}: p50", r["p50"], "us", 0.0))
                 rows.append((f"{name}: p99", r["p99"], "us", 0.0))
                 rows.append((f"{name}: CPU", r["cpu"], "us/redirect", 0.0))
             ratio = best["replicated", BATCH]["rps"] / best["none", BATCH]["rps"]
-            rows.append((f"margarine {nodes}: replicated / none", 100 * ratio, "% (goal 3x)", 300.0))
+            rows.append((f"margarine {nodes}n: replicated / none", 100 * ratio, "% (goal 3x)", 300.0))
             ratio = best["none", BATCH]["cpu"] / best["replicated", BATCH]["cpu"]
-            rows.append((f"margarine {nodes}: CPU none / replicated", 100 * ratio, "%", 0.0))
+            rows.append((f"margarine {nodes}n: CPU none / replicated", 100 * ratio, "%", 0.0))
         best = await _measure(3, [("replicated", BATCH), ("replicated", None)], server)
         for batch, label in ((BATCH, "batched 5 ms"), (None, "per redirect")):
             r = best["replicated", batch]
             msgs = r["sent"] / r["done"] * 1000
-            rows.append((f"margarine 3 nodes, counters {label}: msgs", msgs, "msgs/1k redirects", 0.0))
-            rows.append((f"margarine 3 nodes, counters {label}", r["rps"], "redirects/s", 0.0))
+            rows.append((f"margarine 3n msgs, {label}", msgs, "msgs/1k redirects", 0.0))
+            rows.append((f"margarine 3n rps, {label}", r["rps"], "redirects/s", 0.0))
     print(f"margarine: {os.getloadavg()[0]:.2f} load average at the end", flush=True)
     return rows
