@@ -84,7 +84,11 @@ class Aggregates:
 
     def hit(self, code: str) -> None:
         """Count one redirect of ``code`` on this node."""
-        gcounter.increment(self.counters.setdefault(code, {}), self.node)
+        # gcounter.increment, inlined and without setdefault's new dict per call: the hit path.
+        counter = self.counters.get(code)
+        if counter is None:
+            counter = self.counters[code] = {}
+        counter[self.node] = counter.get(self.node, 0) + 1
         if self.batch is None:
             self.broadcast({code: self.counters[code][self.node]})
             self.mark_unsaved({code})
