@@ -362,6 +362,25 @@ async def test_bad_input_gets_a_4xx_with_a_reason_and_stores_nothing(
         assert (await get(http, base + margarine.short_code(ok)))[2] == ok
 
 
+async def test_paths_and_expect_are_read_as_aiohttp_s_router_read_them(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """The server dispatches its routes itself (web.py): what an Application did, it does."""
+    async with cluster(1) as c:
+        (base,) = await start_margarine(c, redis_server)
+        url = "https://example.com/" + "long/" * 300  # a body over 1 KiB: curl would send Expect
+        async with http.post(base, data={"url": url}, expect100=True) as r:
+            assert (r.status, await r.text()) == (201, margarine.short_code(url))
+        code = margarine.short_code(url)
+        assert (await get(http, base + code))[0] == 302
+        assert await get(http, f"{base}{code}/aggregates") == (200, "Redirects: 1", None)
+        assert await get(http, f"{base}{code}?utm=x") == (302, url, url)  # the query is not the path
+        for path in [f"{code}%2Faggregates", f"{code}/aggregates/", "/aggregates", f"/{code}", f"{code}/"]:
+            assert await get(http, base + path) == (404, "Not Found", None), path
+        async with http.post(base, data={"url": url}, headers={"Expect": "200-ok"}) as r:
+            assert (r.status, await r.text()) == (417, "Unknown Expect: 200-ok")
+
+
 @pytest.mark.parametrize("cache", ["none", "replicated", "sharded"])
 async def test_redis_gone_gives_503_and_the_node_recovers(
     cluster: Any, http: aiohttp.ClientSession, cache: str

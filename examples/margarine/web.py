@@ -16,18 +16,23 @@ that cannot be reached gives 503; the next request tries again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
 from . import codes, storage
 from .aggregates import Aggregates
 from .cache import Cache
 
-__all__ = ["MAX_BODY", "make_app"]
+__all__ = ["MAX_BODY", "make_server"]
 
 log = logging.getLogger("margarine")
 
@@ -49,7 +54,7 @@ def unavailable(e: storage.StorageDown) -> web.Response:
     return text(503, "Service Unavailable: the link store (Redis) cannot be reached; try again later")
 
 
-async def read_form(request: web.Request) -> Mapping[str, object]:
+async def read_form(request: web.BaseRequest) -> Mapping[str, object]:
     """The form's fields; strict about encodings (aiohttp's own parser replaces bad bytes)."""
     if request.content_type == "multipart/form-data":
         return await request.post()
@@ -60,14 +65,19 @@ async def read_form(request: web.Request) -> Mapping[str, object]:
     return fields
 
 
-def make_app(client: aioredis.Redis, cache: Cache, aggs: Aggregates, base_url: str) -> web.Application:
-    """The aiohttp application of one node; ``base_url`` ends with ``/``.
+def make_server(client: aioredis.Redis, cache: Cache, aggs: Aggregates, base_url: str) -> web.Server:
+    """The aiohttp server of one node, its access log off; ``base_url`` ends with ``/``.
 
-    The handlers are closures over what they use: looking things up in
-    ``request.app`` costs more than the cached redirect itself.
+    A low-level :class:`aiohttp.web.Server` with its four routes dispatched
+    here: an ``Application``'s router, match info and handler lookup cost a
+    quarter of a cached redirect's CPU (measured: 22 vs 30 µs per request for
+    the same handler). The routes match as the router's ``/{code}`` and
+    ``/{code}/aggregates`` did, on the path with only ``%2F`` and ``%25`` left
+    encoded; any other method or path is the contract's 404, never a 405.
+    The handlers are closures over what they use.
     """
 
-    async def shorten(request: web.Request) -> web.Response:
+    async def shorten(request: web.BaseRequest) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return text(413, f"Request body too large: at most {MAX_BODY} bytes")
         if request.content_type not in _FORMS:
@@ -105,8 +115,7 @@ def make_app(client: aioredis.Redis, cache: Cache, aggs: Aggregates, base_url: s
 
     cached, hit = cache.cached, aggs.hit
 
-    async def redirect(request: web.Request) -> web.Response:
-        code = request.match_info["code"]
+    async def redirect(code: str) -> web.Response:
         # The hit path: a dict lookup and a dict update, nothing awaited. Only
         # valid codes are ever cached, so the check waits for a miss.
         url = cached(code)
@@ -122,16 +131,43 @@ def make_app(client: aioredis.Redis, cache: Cache, aggs: Aggregates, base_url: s
         hit(code)
         return web.Response(status=302, text=url, headers={"location": url})
 
-    async def aggregates(request: web.Request) -> web.Response:
-        count = aggs.count(request.match_info["code"])
+    def aggregates(code: str) -> web.Response:
+        count = aggs.count(code)  # None for anything never counted, bad codes included
         return not_found() if count is None else text(200, f"Redirects: {count}")
 
-    async def anything_else(request: web.Request) -> web.Response:
+    async def handle(request: web.BaseRequest) -> web.Response:
+        if request.headers.get("Expect"):
+            await expect_continue(request)
+        path = request.rel_url.path_safe
+        if request.method == "GET":
+            code, slash, rest = path[1:].partition("/")
+            if not slash:
+                return await redirect(code)  # "" (GET /) is no code: 404
+            if rest == "aggregates" and code:
+                return aggregates(code)
+        elif request.method == "POST" and path == "/":
+            return await shorten(request)
         return not_found()
 
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/", shorten)
-    app.router.add_get("/{code}", redirect, allow_head=False)
-    app.router.add_get("/{code}/aggregates", aggregates, allow_head=False)
-    app.router.add_route("*", "/{tail:.*}", anything_else)
-    return app
+    loop = asyncio.get_running_loop()
+
+    def request_factory(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
+
+    return web.Server(handle, request_factory=request_factory, access_log=None)
+
+
+async def expect_continue(request: web.BaseRequest) -> None:
+    """What an aiohttp Application does for an ``Expect`` header (curl sends one for bodies over 1 KiB)."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response's own size starts after it
