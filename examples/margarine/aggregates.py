@@ -25,9 +25,10 @@ written by the *saver* at once when it is idle, and at most once per
 more than the redirects) and a starting node loads every persisted entry
 before it counts anything; :func:`~examples.margarine.app.stop` saves what is
 left. A node killed outright may lose its last second from Redis, not from its
-peers: they hold its entry and give it back when it rejoins under its name. Rebuilding from peers alone would not do: a node
-that restarts alone, with its old name, would count from 0 again and its new
-hits would hide under the maximum of its old entry until they overtook it.
+peers: they hold its entry and give it back when it rejoins under its name.
+Rebuilding from peers alone would not do: a node that restarts alone, with its
+old name, would count from 0 again and its new hits would hide under the
+maximum of its old entry until they overtook it.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Aggregates:
             counter = self.counters[code] = {}
         counter[self.node] = counter.get(self.node, 0) + 1
         if self.batch is None:
-            self.broadcast({code: self.counters[code][self.node]})
+            self.broadcast({code: counter[self.node]})
             self.mark_unsaved({code})
             return
         self.unsent.add(code)
