@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import redis
 
 import examples.margarine as margarine
 import pybeam
+from examples.margarine.aggregates import SAVE_INTERVAL
 from examples.margarine.cache import REPLICA
 from examples.redis_server import RedisServer
 from pybeam import rpc
@@ -188,6 +190,52 @@ async def test_a_link_missing_from_every_cache_is_read_from_redis_once_then_repl
         assert n1 != n2
 
 
+def all_commands(client: redis.Redis) -> dict[str, int]:
+    """Every command Redis ran so far and how many times, but those the test sends on ``client``."""
+    stats: dict[str, Any] = client.info("commandstats")
+    ours = ("cmdstat_info", "cmdstat_hgetall")
+    return {name[8:]: int(s["calls"]) for name, s in stats.items() if name not in ours}
+
+
+def more(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: n - before.get(name, 0) for name, n in after.items() if n != before.get(name, 0)}
+
+
+@pytest.mark.parametrize("cache", ["none", "replicated", "sharded"])
+async def test_a_cached_redirect_sends_redis_nothing_and_an_uncached_one_a_get(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession, cache: str
+) -> None:
+    """The benchmark's premise: ``none`` pays one GET per redirect (the training's uncached
+    version), a cache none at all; the counts are persisted apart from the redirects, in
+    at most one save per SAVE_INTERVAL, not one per redirect or per batch."""
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        (base,) = await start_margarine(c, redis_server, cache)
+        url = f"https://example.com/round-trips/{cache}"
+        _, code, _ = await post(http, base, url=url)
+        hits = 100
+
+        # One connection for the test's own commands, opened (HELLO, CLIENT) before counting.
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
+            before = all_commands(client)
+            started = time.monotonic()
+            for _ in range(hits):
+                assert await get(http, base + code) == (302, url, url)
+                await asyncio.sleep(0.005)  # a batch each: a save per batch would show
+            await eventually(
+                lambda: client.hgetall(f"margarine:aggregates:{code}") == {n1: str(hits)},
+                what="the count was persisted",
+            )
+            elapsed = time.monotonic() - started
+            sent = more(all_commands(client), before)
+        saves = sent.pop("hset", 0)
+        # A new pooled connection (a save while a GET is in flight) says HELLO and CLIENTs.
+        connections = sent.pop("hello", 0)
+        assert sent.pop("client", 0) <= 3 * connections <= 6, (connections, sent)
+        assert sent == ({"get": hits} if cache == "none" else {})
+        assert 1 <= saves <= 2 + elapsed / SAVE_INTERVAL, (saves, elapsed)
+
+
 async def test_sharded_cache_answers_while_a_node_joins_and_while_one_is_killed(
     cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
 ) -> None:
@@ -312,6 +360,25 @@ async def test_bad_input_gets_a_4xx_with_a_reason_and_stores_nothing(
         assert await post(http, base, url="https://example.com/other", code=margarine.short_code(ok)) == (
             422, "Unable to shorten https://example.com/other", None)  # fmt: skip
         assert (await get(http, base + margarine.short_code(ok)))[2] == ok
+
+
+async def test_paths_and_expect_are_read_as_aiohttp_s_router_read_them(
+    cluster: Any, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """The server dispatches its routes itself (web.py): what an Application did, it does."""
+    async with cluster(1) as c:
+        (base,) = await start_margarine(c, redis_server)
+        url = "https://example.com/" + "long/" * 300  # a body over 1 KiB: curl would send Expect
+        async with http.post(base, data={"url": url}, expect100=True) as r:
+            assert (r.status, await r.text()) == (201, margarine.short_code(url))
+        code = margarine.short_code(url)
+        assert (await get(http, base + code))[0] == 302
+        assert await get(http, f"{base}{code}/aggregates") == (200, "Redirects: 1", None)
+        assert await get(http, f"{base}{code}?utm=x") == (302, url, url)  # the query is not the path
+        for path in [f"{code}%2Faggregates", f"{code}/aggregates/", "/aggregates", f"/{code}", f"{code}/"]:
+            assert await get(http, base + path) == (404, "Not Found", None), path
+        async with http.post(base, data={"url": url}, headers={"Expect": "200-ok"}) as r:
+            assert (r.status, await r.text()) == (417, "Unknown Expect: 200-ok")
 
 
 @pytest.mark.parametrize("cache", ["none", "replicated", "sharded"])

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from examples.margarine import codes, gcounter
+from examples.margarine.aggregates import Aggregates
 from examples.margarine.ring import HashRing
 
 NODES = ["a@h", "b@h", "c@h", "d@h"]
@@ -31,6 +32,25 @@ def test_merge_is_idempotent(a: dict[str, int], b: dict[str, int]) -> None:
     assert gcounter.merge(a, a) == a
     ab = gcounter.merge(a, b)
     assert gcounter.merge(ab, b) == ab
+
+
+codes_ = st.sampled_from(["c1", "c2", "c3"])
+
+
+@given(
+    st.dictionaries(codes_, counters), st.sampled_from(NODES), st.dictionaries(codes_, st.integers(0, 1000))
+)
+def test_a_batch_merges_as_the_g_counter_merge(
+    state: dict[str, dict[str, int]], node: str, batch: dict[str, int]
+) -> None:
+    """The replicator's inlined merge of a peer's batch is the G-Counter's merge, entry by entry."""
+    aggregates = Aggregates("me@h", None)
+    aggregates.merge(state)
+    aggregates.merge_entries(node, batch)
+    expected = {code: dict(counter) for code, counter in state.items()}
+    for code, n in batch.items():
+        expected[code] = gcounter.merge(expected.get(code, {}), {node: n})
+    assert aggregates.counters == expected
 
 
 # A run of the replication: hits on random nodes; partitions that split the nodes

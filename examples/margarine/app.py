@@ -57,12 +57,12 @@ running: Margarine | None = None
 class HttpServer(GenServer):
     """Serves the app on ``port`` from ``init`` until it terminates."""
 
-    async def init(self, arg: tuple[Margarine, str, int]) -> web.AppRunner:
+    async def init(self, arg: tuple[Margarine, str, int]) -> web.ServerRunner:
         margarine, host, port = arg
         pybeam.trap_exit(True)  # so that terminate runs when the supervisor stops us
-        app = http.make_app(margarine.client, margarine.cache, margarine.aggregates, margarine.url)
         # No access log: a line per redirect would cost more than the redirect.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        server = http.make_server(margarine.client, margarine.cache, margarine.aggregates, margarine.url)
+        runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -71,7 +71,7 @@ class HttpServer(GenServer):
             raise
         return runner
 
-    async def terminate(self, reason: Any, runner: web.AppRunner) -> None:
+    async def terminate(self, reason: Any, runner: web.ServerRunner) -> None:
         await runner.cleanup()
 
 
@@ -128,6 +128,11 @@ async def stop() -> None:
     global running
     await gen_server.stop(SUPERVISOR)
     if running is not None:
+        # The saver saves at most once a second under load: what it had not saved yet.
+        try:
+            await aggregates.save(running.aggregates, running.client)
+        except storage.StorageDown as e:
+            log.warning("margarine: the last counts could not be persisted: %s", e)
         await running.client.aclose()
         running = None
 

@@ -31,6 +31,10 @@ REPLICA = "margarine_cache"
 
 
 class Cache(Protocol):
+    def cached(self, code: str) -> str | None:
+        """The url of ``code`` if this node holds it in memory: the hit path, no await."""
+        ...
+
     async def get(self, code: str) -> str | None:
         """The url of ``code`` (None if there is none); raises StorageDown."""
         ...
@@ -49,6 +53,9 @@ class NoCache:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+
+    def cached(self, code: str) -> str | None:
+        return None
 
     async def get(self, code: str) -> str | None:
         return await storage.lookup(self.client, code)
@@ -78,6 +85,9 @@ class ReplicatedCache:
         self.links: dict[str, str] = {}
         #: Redis reads done by this node's lookups (the tests and the benchmark read it).
         self.misses = 0
+
+    def cached(self, code: str) -> str | None:
+        return self.links.get(code)
 
     async def get(self, code: str) -> str | None:
         url = self.links.get(code)

@@ -46,6 +46,10 @@ class ShardedCache:
         self.links: dict[str, str] = {}
         self.misses = 0
 
+    def cached(self, code: str) -> str | None:
+        # Whatever this node holds is right, owner or not: links never change.
+        return self.links.get(code)
+
     async def get(self, code: str) -> str | None:
         owner = self.ring.owner(code)
         if owner is None or owner == self.node:
