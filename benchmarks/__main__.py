@@ -1,7 +1,7 @@
 """Run every benchmark and print a table: figure, unit, target, met or not.
 
 Usage: ``python -m benchmarks [local] [dist] [ping_pong] [map_reduce] [margarine] [transport]`` (in .venv: ``bash scripts/setup``
-first); both sets by default.
+first); both sets by default. ``python -m benchmarks scale --help``: how cost grows (benchmarks/scale.py).
 Targets are for the project's reference machine (2 cores, uvloop); see
 docs/benchmarks.md for the figures measured there.
 """
@@ -26,6 +26,10 @@ def _met(unit: str, value: float, target: float) -> str:
 
 def main() -> int:
     """Run the benchmarks and print the table."""
+    if sys.argv[1:2] == ["scale"]:  # its own flags and report
+        from . import scale
+
+        return scale.main(sys.argv[2:])
     loop = type(pybeam.new_event_loop()).__module__.split(".")[0]
     print(f"python {platform.python_version()} on {platform.machine()}, event loop: {loop}")
     print(f"{'benchmark':35} {'figure':>14} {'unit':15} {'target':>12}  met")
