@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import json
 import os
 import secrets
@@ -45,7 +46,7 @@ from pybeam.testing import LocalCluster, free_port
 
 CLUSTER_SIZES = (2, 10, 25, 50)
 PROC_STEPS = (10_000, 100_000, 300_000, 1_000_000)
-GC_VARIANTS = ("as-is", "freeze-step", "freeze-chunk")
+GC_VARIANTS = ("as-is", "freeze-step", "freeze-chunk", "gc-off")
 CHUNK = 10_000
 HOL_BYTES = 50 * 1024 * 1024
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -102,7 +103,7 @@ async def _detect(cluster: LocalCluster, victim: str, how: signal.Signals, timeo
         await receive(("ready", pybeam.ANY), timeout=30)
     t0 = time.monotonic()
     cluster.processes[victim].send_signal(how)
-    seen = []
+    seen: list[float] = []
     deadline = t0 + timeout
     while len(seen) < len(watchers) + 1 and time.monotonic() < deadline:
         try:
@@ -146,6 +147,8 @@ async def one_cluster(size: int, ticktime: float, idle_seconds: float) -> Row:
     try:
         await cluster.start()
         form = time.monotonic() - t0
+        # CPU each node spent booting and meshing (interpreter start and imports included).
+        form_cpu = statistics.mean(cpu_seconds(cluster.processes[n].pid) for n in cluster.nodes)
         await asyncio.sleep(min(2.0, idle_seconds))  # let boot-time work settle
         pids = {n: cluster.processes[n].pid for n in cluster.nodes}
         pids["(manager)"] = os.getpid()
@@ -163,6 +166,7 @@ async def one_cluster(size: int, ticktime: float, idle_seconds: float) -> Row:
         "nodes": size,
         "form_s": form,
         "join_s": join,
+        "form_cpu_s": form_cpu,
         "rss_mb": statistics.mean(s["rss_mb"] for s in nodes),
         "rss_max_mb": max(s["rss_mb"] for s in nodes),
         "cpu_pct": statistics.mean(s["cpu_pct"] for s in nodes),
@@ -231,6 +235,8 @@ async def procs_child(steps: list[int], variant: str, rtts: int) -> dict[str, An
             gc_full[0] += info["generation"] == 2
 
     gc.collect()
+    if variant == "gc-off":  # the reference: what spawning costs without the cyclic GC
+        gc.disable()
     base = rss_bytes(os.getpid())
     echo = spawn(_echo)
     live = 1
@@ -389,6 +395,7 @@ CLUSTER_COLS = [
     ("CPU all nodes %", "cpu_total_pct", ".1f"),
     ("fds/node", "fds", ".0f"),
     ("form mesh s", "form_s", ".2f"),
+    ("CPU s/node to form", "form_cpu_s", ".2f"),
     ("join s", "join_s", ".2f"),
     ("SIGKILL seen max s", "kill_max_s", ".3f"),
     ("saw", "kill_saw", ""),
@@ -421,10 +428,10 @@ HOL_COLS = [
 def charts(out: Path, cl: list[Row], pr: list[dict[str, Any]], hl: Row | None) -> list[str]:
     """PNG charts into ``out``; their file names (none without matplotlib)."""
     try:
-        import matplotlib
-
+        # Through importlib: matplotlib is an optional extra, typed or not.
+        matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt: Any = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return []
     made = []
@@ -523,9 +530,12 @@ def main(argv: list[str]) -> int:
         print(json.dumps(pybeam.run(procs_child, steps, variant, rtts)))
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks scale", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: 2 nodes, 10k processes, 5 MB")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: 2 nodes, 10k processes, 5 MB, 1 s idle")
     ap.add_argument("--max-nodes", type=int, default=max(CLUSTER_SIZES))
     ap.add_argument("--max-procs", type=int, default=max(PROC_STEPS))
+    ap.add_argument(
+        "--sizes", help="comma-separated cluster sizes instead of 2,10,25,50 (capped by --max-nodes)"
+    )
     ap.add_argument("--parts", default="cluster,procs,hol", help="comma-separated: cluster,procs,hol")
     ap.add_argument("--ticktime", type=float, default=8.0, help="net ticktime of every node (s)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU sampling")
@@ -536,7 +546,8 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.max_nodes, args.max_procs, args.hol_mb, args.idle = 2, 10_000, 5.0, 1.0
     parts = set(args.parts.split(","))
-    sizes = [s for s in CLUSTER_SIZES if s <= args.max_nodes] or [args.max_nodes]
+    wanted = [int(n) for n in args.sizes.split(",")] if args.sizes else CLUSTER_SIZES
+    sizes = [s for s in wanted if s <= args.max_nodes] or [args.max_nodes]
     steps = [s for s in PROC_STEPS if s <= args.max_procs] or [args.max_procs]
     os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
     load0 = uptime()
