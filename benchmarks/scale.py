@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import itertools
 import json
 import os
 import secrets
@@ -422,7 +423,21 @@ HOL_COLS = [
     ("p50 ms", "during_p50_ms", ".1f"),
     ("max ms", "during_max_ms", ".1f"),
     ("first after the big one ms", "first_after_ms", ".1f"),
+    ("sender silent ms", "send_gap_ms", ".0f"),
+    ("no small arrived for ms", "arrival_gap_ms", ".0f"),
 ]
+
+
+def hol_gaps(timeline: list[tuple[float, float]]) -> Row:
+    """The longest pause between two small messages' sends (the sending node's
+    loop was busy with the big one), and between two arrivals (what the peer sees)."""
+    sent = sorted(t for t, _ in timeline)
+    arrived = sorted(t + lat for t, lat in timeline)
+
+    def longest(xs: list[float]) -> float:
+        return max((b - a for a, b in itertools.pairwise(xs)), default=float("nan")) * 1e3
+
+    return {"send_gap_ms": longest(sent), "arrival_gap_ms": longest(arrived)}
 
 
 def charts(out: Path, cl: list[Row], pr: list[dict[str, Any]], hl: Row | None) -> list[str]:
@@ -463,11 +478,16 @@ def charts(out: Path, cl: list[Row], pr: list[dict[str, Any]], hl: Row | None) -
     if okp:
         fig, ax = plt.subplots(figsize=(8, 4))
         for r in okp:
+            # A running median over 9 chunks: single chunks swing with the machine's load.
             xs = [c[0] for c in r["curve"]]
-            ax.plot(xs, [c[1] for c in r["curve"]], label=f"gc {r['variant']}")
+            rates = [c[1] for c in r["curve"]]
+            smooth = [statistics.median(rates[max(0, i - 4) : i + 5]) for i in range(len(rates))]
+            (line,) = ax.plot(xs, smooth, label=f"gc {r['variant']}")
+            ax.plot(xs, rates, ".", color=line.get_color(), alpha=0.25, markersize=3)
         ax.set_xscale("log")
         ax.set_xlabel("live processes")
-        ax.set_ylabel("spawn rate (processes/s, per 10k chunk)")
+        ax.set_ylabel("spawn rate (processes/s)")
+        ax.set_title("per 10k chunk (dots), running median of 9 (lines)", fontsize=9)
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "scale_spawn_rate.png", dpi=90)
@@ -494,7 +514,7 @@ def report(
     lines = [
         f"`python -m benchmarks scale {' '.join(args.argv)}`".replace(" `", "`"),
         "",
-        f"Load before: {load0}; after: {uptime()}. Python {sys.version.split()[0]}.",
+        f"Load before: {load0}; after: {args.load_after or uptime()}. Python {sys.version.split()[0]}.",
         "",
     ]
     if cl:
@@ -512,7 +532,7 @@ def report(
         lines += [*_table(flat, PROC_COLS), ""]
     if hl is not None:
         lines += ["Head-of-line blocking (small messages every 2 ms from another process):", ""]
-        lines += [*_table([hl], HOL_COLS), ""]
+        lines += [*_table([{**hl, **hol_gaps(hl.get("timeline", []))}], HOL_COLS), ""]
     return "\n".join(lines)
 
 
@@ -541,8 +561,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU sampling")
     ap.add_argument("--hol-mb", type=float, default=HOL_BYTES / 2**20)
     ap.add_argument("--out", type=Path, default=Path("docs/img/scale"))
+    ap.add_argument(
+        "--replot", action="store_true", help="redo scale.md and the charts from --out's scale.json"
+    )
     args = ap.parse_args(argv)
-    args.argv = argv
+    args.argv, args.load_after = [a for a in argv if a != "--replot"], None
+    if args.replot:
+        saved = json.loads((args.out / "scale.json").read_text())
+        args.argv, args.ticktime, args.idle, args.load_after = (
+            saved["argv"],
+            saved["ticktime"],
+            saved["idle"],
+            saved["load_after"],
+        )
+        write(args, saved["load"], saved["cluster"], saved["procs"], saved["hol"])
+        return 0
     if args.quick:
         args.max_nodes, args.max_procs, args.hol_mb, args.idle = 2, 10_000, 5.0, 1.0
     parts = set(args.parts.split(","))
@@ -566,6 +599,15 @@ def main(argv: list[str]) -> int:
             hl["mb"] = f"{args.hol_mb:g} MB"
         except Exception as e:
             hl = {"mb": f"{args.hol_mb:g} MB", "error": f"{type(e).__name__}: {e}"}
+    args.load_after = uptime()
+    write(args, load0, cl, pr, hl)
+    return 0
+
+
+def write(
+    args: argparse.Namespace, load0: str, cl: list[Row], pr: list[dict[str, Any]], hl: Row | None
+) -> None:
+    """Write scale.md, scale.json and the charts into ``args.out``; print the report."""
     text = report(args, load0, cl, pr, hl)
     args.out.mkdir(parents=True, exist_ok=True)
     made = charts(args.out, cl, pr, hl)
@@ -575,11 +617,23 @@ def main(argv: list[str]) -> int:
         text += "\n(No charts: matplotlib is not importable; `pip install matplotlib` for them.)\n"
     (args.out / "scale.md").write_text(text)
     (args.out / "scale.json").write_text(
-        json.dumps({"load": load0, "cluster": cl, "procs": pr, "hol": hl}, indent=1, default=str)
+        json.dumps(
+            {
+                "argv": args.argv,
+                "ticktime": args.ticktime,
+                "idle": args.idle,
+                "load": load0,
+                "load_after": args.load_after,
+                "cluster": cl,
+                "procs": pr,
+                "hol": hl,
+            },
+            indent=1,
+            default=str,
+        )
     )
     print(text)
     print(f"(written to {args.out}/scale.md)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
