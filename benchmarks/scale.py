@@ -140,13 +140,19 @@ async def idle_sample(pids: dict[str, int], seconds: float) -> list[Row]:
     ]
 
 
-async def one_cluster(size: int, ticktime: float, idle_seconds: float) -> Row:
+async def one_cluster(size: int, ticktime: float, idle_seconds: float, batch: int = 0) -> Row:
     """Start a mesh of ``size`` nodes and measure it (see the module's doc)."""
     timeout = max(60.0, 3.0 * size)
     cluster = LocalCluster(size, prefix=f"s{size}_", startup_timeout=timeout, ticktime=ticktime)
     t0 = time.monotonic()
     try:
-        await cluster.start()
+        if batch:
+            # A few nodes at a time: each start waits for its batch to join the mesh.
+            for count in range(min(batch, size), size + batch, batch):
+                cluster.count = min(count, size)
+                await cluster.start()
+        else:
+            await cluster.start()
         form = time.monotonic() - t0
         # CPU each node spent booting and meshing (interpreter start and imports included).
         form_cpu = statistics.mean(cpu_seconds(cluster.processes[n].pid) for n in cluster.nodes)
@@ -185,13 +191,13 @@ async def one_cluster(size: int, ticktime: float, idle_seconds: float) -> Row:
     }
 
 
-async def clusters(sizes: list[int], ticktime: float, idle_seconds: float) -> list[Row]:
+async def clusters(sizes: list[int], ticktime: float, idle_seconds: float, batch: int = 0) -> list[Row]:
     """Measure one cluster per size (run on a distributed manager node)."""
     rows = []
     for size in sizes:
         print(f"  cluster of {size} nodes...", file=sys.stderr, flush=True)
         try:
-            rows.append(await one_cluster(size, ticktime, idle_seconds))
+            rows.append(await one_cluster(size, ticktime, idle_seconds, batch))
         except Exception as e:  # a size this machine cannot hold is a result too
             rows.append({"nodes": size, "error": f"{type(e).__name__}: {str(e)[:300]}"})
     return rows
@@ -440,15 +446,15 @@ def hol_gaps(timeline: list[tuple[float, float]]) -> Row:
     return {"send_gap_ms": longest(sent), "arrival_gap_ms": longest(arrived)}
 
 
-def charts(out: Path, cl: list[Row], pr: list[dict[str, Any]], hl: Row | None) -> list[str]:
-    """PNG charts into ``out``; their file names (none without matplotlib)."""
+def charts(out: Path, cl: list[Row], pr: list[dict[str, Any]], hl: Row | None) -> list[str] | None:
+    """PNG charts into ``out``; their file names (None without matplotlib)."""
     try:
         # Through importlib: matplotlib is an optional extra, typed or not.
         matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
         plt: Any = importlib.import_module("matplotlib.pyplot")
     except ImportError:
-        return []
+        return None
     made = []
     ok = [r for r in cl if "error" not in r]
     if ok:
@@ -520,7 +526,7 @@ def report(
     if cl:
         lines += [
             f"Clusters (each size plus this manager node; ticktime {args.ticktime:g} s, idle "
-            f"sampled over {args.idle:g} s):",
+            f"sampled over {args.idle:g} s; started {f'{args.batch} at a time' if getattr(args, 'batch', 0) else 'all at once'}):",
             "",
             *_table(cl, CLUSTER_COLS),
             "",
@@ -556,6 +562,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--sizes", help="comma-separated cluster sizes instead of 2,10,25,50 (capped by --max-nodes)"
     )
+    ap.add_argument(
+        "--batch", type=int, default=0, help="start cluster nodes this many at a time (0: all at once)"
+    )
     ap.add_argument("--parts", default="cluster,procs,hol", help="comma-separated: cluster,procs,hol")
     ap.add_argument("--ticktime", type=float, default=8.0, help="net ticktime of every node (s)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU sampling")
@@ -574,6 +583,7 @@ def main(argv: list[str]) -> int:
             saved["idle"],
             saved["load_after"],
         )
+        args.batch = saved.get("batch", 0)
         write(args, saved["load"], saved["cluster"], saved["procs"], saved["hol"])
         return 0
     if args.quick:
@@ -586,7 +596,7 @@ def main(argv: list[str]) -> int:
     load0 = uptime()
     print(f"scale: {load0}", file=sys.stderr)
     cl = (
-        pybeam.run(clusters, sizes, args.ticktime, args.idle, node=_manager(args.ticktime))
+        pybeam.run(clusters, sizes, args.ticktime, args.idle, args.batch, node=_manager(args.ticktime))
         if "cluster" in parts
         else []
     )
@@ -611,7 +621,7 @@ def write(
     text = report(args, load0, cl, pr, hl)
     args.out.mkdir(parents=True, exist_ok=True)
     made = charts(args.out, cl, pr, hl)
-    if made:
+    if made is not None:
         text += "\n" + "\n".join(f"![{m}]({m})" for m in made) + "\n"
     else:
         text += "\n(No charts: matplotlib is not importable; `pip install matplotlib` for them.)\n"
@@ -622,6 +632,7 @@ def write(
                 "argv": args.argv,
                 "ticktime": args.ticktime,
                 "idle": args.idle,
+                "batch": args.batch,
                 "load": load0,
                 "load_after": args.load_after,
                 "cluster": cl,
