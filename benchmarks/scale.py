@@ -523,6 +523,8 @@ def report(
         f"Load before: {load0}; after: {args.load_after or uptime()}. Python {sys.version.split()[0]}.",
         "",
     ]
+    if getattr(args, "note", None):  # set by hand in scale.json, e.g. rows added from other runs
+        lines += [args.note, ""]
     if cl:
         lines += [
             f"Clusters (each size plus this manager node; ticktime {args.ticktime:g} s, idle "
@@ -583,7 +585,7 @@ def main(argv: list[str]) -> int:
             saved["idle"],
             saved["load_after"],
         )
-        args.batch = saved.get("batch", 0)
+        args.batch, args.note = saved.get("batch", 0), saved.get("note")
         write(args, saved["load"], saved["cluster"], saved["procs"], saved["hol"])
         return 0
     if args.quick:
