@@ -8,17 +8,21 @@
    node to join it, and time until every other node has seen a node go down,
    when it is SIGKILLed (the kernel closes its sockets: the peers see EOF) and
    when it is SIGSTOPped (silent: only the heartbeats notice, after the tick time).
-2. ``procs``: one node, idle processes spawned up to 10k, 100k, 300k, 1M, each
-   step in a fresh child interpreter per GC variant (as is; ``gc.freeze()``
-   after each step; ``gc.freeze()`` after every chunk of 10k): RSS per process,
+2. ``procs``: one node, idle processes spawned up to 10k, 100k, 300k, 1M, in
+   a fresh child interpreter per GC variant (as is; ``gc.freeze()`` after each
+   step; ``gc.freeze()`` after every chunk of 10k; ``gc.disable()``, the
+   reference): RSS per process,
    spawn rate against live processes, time in the cyclic GC, and the round
    trip to one echoing process among them.
 3. ``hol``: head-of-line blocking: a 50 MB message to a peer node, and small
    messages from another process to the same node meanwhile; their one-way
    latency (sender and receiver share ``CLOCK_MONOTONIC``: same host).
 
-It prints tables, writes ``scale.md`` (the tables) and PNG charts into
-``--out`` (default ``docs/img/scale``) when matplotlib can be imported.
+It prints tables, writes ``scale.md`` (the tables), ``scale.json`` (every
+figure) and PNG charts into ``--out`` (default ``docs/img/scale``) when
+matplotlib can be imported; ``--replot`` redoes them from ``scale.json``.
+``--batch 25`` starts big clusters 25 nodes at a time (all at once, a
+2-core machine fails at about 150: see docs/benchmarks.md, "Scale").
 Linux only (``/proc``). Every figure depends on the machine's load: the
 report starts with ``uptime``.
 """
