@@ -2,7 +2,8 @@
 
 Usage: ``python -m benchmarks [local] [dist] [ping_pong] [map_reduce] [margarine] [transport]`` (in .venv: ``bash scripts/setup``
 first); both sets by default. ``python -m benchmarks compare [--quick]`` runs the side-by-side
-comparison with BEAM and the Python actor libraries (see benchmarks/compare/).
+comparison with BEAM and the Python actor libraries (see benchmarks/compare/);
+``python -m benchmarks scale --help``: how cost grows (benchmarks/scale.py).
 Targets are for the project's reference machine (2 cores, uvloop); see
 docs/benchmarks.md for the figures measured there.
 """
@@ -32,6 +33,10 @@ def main() -> int:
         from . import compare
 
         return compare.main(sys.argv[2:])
+    if sys.argv[1:2] == ["scale"]:  # its own flags and report
+        from . import scale
+
+        return scale.main(sys.argv[2:])
     loop = type(pybeam.new_event_loop()).__module__.split(".")[0]
     print(f"python {platform.python_version()} on {platform.machine()}, event loop: {loop}")
     print(f"{'benchmark':35} {'figure':>14} {'unit':15} {'target':>12}  met")
