@@ -80,7 +80,16 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def current_owner(self) -> Node | None:
         """The node the running task works for (None: the harness)."""
         task = asyncio.current_task(self)
-        return self._owners.get(task) if task is not None else None
+        return self._task_owner(task) if task is not None else None
+
+    def _task_owner(self, task: asyncio.Task[Any]) -> Node | None:
+        if task in self._owners:
+            return self._owners[task]
+        # A process's own task is made without loop.create_task (see
+        # pybeam.process.start): its guard knows the process, which knows its node.
+        proc = getattr(task.get_coro(), "_proc", None)
+        node = getattr(proc, "node", None)
+        return node if isinstance(node, Node) and node.distributed else None
 
     def owner(self) -> Node | None:
         """The node the running code works for: found on the stack, else its task's."""
@@ -182,7 +191,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         if obj is None:
             return None
         if isinstance(obj, asyncio.Task):
-            node = self._owners.get(obj)
+            node = self._task_owner(obj)
             return node.name if node is not None else None
         if isinstance(obj, Node):
             return obj.name
@@ -199,7 +208,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 def owner_of_task(task: asyncio.Task[Any]) -> Node | None:
     """The simulated node ``task`` works for, if it runs on a :class:`VirtualLoop`."""
     loop = task.get_loop()
-    return loop._owners.get(task) if isinstance(loop, VirtualLoop) else None
+    return loop._task_owner(task) if isinstance(loop, VirtualLoop) else None
 
 
 def _find_owner(frame: Any) -> Node | None:
