@@ -12,15 +12,22 @@ seconds times the cluster's ``time_scale`` (1 in simulation).
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
+import pytest_asyncio
 
 import pybeam
 from pybeam import ANY, net, receive, send
 from pybeam.testing.sim import (
     Delay,
     Drop,
+    Heal,
     Kill,
     Partition,
+    Restart,
     Scenario,
     SimCluster,
     Step,
@@ -28,6 +35,23 @@ from pybeam.testing.sim import (
     run_schedule,
 )
 from pybeam.testing.sim.replay import replay_schedule
+
+from .test_gcounter import BuggyCounter, CounterConverges
+
+# A manager (and so a cluster) with a ticktime of 2 s: schedule seconds are
+# half real ones (the scenarios' ticktime is 4), and what a step's check must
+# do before a tick timeout has 2 s for it on a loaded machine.
+TICKTIME = 2.0
+
+
+@pytest_asyncio.fixture
+async def manager(epmd_port: int) -> AsyncIterator[pybeam.Node]:
+    name = f"test_{secrets.token_hex(4)}@127.0.0.1"
+    async with pybeam.Node(
+        name, cookie=secrets.token_hex(16), ticktime=TICKTIME, epmd_port=epmd_port
+    ) as node:
+        yield node
+
 
 # -- on the nodes ---------------------------------------------------------------------------
 
@@ -153,7 +177,7 @@ def test_a_delayed_link_keeps_order_and_delivers_late_in_simulation() -> None:
     run_schedule(DelayedLink, DELAYED)
 
 
-async def test_a_delayed_link_keeps_order_and_delivers_late_on_real_nodes(beam_node: pybeam.Node) -> None:
+async def test_a_delayed_link_keeps_order_and_delivers_late_on_real_nodes(manager: pybeam.Node) -> None:
     await replay_schedule(DelayedLink, DELAYED)
 
 
@@ -189,7 +213,7 @@ def test_a_one_way_partition_ends_in_noconnection_in_simulation() -> None:
     run_schedule(OneWay, ONE_WAY)
 
 
-async def test_a_one_way_partition_ends_in_noconnection_on_real_nodes(beam_node: pybeam.Node) -> None:
+async def test_a_one_way_partition_ends_in_noconnection_on_real_nodes(manager: pybeam.Node) -> None:
     await replay_schedule(OneWay, ONE_WAY)
 
 
@@ -222,7 +246,7 @@ def test_a_partition_between_two_groups_in_simulation() -> None:
     run_schedule(TwoGroups, TWO_GROUPS)
 
 
-async def test_a_partition_between_two_groups_on_real_nodes(beam_node: pybeam.Node) -> None:
+async def test_a_partition_between_two_groups_on_real_nodes(manager: pybeam.Node) -> None:
     await replay_schedule(TwoGroups, TWO_GROUPS)
 
 
@@ -253,7 +277,7 @@ def test_a_silent_kill_is_noticed_by_the_tick_timeout_in_simulation() -> None:
     run_schedule(SilentKill, SILENT_KILL)
 
 
-async def test_a_silent_kill_is_noticed_by_the_tick_timeout_on_real_nodes(beam_node: pybeam.Node) -> None:
+async def test_a_silent_kill_is_noticed_by_the_tick_timeout_on_real_nodes(manager: pybeam.Node) -> None:
     await replay_schedule(SilentKill, SILENT_KILL)
 
 
@@ -281,6 +305,32 @@ def test_a_dropped_link_refuses_new_connections_for_a_while_in_simulation() -> N
 
 
 async def test_a_dropped_link_refuses_new_connections_for_a_while_on_real_nodes(
-    beam_node: pybeam.Node,
+    manager: pybeam.Node,
 ) -> None:
     await replay_schedule(Dropped, DROPPED)
+
+
+# -- all of it at once, on the counter of docs/testing_failures.md ------------------------------
+
+MIXED: list[Step] = [
+    Delay(0, 1, 0.5),
+    Partition((0,), (1, 2), oneway=True),
+    Wait(6.0),
+    Heal(),
+    Kill(2),
+    Drop(0, 1, 2.0),
+    Wait(1.0),
+    Restart(2),
+    Kill(1, fin=True),
+    Wait(1.0),
+]
+
+
+def test_the_counter_converges_under_a_mixed_schedule_in_simulation() -> None:
+    run_schedule(CounterConverges, MIXED)
+    with pytest.raises(AssertionError, match="the replicas disagree"):
+        run_schedule(BuggyCounter, MIXED)
+
+
+async def test_the_counter_converges_under_a_mixed_schedule_on_real_nodes(manager: pybeam.Node) -> None:
+    await replay_schedule(CounterConverges, MIXED)

@@ -206,11 +206,14 @@ class RealCluster:
 
     async def route(self, pair: Pair) -> FaultProxy | None:
         """Make the connection of ``pair`` run through its proxy (made on first
-        use, again after the target restarted); None if the pair cannot connect
-        now (a node down, the pair cut), in which case nothing changes."""
+        use, again after the target restarted); the proxy, None if there is
+        none yet. A pair that cannot connect now (a node down or frozen, the
+        pair cut) is left as it is."""
         dialer, target = pair
         if not (self.alive(dialer) and self.alive(target)):
             return None
+        if dialer in self._stopped or target in self._stopped:
+            return self.proxies.get(pair)  # frozen: cannot answer, and its connection stands as it is
         port = await listening_port(target)
         proxy = self.proxies.get(pair)
         if proxy is not None and proxy.target[1] != port:
@@ -364,11 +367,36 @@ class RealCluster:
                 os.kill(self.cluster.processes[name].pid, signal.SIGCONT)
 
     async def restart(self, name: str) -> None:
-        """Start a new OS process for ``name`` (a new incarnation)."""
+        """Start a new OS process for ``name`` (a new incarnation).
+
+        :meth:`LocalCluster.restart_node` waits for the full mesh of the live
+        nodes, so the pairs nothing keeps apart any more (a refusal over, say)
+        are connected first; a pair still cut makes the restart fail."""
         await self._reaped(name)
+        await self._mesh_uncut()
         await self.cluster.restart_node(name)
         if self.on_start is not None:
             await self.on_start(self, name)
+
+    async def _mesh_uncut(self) -> None:
+        """Connect the live pairs that no partition or refusal keeps apart."""
+        apart = set(partitioned())
+        live = [n for n in self.names if self.alive(n) and n not in self._stopped and n not in apart]
+
+        async def meshed() -> bool:
+            done = True
+            for i, low in enumerate(live):
+                for high in live[i + 1 :]:
+                    if _pair(low, high) in self._cuts:
+                        continue
+                    with contextlib.suppress(Exception):
+                        if low not in await self.connected(high):
+                            done = False
+                            await rpc.call(high, "pybeam.net:connect", low, timeout=5)
+            return done
+
+        with contextlib.suppress(AssertionError):
+            await eventually(meshed, timeout=10, every=0.2, what="the uncut pairs connected")
 
     async def recover(self, settle: float = 0.0) -> None:
         """Heal, thaw, end delays and refusals, restart the killed nodes, wait
