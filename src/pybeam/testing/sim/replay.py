@@ -28,7 +28,8 @@ How each step becomes real (seconds are schedule seconds times ``time_scale``):
                              peers notice by their tick timeout), then SIGKILL once
                              no live node lists it any more
 ``Kill(i, fin=True)``        SIGKILL (the OS closes its sockets: peers see a FIN)
-``Restart(i)``               a new OS process under the same name
+``Restart(i)``               a new OS process under the same name (it waits for the
+                             full mesh: after a refusal ends, never during a partition)
 ``Freeze(i, s)``             SIGSTOP, then SIGCONT ``s`` later
 ``Drop(a, b, s)``            random cookies on the pair for ``s`` (new connections
                              fail their handshake), then ``disconnect`` on ``a``
@@ -370,33 +371,33 @@ class RealCluster:
         """Start a new OS process for ``name`` (a new incarnation).
 
         :meth:`LocalCluster.restart_node` waits for the full mesh of the live
-        nodes, so the pairs nothing keeps apart any more (a refusal over, say)
-        are connected first; a pair still cut makes the restart fail."""
+        nodes, so meanwhile the pairs nothing keeps apart (a refusal over, say)
+        are connected, again and again: a restart during a refusal completes
+        once it ends; one during a partition fails."""
         await self._reaped(name)
-        await self._mesh_uncut()
-        await self.cluster.restart_node(name)
+        meshing = asyncio.ensure_future(self._keep_meshed())
+        try:
+            await self.cluster.restart_node(name)
+        finally:
+            meshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await meshing
         if self.on_start is not None:
             await self.on_start(self, name)
 
-    async def _mesh_uncut(self) -> None:
-        """Connect the live pairs that no partition or refusal keeps apart."""
-        apart = set(partitioned())
-        live = [n for n in self.names if self.alive(n) and n not in self._stopped and n not in apart]
-
-        async def meshed() -> bool:
-            done = True
+    async def _keep_meshed(self) -> None:
+        """Connect the live pairs that no partition or refusal keeps apart, until cancelled."""
+        while True:
+            apart = set(partitioned())
+            live = [n for n in self.names if self.alive(n) and n not in self._stopped and n not in apart]
             for i, low in enumerate(live):
                 for high in live[i + 1 :]:
                     if _pair(low, high) in self._cuts:
                         continue
                     with contextlib.suppress(Exception):
                         if low not in await self.connected(high):
-                            done = False
                             await rpc.call(high, "pybeam.net:connect", low, timeout=5)
-            return done
-
-        with contextlib.suppress(AssertionError):
-            await eventually(meshed, timeout=10, every=0.2, what="the uncut pairs connected")
+            await asyncio.sleep(0.2)
 
     async def recover(self, settle: float = 0.0) -> None:
         """Heal, thaw, end delays and refusals, restart the killed nodes, wait
