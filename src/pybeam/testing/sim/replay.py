@@ -429,6 +429,22 @@ class RealCluster:
         await eventually(meshed, timeout=30, what="full mesh after recovery")
         await self.sleep(settle)
 
+    async def settled(self, every: float = 0.5) -> None:
+        """Wait until the manager has stayed connected to every live node for
+        ``every`` seconds: the calls a scenario makes are not part of the
+        schedule, and a fresh cluster may still be replacing connections."""
+        last: set[str] = set()
+
+        def steady() -> bool:
+            nonlocal last
+            live = {n for n in self.names if self.alive(n) and n not in self._stopped}
+            now = live & set(net.nodes())
+            stable = now == live and last == live
+            last = now
+            return stable
+
+        await eventually(steady, timeout=30, every=every, what="the manager steadily connected to every node")
+
     async def close(self) -> None:
         """Thaw what is stopped, end the silent kills and timers, close the proxies."""
         for name in list(self._stopped):
@@ -464,6 +480,7 @@ async def replay_schedule(
         try:
             if needs_proxies(schedule):
                 await cluster.route_all()
+            await cluster.settled()
             # The scenario is written for a SimCluster; RealCluster has its methods.
             as_sim: Any = cluster
             for name in cluster.names:
