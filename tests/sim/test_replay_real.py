@@ -7,7 +7,7 @@ import pytest
 
 import pybeam
 from pybeam.testing.sim import Heal, Partition, Step, Wait, run_schedule
-from pybeam.testing.sim.replay import NotReplayable, RealCluster, replay_schedule
+from pybeam.testing.sim.replay import replay_schedule
 
 from .test_gcounter import BuggyCounter, CounterConverges
 
@@ -30,11 +30,3 @@ async def test_the_schedule_fails_the_buggy_counter_on_real_nodes(beam_node: pyb
 
 async def test_the_correct_counter_survives_the_schedule_on_real_nodes(beam_node: pybeam.Node) -> None:
     await replay_schedule(CounterConverges, [*SCHEDULE, Heal()])
-
-
-async def test_a_step_real_nodes_cannot_do_is_refused() -> None:
-    cluster: object = RealCluster.__new__(RealCluster)
-    assert isinstance(cluster, RealCluster)
-    cluster.names = ["a@127.0.0.1", "b@127.0.0.1"]
-    with pytest.raises(NotReplayable):
-        await cluster.apply(Partition((0,), oneway=True))
