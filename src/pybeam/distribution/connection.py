@@ -73,6 +73,9 @@ DEFAULT_HARD_LIMIT: Final = 128 * 1024 * 1024
 #: size (as OTP 22+ fragments distribution messages), so that a large message
 #: does not hold up other senders' messages for its whole transfer.
 DEFAULT_FRAGMENT_SIZE: Final = 64 * 1024
+#: Fragments of one sender's message sent per round, at most (other
+#: senders' messages go between rounds).
+_ROUND: Final = 16
 #: Fragment streams being reassembled from one peer, at most.
 MAX_FRAGMENT_STREAMS: Final = 64
 
@@ -324,8 +327,13 @@ class Connection:
                     continue
                 self._flush()  # what other senders queued goes first
                 for key in list(self._lanes):
-                    self._pump_lane(key)
-                self._flush()
+                    # A few fragments per sender per round, while the kernel
+                    # takes them: as fast as unfragmented when nothing else waits.
+                    for _ in range(_ROUND):
+                        if key not in self._lanes or self._frames.buffer_size > self._pace:
+                            break
+                        self._pump_lane(key)
+                        self._flush()
                 self._buffered = self._frames.buffer_size
                 self._progress.set()
                 self._progress = asyncio.Event()
