@@ -22,7 +22,7 @@ from pybeam import ANY, Pid, codec, receive, rpc
 from pybeam.distribution import epmd, handshake
 from pybeam.distribution.connection import Op
 from pybeam.distribution.framing import encode_frame
-from pybeam.testing import eventually
+from pybeam.testing import LocalCluster, eventually
 
 BIG = b"x" * (50 * 1024 * 1024)
 
@@ -147,3 +147,33 @@ async def test_hostile_fragment_streams_close_that_connection_only(cluster: Any)
         assert target in pybeam.nodes()
         assert await rpc.call(target, "os:getpid", timeout=10) > 0
     assert "bad input from hostile_" in c.logs(target)
+
+
+def fragmenting_to(node: str) -> int | None:
+    """This node's fragment size on its connection to ``node`` (None: whole messages)."""
+    conn = pybeam.current_node().dist.connection(node)  # type: ignore[union-attr]
+    assert conn is not None
+    return conn.fragment_size  # type: ignore[no-any-return]
+
+
+async def test_a_peer_that_does_not_offer_fragments_gets_whole_messages(epmd_port: int) -> None:
+    # This node does not fragment (as a pybeam before fragments): neither side does, and
+    # a large message still arrives, whole and in order.
+    name = f"nofrag_{secrets.token_hex(3)}@127.0.0.1"
+    async with (
+        pybeam.Node(name, cookie=secrets.token_hex(8), epmd_port=epmd_port, fragment_size=0, ticktime=5),
+        LocalCluster(1) as c,
+    ):
+        peer = c.nodes[0]
+        rec = await pybeam.spawn_on(peer, recorder)
+        assert await log_of(rec) == []
+        assert fragmenting_to(peer) is None
+        assert await rpc.call(peer, fragmenting_to, name, timeout=10) is None
+        pybeam.spawn(big_sender, rec, pybeam.self())
+        await receive("big sent", timeout=30)
+
+        async def both() -> bool:
+            return len(await log_of(rec)) == 2
+
+        await eventually(both, timeout=60)
+        assert await log_of(rec) == ["big", "a-after"]
