@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 from typing import Any
 
@@ -94,6 +95,48 @@ async def test_a_large_message_cut_mid_transfer_is_not_delivered_and_later_traff
     await eventually(arrived, timeout=30)
     assert await log_of(rec) == ["after-cut"]  # neither the big one nor what queued behind it
     assert await rpc.call(node, "os:getpid", timeout=10) > 0
+
+
+async def digest_recorder() -> None:
+    """As recorder, but a message (tag, payload) is recorded as (tag, its size, its sha256)."""
+    seen: list[Any] = []
+    while True:
+        match await receive():
+            case ("log", Pid() as asker):
+                pybeam.send(asker, ("log", seen))
+            case (tag, bytes() as payload):
+                seen.append((tag, len(payload), hashlib.sha256(payload).hexdigest()))
+            case (tag, *_):
+                seen.append(tag)
+
+
+async def tagged_big_sender(rec: Pid, tag: str, payload: bytes) -> None:
+    pybeam.send(rec, (tag, payload))
+    pybeam.send(rec, (f"{tag}-after",))
+
+
+async def test_two_large_messages_at_once_arrive_whole_each_in_its_senders_order(cluster: Any) -> None:
+    c = await cluster(1).start()
+    rec = await pybeam.spawn_on(c.nodes[0], digest_recorder)
+    assert await log_of(rec) == []
+    # Together over the 64 MiB frame limit: the second waits for room, its sender's order kept.
+    one = bytes(range(256)) * (40 * 4096)  # 40 MiB
+    two = secrets.token_bytes(30 * 1024 * 1024)
+    pybeam.spawn(tagged_big_sender, rec, "one", one)
+    pybeam.spawn(tagged_big_sender, rec, "two", two)
+    pybeam.spawn(small_sender, rec)
+
+    async def all_five() -> bool:
+        return len(await log_of(rec)) == 5
+
+    await eventually(all_five, timeout=60)
+    seen = await log_of(rec)
+    assert ("one", len(one), hashlib.sha256(one).hexdigest()) in seen
+    assert ("two", len(two), hashlib.sha256(two).hexdigest()) in seen
+    tags = [e[0] if type(e) is tuple else e for e in seen]
+    assert tags.index("one") < tags.index("one-after")
+    assert tags.index("two") < tags.index("two-after")
+    assert tags.index("b-small") < tags.index("one")
 
 
 async def _hostile(port: int, cookie: str, target: str, batch: list[Any]) -> None:

@@ -313,8 +313,8 @@ class Connection:
             self._pump_task = self._loop.create_task(self._pump(), name=f"pybeam-dist-fragments-{self.name}")
 
     async def _pump(self) -> None:
-        """Send the lanes' messages, a fragment of each large one per round,
-        whenever the transport holds less than a few fragments."""
+        """Send the lanes' messages, a few fragments of each large one per
+        round, whenever the transport holds less than a few fragments."""
         try:
             while self._lanes and not self.closed:
                 if self._frames.buffer_size > self._pace:
@@ -332,25 +332,33 @@ class Connection:
                     for _ in range(_ROUND):
                         if key not in self._lanes or self._frames.buffer_size > self._pace:
                             break
-                        self._pump_lane(key)
+                        data = self._next_piece(key)
+                        if data is None:
+                            break
+                        self._batch(data)
                         self._flush()
                 self._buffered = self._frames.buffer_size
                 self._progress.set()
                 self._progress = asyncio.Event()
                 await asyncio.sleep(0)
+        except Exception as e:  # a bug must not leave the lanes stuck: drop this connection
+            tb = "".join(traceback.format_exception(e)).rstrip()
+            logger.error("closing connection to %s:\n%s", self.name, clip(tb))
+            self.close(f"internal error sending fragments to {self.name}: {short(e)}")
         finally:
             self._pump_task = None
             self._progress.set()
 
-    def _pump_lane(self, key: Hashable) -> None:
+    def _next_piece(self, key: Hashable) -> bytes | None:
+        """Take what the sender's lane sends next: a small message waiting
+        behind its large one, or the next fragment; None if the large one
+        must wait for room to start."""
         lane = self._lanes[key]
         data = lane[0]
         size = len(data)
         if size <= self._fragment_above:
-            # A small message waiting behind its sender's large one.
-            lane.popleft()
             self._backlog -= size
-            self._batch(data)
+            piece = data
         else:
             stream = self._streams.get(key)
             if stream is None:
@@ -360,7 +368,7 @@ class Connection:
                     len(self._streams) >= MAX_FRAGMENT_STREAMS
                     or self._streaming + size > self.max_frame - _FRAME_OVERHEAD
                 ):
-                    return
+                    return None
                 self._next_stream += 1
                 stream = (self._next_stream, 0)
                 self._streaming += size
@@ -368,15 +376,16 @@ class Connection:
             end = min(offset + self._fragment_above, size)
             chunk = data[offset:end]
             self._backlog -= len(chunk)
-            self._batch(codec.encode((Op.FRAGMENT, sid, size, offset, chunk)))
             if end < size:
                 self._streams[key] = (sid, end)
-                return
+                return codec.encode((Op.FRAGMENT, sid, size, offset, chunk))
             self._streams.pop(key, None)
             self._streaming -= size
-            lane.popleft()
+            piece = codec.encode((Op.FRAGMENT, sid, size, offset, chunk))
+        lane.popleft()
         if not lane:
             del self._lanes[key]
+        return piece
 
     def _batch(self, data: bytes) -> None:
         if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
@@ -570,7 +579,7 @@ class Connection:
         # (the peer discards the fragments it has).
         self._lanes.clear()
         self._streams.clear()
-        self._backlog = 0
+        self._streaming = self._backlog = 0
         pump = self._pump_task
         if pump is not None and pump is not asyncio.current_task():
             pump.cancel()
