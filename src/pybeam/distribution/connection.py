@@ -9,6 +9,16 @@ a burst, instead of one per message. An empty frame is a tick. This batching
 is the only one on the way out: the frame writer under it hands each frame to
 the transport at once (:meth:`FrameWriter.write_now`).
 
+Large messages, as OTP 22+'s fragmented distribution messages: one encoded
+larger than ``fragment_size`` (when both sides offered the ``fragments``
+handshake flag) goes to its sender's *lane*, and a pump task sends it as
+:attr:`Op.FRAGMENT` control messages, a few at a time, only as the transport
+empties; other senders' messages go between them. The sender's later signals
+wait in its lane, so order is kept per sender (``sender_of`` says whose a
+control message is). The reader reassembles each stream within the frame
+limit and dispatches the whole message; anything inconsistent closes the
+connection. A connection closed mid-stream loses the message (at most once).
+
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
 ``ticktime / 4``, and the peer is declared down when nothing at all arrived in
 four consecutive periods of ``ticktime / 4`` (so after ``ticktime`` to
