@@ -18,6 +18,8 @@ import hashlib
 import secrets
 from typing import Any
 
+import pytest
+
 import pybeam
 from pybeam import ANY, Pid, codec, receive, rpc
 from pybeam.distribution import epmd, handshake
@@ -220,3 +222,13 @@ async def test_a_peer_that_does_not_offer_fragments_gets_whole_messages(epmd_por
 
         await eventually(both, timeout=60)
         assert await log_of(rec) == ["big", "a-after"]
+
+
+async def test_a_bad_fragment_size_is_refused_when_the_node_starts(epmd_port: int) -> None:
+    bad: Any
+    for bad in (-1, 10, 1.5):
+        node = pybeam.Node(
+            f"bad_{secrets.token_hex(3)}@127.0.0.1", cookie="c", epmd_port=epmd_port, fragment_size=bad
+        )
+        with pytest.raises(ValueError, match="fragment_size"):
+            await node.start()

@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_FRAGMENT_SIZE",
     "DEFAULT_HARD_LIMIT",
     "DEFAULT_TICKTIME",
+    "MIN_FRAGMENT_SIZE",
     "Connection",
     "Op",
     "ProtocolError",
@@ -83,6 +84,8 @@ DEFAULT_HARD_LIMIT: Final = 128 * 1024 * 1024
 #: size (as OTP 22+ fragments distribution messages), so that a large message
 #: does not hold up other senders' messages for its whole transfer.
 DEFAULT_FRAGMENT_SIZE: Final = 64 * 1024
+#: The smallest fragment size a node may be given (smaller only costs).
+MIN_FRAGMENT_SIZE: Final = 1024
 #: Fragments of one sender's message sent per round, at most (other
 #: senders' messages go between rounds).
 _ROUND: Final = 16

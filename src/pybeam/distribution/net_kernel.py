@@ -49,6 +49,7 @@ from .connection import (
     DEFAULT_FRAGMENT_SIZE,
     DEFAULT_HARD_LIMIT,
     DEFAULT_TICKTIME,
+    MIN_FRAGMENT_SIZE,
     Connection,
     Op,
     SystemLimit,
@@ -100,6 +101,13 @@ class DistOptions:
     #: Encoded messages over this many bytes travel in fragments of it,
     #: interleaved with other senders' messages; 0: never (nor offered).
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
+
+    def __post_init__(self) -> None:
+        size = self.fragment_size
+        if type(size) is not int or not (size == 0 or size >= MIN_FRAGMENT_SIZE):
+            raise ValueError(
+                f"fragment_size must be 0 (never fragment) or an int >= {MIN_FRAGMENT_SIZE}, got {size!r}"
+            )
 
 
 def _sender_of(control: tuple[Any, ...]) -> Any:
