@@ -232,3 +232,40 @@ async def test_a_bad_fragment_size_is_refused_when_the_node_starts(epmd_port: in
         )
         with pytest.raises(ValueError, match="fragment_size"):
             await node.start()
+
+
+async def watching_recorder() -> None:
+    """As recorder; ("watch", target, asker) monitors target (a pid or a (name, node))."""
+    seen: list[Any] = []
+    while True:
+        match await receive():
+            case ("watch", target, Pid() as asker):
+                pybeam.monitor(target)
+                pybeam.send(asker, "watching")
+            case ("log", Pid() as asker):
+                pybeam.send(asker, ("log", seen))
+            case (tag, *_):
+                seen.append(tag)
+
+
+async def named_big_sender(rec: Pid, told: Pid) -> None:
+    pybeam.register("fragments_big_sender")
+    pybeam.send(told, "registered")
+    await receive("go", timeout=30)
+    pybeam.send(rec, ("big", BIG))  # then it ends: its DOWN must not overtake this
+
+
+async def test_a_down_by_name_does_not_overtake_the_large_message_sent_before_it(cluster: Any) -> None:
+    c = await cluster(1).start()
+    rec = await pybeam.spawn_on(c.nodes[0], watching_recorder)
+    pid = pybeam.spawn(named_big_sender, rec, pybeam.self())
+    await receive("registered", timeout=30)
+    pybeam.send(rec, ("watch", ("fragments_big_sender", pybeam.node_name()), pybeam.self()))
+    await receive("watching", timeout=30)
+    pybeam.send(pid, "go")
+
+    async def both() -> bool:
+        return len(await log_of(rec)) == 2
+
+    await eventually(both, timeout=60)
+    assert await log_of(rec) == ["big", "DOWN"]

@@ -118,7 +118,13 @@ def _sender_of(control: tuple[Any, ...]) -> Any:
         proc = current_process()
         return None if proc is None else proc.pid
     if op == Op.DOWN:
-        return control[3]  # the monitored item: the process that ended
+        # The process that ended: the monitored pid, or (a monitor by name)
+        # the process whose end sends it, in whose context that runs.
+        item = control[3]
+        if isinstance(item, Pid):
+            return item
+        proc = current_process()
+        return item if proc is None else proc.pid
     if op == Op.SPAWN_REQUEST:
         return control[2]
     if op == Op.SPAWN_REPLY:
