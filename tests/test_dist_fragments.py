@@ -179,6 +179,7 @@ async def test_hostile_fragment_streams_close_that_connection_only(cluster: Any)
         "over the": [(frag, 1, 2**40, 0, b"x" * 10)],  # declares far more than a frame
         "inconsistent fragment": [(frag, 1, 1000, 0, b"x" * 10), (frag, 1, 1000, 500, b"y")],
         "never started": [(frag, 7, 1000, 10, b"x")],
+        "first fragment holds it all": [(frag, 3, 5, 0, b"x" * 5)],
         "inconsistent fragment of stream 2": [(frag, 2, 1000, 0, b"x" * 10), (frag, 2, 999, 10, b"y")],
     }
     for expected, batch in attacks.items():

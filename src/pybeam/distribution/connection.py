@@ -557,7 +557,11 @@ class Connection:
                 raise ProtocolError(f"fragment at offset {offset:,} of stream {sid}, which never started")
             if len(self._assembling) >= MAX_FRAGMENT_STREAMS:
                 raise ProtocolError(f"more than {MAX_FRAGMENT_STREAMS} fragmented messages at once")
-            if not len(chunk) < total <= self.max_frame - self._assembling_size:
+            if total <= len(chunk):
+                raise ProtocolError(
+                    f"fragmented message of {total:,} bytes whose first fragment holds it all"
+                )
+            if total > self.max_frame - self._assembling_size:
                 raise ProtocolError(
                     f"fragmented message of {total:,} bytes: over the {self.max_frame:,}-byte frame limit "
                     f"({self._assembling_size:,} bytes already being reassembled)"

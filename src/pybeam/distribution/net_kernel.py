@@ -124,7 +124,7 @@ def _sender_of(control: tuple[Any, ...]) -> Any:
         if isinstance(item, Pid):
             return item
         proc = current_process()
-        return item if proc is None else proc.pid
+        return None if proc is None else proc.pid
     if op == Op.SPAWN_REQUEST:
         return control[2]
     if op == Op.SPAWN_REPLY:
