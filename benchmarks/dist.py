@@ -80,6 +80,61 @@ async def rpc_rate(node: str, n: int = RPC_CALLS) -> float:
     return n / (time.perf_counter() - t0)
 
 
+BIG_MESSAGE = 50 * 1024 * 1024
+SMALL_DURING_BIG = 50
+
+
+async def stamper() -> None:
+    """Latencies of stamped messages, ("stamp", time.monotonic() when sent);
+    ("big", ...) counted; ("report", n, reply_to): once n stamps and the big one
+    arrived, send back (latencies in ms in order sent, big's arrival position)."""
+    latencies: list[float] = []
+    big_at = -1
+    while True:
+        match await receive():
+            case ("stamp", float() as sent):
+                latencies.append((time.monotonic() - sent) * 1e3)  # CLOCK_MONOTONIC: one clock per machine
+            case ("big", _):
+                big_at = len(latencies)
+            case ("report", n, reply_to):
+                while len(latencies) < n or big_at < 0:
+                    match await receive():
+                        case ("stamp", float() as sent):
+                            latencies.append((time.monotonic() - sent) * 1e3)
+                        case ("big", _):
+                            big_at = len(latencies)
+                send(reply_to, (latencies, big_at))
+                latencies, big_at = [], -1
+
+
+async def _big_sender(peer: Pid, payload: bytes, told: Pid) -> None:
+    send(peer, ("big", payload))
+    send(told, "sent")
+
+
+async def small_during_big(fragment_size: int | None) -> tuple[float, float, int]:
+    """Latency (ms) of small messages from one process while another sends a
+    50 MB message to the same node: (the one sent right after it, the worst,
+    how many arrived before the big one). ``fragment_size=0``: fragmentation off."""
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
+    name = f"bench_{secrets.token_hex(3)}@127.0.0.1"
+    async with (
+        pybeam.Node(name, cookie=secrets.token_hex(8), fragment_size=fragment_size),
+        LocalCluster(1, prefix="bench_peer") as cluster,
+    ):
+        peer: Any = await pybeam.spawn_on(cluster.nodes[0], stamper)
+        payload = b"x" * BIG_MESSAGE
+        me = pybeam.self()
+        pybeam.spawn(_big_sender, peer, payload, me)
+        await receive("sent", timeout=60)
+        for _ in range(SMALL_DURING_BIG):
+            send(peer, ("stamp", time.monotonic()))
+            await asyncio.sleep(0.002)
+        send(peer, ("report", SMALL_DURING_BIG, me))
+        latencies, big_at = await receive(timeout=120)
+    return latencies[0], max(latencies), big_at
+
+
 async def main() -> list[tuple[str, float, str, float]]:
     """Run the two-node benchmarks; rows of (name, figure, unit, target)."""
     os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
@@ -97,4 +152,10 @@ async def main() -> list[tuple[str, float, str, float]]:
         rows.append(("cross-node round trip p50", p50, "us", 130.0))
         rows.append(("cross-node round trip p99", p99, "us (p99)", 0.0))
         rows.append(("sequential rpc.call", await rpc_rate(peer), "calls/s", 5_000.0))
+    # Head-of-line blocking, fragmentation off then on (the default), same run.
+    for label, size in (("unfragmented", 0), ("fragmented", None)):
+        first, worst, before = await small_during_big(size)
+        rows.append((f"small msg right after a 50 MB one, {label}", first, "ms", 0.0))
+        rows.append((f"worst small msg during a 50 MB one, {label}", worst, "ms", 0.0))
+        rows.append((f"small msgs (of {SMALL_DURING_BIG}) before a 50 MB one, {label}", before, "", 0.0))
     return rows

@@ -161,7 +161,8 @@ class Node:
     the port mapper over TLS with mutual authentication. ``busy_limit``
     (bytes, 1 MB by default, as ``dist_buf_busy_limit``) and ``hard_limit``
     (128 MB) bound what is queued to one peer: see backpressure in
-    docs/distribution.md.
+    docs/distribution.md. Messages over ``fragment_size`` bytes encoded (64 KiB;
+    0: never) travel in fragments, interleaved with other senders' messages.
     """
 
     def __init__(
@@ -183,6 +184,7 @@ class Node:
         tls: Any = None,
         busy_limit: int | None = None,
         hard_limit: int | None = None,
+        fragment_size: int | None = None,
     ) -> None:
         if name is not None:
             check_node_name(name, "name")
@@ -204,6 +206,7 @@ class Node:
             "tls": tls,
             "busy_limit": busy_limit,
             "hard_limit": hard_limit,
+            "fragment_size": fragment_size,
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None

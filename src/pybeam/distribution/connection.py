@@ -9,6 +9,16 @@ a burst, instead of one per message. An empty frame is a tick. This batching
 is the only one on the way out: the frame writer under it hands each frame to
 the transport at once (:meth:`FrameWriter.write_now`).
 
+Large messages, as OTP 22+'s fragmented distribution messages: one encoded
+larger than ``fragment_size`` (when both sides offered the ``fragments``
+handshake flag) goes to its sender's *lane*, and a pump task sends it as
+:attr:`Op.FRAGMENT` control messages, a few at a time, only as the transport
+empties; other senders' messages go between them. The sender's later signals
+wait in its lane, so order is kept per sender (``sender_of`` says whose a
+control message is). The reader reassembles each stream within the frame
+limit and dispatches the whole message; anything inconsistent closes the
+connection. A connection closed mid-stream loses the message (at most once).
+
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
 ``ticktime / 4``, and the peer is declared down when nothing at all arrived in
 four consecutive periods of ``ticktime / 4`` (so after ``ticktime`` to
@@ -36,7 +46,8 @@ import logging
 import struct
 import time
 import traceback
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from .. import codec
@@ -46,8 +57,10 @@ from .handshake import PeerInfo
 
 __all__ = [
     "DEFAULT_BUSY_LIMIT",
+    "DEFAULT_FRAGMENT_SIZE",
     "DEFAULT_HARD_LIMIT",
     "DEFAULT_TICKTIME",
+    "MIN_FRAGMENT_SIZE",
     "Connection",
     "Op",
     "ProtocolError",
@@ -67,6 +80,17 @@ DEFAULT_BUSY_LIMIT: Final = 1024 * 1024
 _MAX_WATER_MARK: Final = 2**31 - 1
 #: Bytes queued to a peer above which the connection is closed.
 DEFAULT_HARD_LIMIT: Final = 128 * 1024 * 1024
+#: Encoded control messages larger than this travel in fragments of this
+#: size (as OTP 22+ fragments distribution messages), so that a large message
+#: does not hold up other senders' messages for its whole transfer.
+DEFAULT_FRAGMENT_SIZE: Final = 64 * 1024
+#: The smallest fragment size a node may be given (smaller only costs).
+MIN_FRAGMENT_SIZE: Final = 1024
+#: Fragments of one sender's message sent per round, at most (other
+#: senders' messages go between rounds).
+_ROUND: Final = 16
+#: Fragment streams being reassembled from one peer, at most.
+MAX_FRAGMENT_STREAMS: Final = 64
 
 
 class Op:
@@ -87,6 +111,7 @@ class Op:
     SPAWN_REQUEST = 10  # (ref, from_pid, "module:function", args, {"link": bool, "monitor": bool})
     SPAWN_REPLY = 11  # (ref, to_pid, pid | ("error", message))
     NODES = 12  # (["name@host:port", ...])                 for the full mesh
+    FRAGMENT = 13  # (stream_id, total_size, offset, chunk)   a piece of a large control message
 
 
 class ProtocolError(Exception):
@@ -140,6 +165,10 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + struct.pack(">I", n)
 
 
+def _no_sender(control: tuple[Any, ...]) -> Hashable:
+    return None
+
+
 Dispatch = Callable[[Any, tuple[Any, ...]], None]
 Closed = Callable[["Connection", str], None]
 
@@ -165,6 +194,8 @@ class Connection:
         max_frame: int = DEFAULT_MAX_FRAME,
         busy_limit: int = DEFAULT_BUSY_LIMIT,
         hard_limit: int = DEFAULT_HARD_LIMIT,
+        fragment_size: int | None = DEFAULT_FRAGMENT_SIZE,
+        sender_of: Callable[[tuple[Any, ...]], Hashable] | None = None,
     ) -> None:
         self.peer = peer
         self.busy_limit = busy_limit
@@ -183,6 +214,29 @@ class Connection:
         # resumes at half of it, so a waiting sender is not woken per frame).
         # (uvloop takes C ints: a larger limit is as good as none anyway.)
         high = min(busy_limit, _MAX_WATER_MARK)
+        # Fragments go out only as the transport empties (below a few of
+        # them), so another sender's message waits behind at most that much
+        # rather than behind a whole large message. Both sides must agree.
+        self.fragment_size = fragment_size if fragment_size and peer.flags.get("fragments") is True else None
+        if self.fragment_size:
+            high = min(high, 4 * self.fragment_size)
+        #: Encoded sizes above this are fragmented (never, when not).
+        self._fragment_above = self.fragment_size or max_frame
+        self._sender_of = sender_of or _no_sender
+        #: Per sender: its messages waiting behind its own large one, whose
+        #: head is being sent in fragments (or waits for room to start).
+        self._lanes: dict[Hashable, deque[bytes]] = {}
+        #: Per sender with a stream under way: (stream id, bytes of its head sent).
+        self._streams: dict[Hashable, tuple[int, int]] = {}
+        self._streaming = 0  # bytes of the messages being streamed
+        self._backlog = 0  # bytes waiting in lanes (not yet sent)
+        self._next_stream = 0
+        self._pump_task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Event()
+        #: Streams being reassembled: id -> (declared size, bytes so far).
+        self._assembling: dict[int, tuple[int, bytearray]] = {}
+        self._assembling_size = 0
+        self._pace = high
         writer.transport.set_write_buffer_limits(high=high, low=high // 2)
         self._frames = FrameWriter(writer, max_size=max_frame)
         self._dispatch = dispatch
@@ -223,6 +277,11 @@ class Connection:
         data = encode_control(control, self.max_frame)
         if self.closed:
             return
+        if self._lanes or len(data) > self._fragment_above:
+            key = self._sender_of(control)
+            if key in self._lanes or len(data) > self._fragment_above:
+                self._to_lane(key, data)
+                return
         if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
@@ -233,10 +292,14 @@ class Connection:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def send_encoded(self, data: bytes) -> None:
+    def send_encoded(self, data: bytes, sender: Hashable = None) -> None:
         """Queue a control message encoded by :func:`encode_control` (for this
-        connection's ``max_frame``): one queued while connecting is encoded once."""
+        connection's ``max_frame``): one queued while connecting is encoded once.
+        ``sender``: what :func:`sender_of` gave for it (its order is kept per sender)."""
         if self.closed:
+            return
+        if sender in self._lanes or len(data) > self._fragment_above:
+            self._to_lane(sender, data)
             return
         if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
@@ -247,6 +310,101 @@ class Connection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    # -- large messages: fragments ----------------------------------------------
+
+    def _to_lane(self, key: Hashable, data: bytes) -> None:
+        """Queue ``data`` behind the sender's large message (or start one)."""
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = deque()
+        lane.append(data)
+        self._backlog += len(data)
+        if self._out_size + self._buffered + self._backlog > self.busy_limit:
+            self._over_busy_limit()
+        if self._pump_task is None and not self.closed:
+            self._pump_task = self._loop.create_task(self._pump(), name=f"pybeam-dist-fragments-{self.name}")
+
+    async def _pump(self) -> None:
+        """Send the lanes' messages, a few fragments of each large one per
+        round, whenever the transport holds less than a few fragments."""
+        try:
+            while self._lanes and not self.closed:
+                if self._frames.buffer_size > self._pace:
+                    try:
+                        await self._frames.drain()  # waits for the low-water mark
+                    except ConnectionError:
+                        return
+                    if self._frames.buffer_size > self._pace:
+                        await asyncio.sleep(0)
+                    continue
+                self._flush()  # what other senders queued goes first
+                for key in list(self._lanes):
+                    # A few fragments per sender per round, while the kernel
+                    # takes them: as fast as unfragmented when nothing else waits.
+                    for _ in range(_ROUND):
+                        if key not in self._lanes or self._frames.buffer_size > self._pace:
+                            break
+                        data = self._next_piece(key)
+                        if data is None:
+                            break
+                        self._batch(data)
+                        self._flush()
+                self._buffered = self._frames.buffer_size
+                self._progress.set()
+                self._progress = asyncio.Event()
+                await asyncio.sleep(0)
+        except Exception as e:  # a bug must not leave the lanes stuck: drop this connection
+            tb = "".join(traceback.format_exception(e)).rstrip()
+            logger.error("closing connection to %s:\n%s", self.name, clip(tb))
+            self.close(f"internal error sending fragments to {self.name}: {short(e)}")
+        finally:
+            self._pump_task = None
+            self._progress.set()
+
+    def _next_piece(self, key: Hashable) -> bytes | None:
+        """Take what the sender's lane sends next: a small message waiting
+        behind its large one, or the next fragment; None if the large one
+        must wait for room to start."""
+        lane = self._lanes[key]
+        data = lane[0]
+        size = len(data)
+        if size <= self._fragment_above:
+            self._backlog -= size
+            piece = data
+        else:
+            stream = self._streams.get(key)
+            if stream is None:
+                # Bounded as the receiver bounds reassembly: the first stream
+                # always fits (a message is at most a frame).
+                if self._streams and (
+                    len(self._streams) >= MAX_FRAGMENT_STREAMS
+                    or self._streaming + size > self.max_frame - _FRAME_OVERHEAD
+                ):
+                    return None
+                self._next_stream += 1
+                stream = (self._next_stream, 0)
+                self._streaming += size
+            sid, offset = stream
+            end = min(offset + self._fragment_above, size)
+            chunk = data[offset:end]
+            self._backlog -= len(chunk)
+            if end < size:
+                self._streams[key] = (sid, end)
+                return codec.encode((Op.FRAGMENT, sid, size, offset, chunk))
+            self._streams.pop(key, None)
+            self._streaming -= size
+            piece = codec.encode((Op.FRAGMENT, sid, size, offset, chunk))
+        lane.popleft()
+        if not lane:
+            del self._lanes[key]
+        return piece
+
+    def _batch(self, data: bytes) -> None:
+        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
+            self._flush()
+        self._out.append(data)
+        self._out_size += len(data)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -260,14 +418,14 @@ class Connection:
         self._frames.write_now(b"".join(out))
         self._out_size = 0
         buffered = self._buffered = self._frames.buffer_size
-        if buffered > self.busy_limit:
+        if buffered + self._backlog > self.busy_limit:
             self._over_busy_limit()
         elif self.busy:
             self.busy = False
 
     def _over_busy_limit(self) -> None:
         self.busy = True
-        queued = self._out_size + self._buffered
+        queued = self._out_size + self._buffered + self._backlog
         if queued > self.hard_limit:
             self.close(
                 f"{queued:,} bytes queued to {self.name}, over the hard limit of {self.hard_limit:,}: "
@@ -293,16 +451,20 @@ class Connection:
 
     def queued(self) -> int:
         """Bytes queued to the peer and not yet taken by the kernel."""
-        return self._out_size + (self._frames.buffer_size if not self.closed else 0)
+        return self._out_size + self._backlog + (self._frames.buffer_size if not self.closed else 0)
 
     async def drain(self) -> None:
         """Wait until the bytes queued to the peer are below the busy limit
         (at once if they are, or if the connection is closed). Cancellation-safe."""
         while self.busy and not self.closed:
             self._flush()
-            if self._frames.buffer_size <= self.busy_limit:
+            if self._frames.buffer_size + self._backlog <= self.busy_limit:
                 self.busy = False
                 return
+            if self._frames.buffer_size <= self.busy_limit:
+                # What remains waits in the lanes: the pump sends it.
+                await self._progress.wait()
+                continue
             try:
                 await self._frames.drain()
             except ConnectionError:
@@ -352,6 +514,10 @@ class Connection:
                     for control in batch:
                         if type(control) is not tuple or not control:
                             raise ProtocolError(f"malformed control message {control!r:.100}")
+                        if control[0] == Op.FRAGMENT:
+                            control = self._reassemble(control)
+                            if control is None:
+                                continue
                         dispatch(owner, control)
                         if self.closed:
                             return
@@ -374,6 +540,50 @@ class Connection:
         finally:
             self.close(reason)
 
+    def _reassemble(self, fragment: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Add a fragment to its stream; the control message once complete.
+
+        Reassembly is bounded as a frame is: streams' declared sizes add up
+        to at most ``max_frame``, at most :data:`MAX_FRAGMENT_STREAMS` at once.
+        Anything inconsistent is a ProtocolError (the connection closes)."""
+        match fragment:
+            case (_, int() as sid, int() as total, int() as offset, bytes() as chunk) if chunk:
+                pass
+            case _:
+                raise ProtocolError(f"malformed fragment {fragment!r:.100}")
+        entry = self._assembling.get(sid)
+        if entry is None:
+            if offset != 0:
+                raise ProtocolError(f"fragment at offset {offset:,} of stream {sid}, which never started")
+            if len(self._assembling) >= MAX_FRAGMENT_STREAMS:
+                raise ProtocolError(f"more than {MAX_FRAGMENT_STREAMS} fragmented messages at once")
+            if total <= len(chunk):
+                raise ProtocolError(
+                    f"fragmented message of {total:,} bytes whose first fragment holds it all"
+                )
+            if total > self.max_frame - self._assembling_size:
+                raise ProtocolError(
+                    f"fragmented message of {total:,} bytes: over the {self.max_frame:,}-byte frame limit "
+                    f"({self._assembling_size:,} bytes already being reassembled)"
+                )
+            entry = self._assembling[sid] = (total, bytearray())
+            self._assembling_size += total
+        size, buf = entry
+        if total != size or offset != len(buf) or offset + len(chunk) > size:
+            raise ProtocolError(
+                f"inconsistent fragment of stream {sid}: size {total:,} offset {offset:,} "
+                f"length {len(chunk):,}, expected size {size:,} offset {len(buf):,}"
+            )
+        buf += chunk
+        if len(buf) < size:
+            return None
+        del self._assembling[sid]
+        self._assembling_size -= size
+        control = codec.decode(bytes(buf))
+        if type(control) is not tuple or not control or control[0] == Op.FRAGMENT:
+            raise ProtocolError(f"malformed fragmented control message {control!r:.100}")
+        return control
+
     # -- closing -----------------------------------------------------------------
 
     def close(self, reason: str = "disconnected") -> None:
@@ -382,6 +592,14 @@ class Connection:
             return
         self._flush()
         self.closed = True
+        # A large message not yet wholly sent is lost, as anything in flight
+        # (the peer discards the fragments it has).
+        self._lanes.clear()
+        self._streams.clear()
+        self._streaming = self._backlog = 0
+        pump = self._pump_task
+        if pump is not None and pump is not asyncio.current_task():
+            pump.cancel()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._frames.close()

@@ -41,12 +41,15 @@ from ..functions import function_name, resolve_function
 from ..logtext import clip, short
 from ..node import set_distribution_factory
 from ..nodename import check_node_name, parse_address
+from ..process import current_process
 from ..terms import Crash, Pid, Ref
 from . import epmd, guard, handshake
 from .connection import (
     DEFAULT_BUSY_LIMIT,
+    DEFAULT_FRAGMENT_SIZE,
     DEFAULT_HARD_LIMIT,
     DEFAULT_TICKTIME,
+    MIN_FRAGMENT_SIZE,
     Connection,
     Op,
     SystemLimit,
@@ -95,6 +98,39 @@ class DistOptions:
     busy_limit: int = DEFAULT_BUSY_LIMIT
     #: Bytes queued to one peer above which the connection is closed.
     hard_limit: int = DEFAULT_HARD_LIMIT
+    #: Encoded messages over this many bytes travel in fragments of it,
+    #: interleaved with other senders' messages; 0: never (nor offered).
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE
+
+    def __post_init__(self) -> None:
+        size = self.fragment_size
+        if type(size) is not int or not (size == 0 or size >= MIN_FRAGMENT_SIZE):
+            raise ValueError(
+                f"fragment_size must be 0 (never fragment) or an int >= {MIN_FRAGMENT_SIZE}, got {size!r}"
+            )
+
+
+def _sender_of(control: tuple[Any, ...]) -> Any:
+    """Who sends a control message: its order is kept per sender (as BEAM
+    keeps it per pair of processes) while a large message is in fragments."""
+    op = control[0]
+    if op == Op.SEND or op == Op.SEND_NAME or op == Op.NODES:
+        proc = current_process()
+        return None if proc is None else proc.pid
+    if op == Op.DOWN:
+        # The process that ended: the monitored pid, or (a monitor by name)
+        # the process whose end sends it, in whose context that runs.
+        item = control[3]
+        if isinstance(item, Pid):
+            return item
+        proc = current_process()
+        return None if proc is None else proc.pid
+    if op == Op.SPAWN_REQUEST:
+        return control[2]
+    if op == Op.SPAWN_REPLY:
+        # Ahead of anything the new process sends.
+        return control[3] if isinstance(control[3], Pid) else None
+    return control[1]  # LINK, UNLINK, EXIT, LINK_EXIT, MONITOR, DEMONITOR: from this pid
 
 
 def default_max_handshakes() -> int:
@@ -404,7 +440,10 @@ class NetKernel:
     # -- connecting ---------------------------------------------------------------
 
     def _flags(self) -> dict[str, Any]:
-        return {"hidden": self.options.hidden, "port": self.port}
+        flags: dict[str, Any] = {"hidden": self.options.hidden, "port": self.port}
+        if self.options.fragment_size:
+            flags["fragments"] = True
+        return flags
 
     def connect_failure(self, node: str) -> str | None:
         """Why the last attempt to connect to ``node`` failed; None if it did not fail."""
@@ -596,8 +635,8 @@ class NetKernel:
         # process's signal led here (see _background).
         contextvars.Context().run(conn.start)
         queue, peer.queue = peer.queue, []
-        for data in queue:
-            conn.send_encoded(data)  # encoded when queued, once
+        for sender, data in queue:
+            conn.send_encoded(data, sender)  # encoded when queued, once
         done, peer.done = peer.done, None
         if done is not None and not done.done():
             done.set_result(True)
@@ -649,6 +688,8 @@ class NetKernel:
                 max_frame=self.options.max_frame,
                 busy_limit=self.options.busy_limit,
                 hard_limit=self.options.hard_limit,
+                fragment_size=self.options.fragment_size or None,
+                sender_of=_sender_of,
             )
         except Exception:
             # A bug, not the peer's doing; but whoever waits for this
@@ -850,7 +891,7 @@ class NetKernel:
             check_node_name(node)
             peer = Peer(node)
             self._fire(peer, Event.WANTED)
-        peer.queue.append(data)
+        peer.queue.append((_sender_of(control), data))
         track(peer, control)
 
     def _route(self, peer: Peer, conn: Connection, control: tuple[Any, ...]) -> None:

@@ -187,8 +187,8 @@ class Peer:
     #: Whether we dialled during this pending round (then a failed incoming
     #: attempt ends the round rather than making us dial).
     dialled: bool = False
-    #: Signals queued while pending, encoded (once, when queued).
-    queue: list[bytes] = field(default_factory=list)
+    #: Signals queued while pending: (sender, encoded once, when queued).
+    queue: list[tuple[Any, bytes]] = field(default_factory=list)
     #: (local pid, remote pid) pairs linked across the connection.
     links: set[tuple[Any, Any]] = field(default_factory=set)
     #: ref -> (local watcher, item): monitors held on the peer's processes.
