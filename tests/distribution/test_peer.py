@@ -3,9 +3,10 @@
 First the transitions themselves, event by event; then the net kernel carrying
 them out against a scripted peer over real TCP on 127.0.0.1 (the peer's side
 of the handshake run by hand, so that each race happens in the order a test
-chooses): simultaneous connect won and lost, a setup failing with signals
-queued (``noconnection`` once each), a message queued while pending encoded
-once.
+chooses): simultaneous connect won and lost, a peer that is up connecting
+again (its new attempt replaces ours only if it still wants it: "alive"), a
+setup failing with signals queued (``noconnection`` once each), a message
+queued while pending encoded once.
 """
 
 from __future__ import annotations
