@@ -425,6 +425,45 @@ async def test_proven_can_still_refuse(net: Net, decision: str) -> None:
     assert isinstance(server_side, HandshakeError) and server_side.reason == decision
 
 
+# -- "alive": the acceptor is connected to the initiator already ----------------------
+
+
+async def initiate_alive(net: Net, port: int, wanted: bool) -> tuple[PeerInfo, Streams]:
+    reader, writer = await net.connect(port)
+    peer = await initiate(
+        reader, writer, my_name=A, my_creation=3, cookie=COOKIE, expected_peer=B, still_wanted=lambda: wanted
+    )
+    return peer, (reader, writer)
+
+
+async def test_alive_goes_on_when_the_initiator_still_wants_the_connection(net: Net) -> None:
+    acceptor = await net.start(Acceptor(proven_decision="alive"))
+    peer, (reader, writer) = await initiate_alive(net, acceptor.port, True)
+    assert peer.name == B
+    server_side = await acceptor.result()
+    assert isinstance(server_side, PeerInfo) and server_side.name == A
+    # The stream is the caller's after the extra exchange, on both sides.
+    writer.write(encode_frame(b"abc"))
+    assert await asyncio.wait_for(read_frame(reader), 5) == b"cba"
+
+
+async def test_alive_fails_on_both_sides_when_the_initiator_gave_the_attempt_up(net: Net) -> None:
+    acceptor = await net.start(Acceptor(proven_decision="alive"))
+    with pytest.raises(HandshakeError) as info:
+        await initiate_alive(net, acceptor.port, False)
+    assert info.value.reason == "duplicate"
+    server_side = await acceptor.result()
+    assert isinstance(server_side, HandshakeError) and server_side.reason == "duplicate"
+
+
+async def test_alive_before_the_proof_is_a_bug_not_a_decision(net: Net) -> None:
+    # Only a proven peer may be asked: before its proof the name is a claim.
+    acceptor = await net.start(Acceptor(decision="alive"))
+    with pytest.raises(HandshakeError):
+        await initiate_to(net, acceptor.port)
+    assert isinstance(await acceptor.result(), ValueError)
+
+
 @pytest.mark.parametrize(
     "frame",
     [

@@ -3,9 +3,10 @@
 First the transitions themselves, event by event; then the net kernel carrying
 them out against a scripted peer over real TCP on 127.0.0.1 (the peer's side
 of the handshake run by hand, so that each race happens in the order a test
-chooses): simultaneous connect won and lost, a setup failing with signals
-queued (``noconnection`` once each), a message queued while pending encoded
-once.
+chooses): simultaneous connect won and lost, a peer that is up connecting
+again (its new attempt replaces ours only if it still wants it: "alive"), a
+setup failing with signals queued (``noconnection`` once each), a message
+queued while pending encoded once.
 """
 
 from __future__ import annotations
@@ -136,12 +137,13 @@ def test_a_failed_incoming_attempt() -> None:
 
 def test_the_peer_connects_again_while_up() -> None:
     peer = at(S.UP)
-    assert peer.fire(E.PROVEN_PEER_WINS) == (A.ACCEPT,)
+    # Its initiator is asked whether it still wants it (OTP's alive).
+    assert peer.fire(E.PROVEN_PEER_WINS) == (A.ALIVE,)
     assert state(peer) is S.UP_PENDING and not peer.pending  # signals still go on the old connection
     # The new connection replaces the old one: down, then up.
     assert peer.fire(E.ACCEPT_UP) == (A.CLOSE_OLD, A.DOWN, A.UP)
     assert state(peer) is S.UP
-    # If the new attempt fails, the old connection stays.
+    # If the new attempt fails, or its initiator gave it up, the old connection stays.
     peer = at(S.UP_PENDING)
     assert peer.fire(E.ACCEPT_FAILED) == ()
     assert state(peer) is S.UP
@@ -190,8 +192,8 @@ DOCUMENTED = [
     (S.ACCEPTING, E.ACCEPT_FAILED_REDIAL, S.CONNECTING, (A.DIAL,)),
     (S.ACCEPTING, E.STOPPED, S.IDLE, (A.FAIL,)),
     (S.UP, E.WANTED, S.UP, ()),
-    (S.UP, E.PROVEN_WE_WIN, S.UP_PENDING, (A.ACCEPT,)),
-    (S.UP, E.PROVEN_PEER_WINS, S.UP_PENDING, (A.ACCEPT,)),
+    (S.UP, E.PROVEN_WE_WIN, S.UP_PENDING, (A.ALIVE,)),
+    (S.UP, E.PROVEN_PEER_WINS, S.UP_PENDING, (A.ALIVE,)),
     (S.UP, E.CONN_LOST, S.IDLE, (A.DOWN,)),
     (S.UP_PENDING, E.WANTED, S.UP_PENDING, ()),
     (S.UP_PENDING, E.PROVEN_WE_WIN, S.UP_PENDING, (A.REFUSE,)),
@@ -302,6 +304,23 @@ class ScriptedPeer:
         self.readers.append(asyncio.ensure_future(self._read(reader)))
         return writer
 
+    async def abandoned_attempt(self, port: int) -> Any:
+        """Dial the node under test as this peer and give the attempt up right
+        after proving the cookie, as a dial cancelled by the net kernel does
+        (it lost a simultaneous connect): what the node answered the proof."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            nonce = secrets.token_bytes(handshake.NONCE_SIZE)
+            hello = codec.encode(("hello", handshake.PROTOCOL_VERSION, self.name, 1, nonce, {}))
+            writer.write(encode_frame(hello))
+            challenge = await asyncio.wait_for(read_frame(reader, handshake.HANDSHAKE_MAX_FRAME), 10)
+            proof = handshake._proof(self.cookie, handshake._INITIATOR_LABEL, hello, challenge)
+            writer.write(encode_frame(codec.encode(("proof", proof))))
+            answer = await asyncio.wait_for(read_frame(reader, handshake.HANDSHAKE_MAX_FRAME), 10)
+            return codec.decode(answer)
+        finally:
+            writer.close()
+
     async def close(self) -> None:
         for task in self.readers:
             task.cancel()
@@ -376,6 +395,50 @@ async def test_simultaneous_connect_the_peers_attempt_wins(beam_node: pybeam.Nod
         await eventually(
             lambda: (Op.SEND, target, "queued while connecting") in peer.received, 10, what="delivered"
         )
+
+
+async def test_an_attempt_its_initiator_gave_up_does_not_replace_the_live_connection(
+    kernel: NetKernel,
+) -> None:
+    # A simultaneous connect in which our dial is up before the peer's own
+    # attempt proves the cookie here: the peer gave that attempt up when ours
+    # reached it (it lost the race), so it must not replace ours. Before the
+    # "alive" question (OTP's up_pending) it did: the live connection was
+    # closed for one already abandoned, and the pair ended up with none.
+    name = "aa_peer@127.0.0.1"
+    async with scripted(kernel, name) as peer:
+        peer.release.set()
+        assert await pybeam.connect(f"{name}:{peer.port}")
+        live = kernel.connection(name)
+        assert live is not None
+        pybeam.monitor_nodes(True)
+        answer = await peer.abandoned_attempt(kernel.port)
+        assert answer[0] == "alive"  # asked whether it still wants a new connection
+        await eventually(lambda: state_of(kernel, name) is not State.UP_PENDING, 10, what="attempt over")
+        assert state_of(kernel, name) is State.UP
+        assert kernel.connection(name) is live and not live.closed
+        assert await pybeam.receive(timeout=0.3, default=None) is None  # no nodedown
+        pybeam.monitor_nodes(False)
+
+
+async def test_an_attempt_its_initiator_still_wants_replaces_the_live_connection(
+    beam_node: pybeam.Node, kernel: NetKernel
+) -> None:
+    # The peer lost the old connection (or restarted) before we noticed, and
+    # connects again: its attempt answers "alive" with yes and replaces ours.
+    name = "aa_peer@127.0.0.1"
+    async with scripted(kernel, name) as peer:
+        peer.release.set()
+        assert await pybeam.connect(f"{name}:{peer.port}")
+        live = kernel.connection(name)
+        assert live is not None
+        pybeam.monitor_nodes(True)
+        await peer.dial(kernel.port, beam_node.name)
+        assert await pybeam.receive(("nodedown", name), timeout=10)
+        assert await pybeam.receive(("nodeup", name), timeout=10)
+        assert live.closed and kernel.connection(name) not in (None, live)
+        assert state_of(kernel, name) is State.UP
+        pybeam.monitor_nodes(False)
 
 
 async def collect(n: int, timeout: float = 10) -> list[Any]:

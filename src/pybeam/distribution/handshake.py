@@ -21,10 +21,15 @@ connected), B the acceptor::
     A -> B  ("proof", a_proof)                      (A closes instead if B is not the
                                                      node it expected or claims A's name)
     B -> A  ("ok", b_proof)                         if a_proof is right
+            ("alive", b_proof)                      if a_proof is right but B's node is
+                                                     connected to A already (see accept)
             ("refused", "cookie")                    otherwise; B closes
             ("refused", "duplicate" | "not_allowed") if a_proof is right but B's
                                                      node says so now; B closes
     A checks b_proof; if it is wrong A closes.
+    After "alive" only:
+    A -> B  ("alive", True | False)                 whether A still wants this connection;
+                                                     False: both close
 
 Nonces are 32 random bytes, fresh per handshake. Flags are a dict with str keys
 (e.g. ``{"hidden": True}``) and scalar values (at most 16 entries, keys of at
@@ -120,8 +125,9 @@ Reason = Literal[
     "cookie", "version", "duplicate", "not_allowed", "timeout", "protocol", "closed", "wrong_peer"
 ]
 
-#: The acceptor's verdict on a peer, before and after the cookie is checked (see :func:`accept`).
-Decision = Literal["ok", "duplicate", "not_allowed"]
+#: The acceptor's verdict on a peer, before and after the cookie is checked (see
+#: :func:`accept`); "alive" only after.
+Decision = Literal["ok", "alive", "duplicate", "not_allowed"]
 #: ``accept_peer(peer_name, peer_creation, peer_flags) -> "ok" | "duplicate" | "not_allowed"``
 AcceptPeer = Callable[[str, int, Mapping[str, Any]], str]
 
@@ -156,7 +162,8 @@ class PeerInfo:
 class State(enum.Enum):
     """Where a handshake is. Initiator: SEND_HELLO -> AWAIT_CHALLENGE -> SEND_PROOF
     -> AWAIT_OK -> UP. Acceptor: AWAIT_HELLO -> CHECK_PEER -> SEND_CHALLENGE ->
-    AWAIT_PROOF -> SEND_OK -> UP."""
+    AWAIT_PROOF -> SEND_OK -> UP. After an "alive" the initiator passes through
+    SEND_ALIVE and the acceptor through AWAIT_ALIVE."""
 
     SEND_HELLO = "send hello"
     AWAIT_CHALLENGE = "await challenge"
@@ -167,6 +174,8 @@ class State(enum.Enum):
     SEND_CHALLENGE = "send challenge"
     AWAIT_PROOF = "await proof"
     SEND_OK = "send ok"
+    SEND_ALIVE = "send alive"
+    AWAIT_ALIVE = "await alive"
     UP = "up"
 
 
@@ -315,17 +324,23 @@ async def initiate(
     expected_peer: str | None = None,
     flags: Mapping[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> PeerInfo:
     """Run the initiator's side over a connection we opened; return who answered.
 
     ``expected_peer``, if given, is the node name we meant to reach: any other
-    name fails with reason ``"wrong_peer"`` before we send our proof. Raises
-    :class:`HandshakeError`; the writer is closed on failure.
+    name fails with reason ``"wrong_peer"`` before we send our proof. When the
+    acceptor is connected to us already and asks whether we still want this
+    new connection ("alive"), ``still_wanted()`` answers (None: yes); no fails
+    with reason ``"duplicate"``. Raises :class:`HandshakeError`; the writer is
+    closed on failure.
     """
     own_flags = _check_own(my_name, my_creation, cookie, flags)
     session = _Session(reader, writer, "initiator")
     return await _run(
-        session, _initiator_steps(session, my_name, my_creation, cookie, expected_peer, own_flags), timeout
+        session,
+        _initiator_steps(session, my_name, my_creation, cookie, expected_peer, own_flags, still_wanted),
+        timeout,
     )
 
 
@@ -336,6 +351,7 @@ async def _initiator_steps(
     cookie: str,
     expected_peer: str | None,
     flags: dict[str, Any],
+    still_wanted: Callable[[], bool] | None,
 ) -> PeerInfo:
     s.state = State.SEND_HELLO
     nonce = secrets.token_bytes(NONCE_SIZE)
@@ -366,7 +382,7 @@ async def _initiator_steps(
     s.state = State.AWAIT_OK
     _, msg = await s.recv()
     match msg:
-        case ("ok", proof):
+        case ("ok" | "alive" as answer, proof):
             expected = _proof(cookie, _ACCEPTOR_LABEL, hello, challenge)
             if type(proof) is not bytes or not hmac.compare_digest(proof, expected):
                 raise s.error(
@@ -376,6 +392,15 @@ async def _initiator_steps(
             raise s.refused(reason)
         case _:
             raise s.unexpected(msg)
+    if answer == "alive":
+        # The peer is connected to us already (dist_util's "alive" status):
+        # it replaces that connection with this one only if we still want
+        # this one, rather than an attempt of ours that has been given up.
+        s.state = State.SEND_ALIVE
+        wanted = still_wanted is None or still_wanted()
+        await s.send(("alive", wanted))
+        if not wanted:
+            raise s.error("duplicate", "the peer is connected to us already, and this attempt was given up")
     return PeerInfo(name, creation, peer_flags)
 
 
@@ -407,7 +432,10 @@ async def accept(
     known to be the peer's. Its answer means the same; ``"ok"`` from it may
     record the peer (e.g. reserve the name so that a second incoming attempt is
     a duplicate), since from then on only a failure to send ``"ok"`` can stop
-    the handshake.
+    the handshake. It may also answer ``"alive"``: the node is connected to
+    that peer already, so the initiator is asked whether it still wants this
+    new connection, and the handshake succeeds only if it answers yes (it fails
+    with reason ``"duplicate"`` if no, ``"closed"`` if the initiator hung up).
 
     Simultaneous connect, as Erlang resolves it (``net_kernel``'s
     ``accept_pending`` and ``dist_util``'s ``mark_pending``): when A and B
@@ -418,10 +446,11 @@ async def accept(
     that survives is the one *initiated by the node with the greater name*, on
     both sides, with no extra round trip. When the acceptor finds the peer
     already *up*, Erlang asks the initiator whether it still wants a new
-    connection (``alive``, answered ``true``/``false``), for a peer that restarted
-    before the old connection died; here the node can compare ``peer_creation``
-    with the creation of the live connection instead (different creation: a new
-    incarnation, so accept and drop the old connection once this one is up).
+    connection (``alive``, answered ``true``/``false``): yes from a peer that
+    restarted or lost the old connection before we noticed, no (or no answer)
+    from an attempt the initiator gave up, e.g. one that lost a simultaneous
+    connect but proved the cookie here only after the winner was up. So does
+    ``proven``'s ``"alive"``, which the net kernel answers for a peer that is up.
     The net kernel applies the simultaneous-connect rule in ``proven``, after
     the peer's proof: a peer without the cookie is then refused for that, at
     once, rather than told to wait for an attempt of ours.
@@ -484,20 +513,44 @@ async def _acceptor_steps(
             raise s.refused(reason)
         case _:
             raise s.unexpected(msg)
+    alive = False
     if proven is not None:
-        await _decide(s, proven, name, creation, peer_flags)
+        alive = await _decide(s, proven, name, creation, peer_flags, alive_ok=True)
 
     s.state = State.SEND_OK
-    await s.send(("ok", _proof(cookie, _ACCEPTOR_LABEL, hello, challenge)))
+    await s.send(("alive" if alive else "ok", _proof(cookie, _ACCEPTOR_LABEL, hello, challenge)))
+    if alive:
+        s.state = State.AWAIT_ALIVE
+        _, msg = await s.recv()
+        match msg:
+            case ("alive", True):
+                pass
+            case ("alive", False):
+                raise s.error("duplicate", f"{untrusted(name)} gave this attempt up")
+            case _:
+                raise s.unexpected(msg)
     return PeerInfo(name, creation, peer_flags)
 
 
-async def _decide(s: _Session, policy: AcceptPeer, name: str, creation: int, flags: dict[str, Any]) -> None:
-    """Ask the node's policy about the peer; refuse it and raise unless the answer is "ok"."""
+async def _decide(
+    s: _Session,
+    policy: AcceptPeer,
+    name: str,
+    creation: int,
+    flags: dict[str, Any],
+    *,
+    alive_ok: bool = False,
+) -> bool:
+    """Ask the node's policy about the peer; refuse it and raise unless the
+    answer is "ok" (or, with ``alive_ok``, "alive": then return True)."""
     decision = policy(name, creation, flags)
     refusal = _DECISIONS.get(decision)
     if refusal is not None:
         await s.refuse(refusal)
         raise s.error(refusal, f"{untrusted(name)} refused by this node")
+    if decision == "alive" and alive_ok:
+        return True
     if decision != "ok":
-        raise ValueError(f"accept_peer returned {decision!r}, not 'ok', 'duplicate' or 'not_allowed'")
+        allowed = "'ok', 'alive'" if alive_ok else "'ok'"
+        raise ValueError(f"accept_peer returned {decision!r}, not {allowed}, 'duplicate' or 'not_allowed'")
+    return False

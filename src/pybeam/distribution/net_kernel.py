@@ -457,7 +457,9 @@ class NetKernel:
             raise OSError(f"node {name} is not registered with the port mapper on {host}")
         return host, port
 
-    async def _reach(self, name: str) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _reach(
+        self, name: str, still_wanted: Callable[[], bool] | None = None
+    ) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
         """Dial ``name`` and shake hands at its known address and where the
         port mapper says it is, in turn, until one answers.
 
@@ -483,7 +485,7 @@ class NetKernel:
                 continue
             tried.add(address)
             try:
-                return await self._dial(name, *address)
+                return await self._dial(name, *address, still_wanted=still_wanted)
             except HandshakeError as e:
                 if e.reason in ("duplicate", "cookie", "not_allowed", "version"):
                     raise  # the node we meant answered there: asking elsewhere changes nothing
@@ -497,7 +499,7 @@ class NetKernel:
         raise failure
 
     async def _dial(
-        self, name: str, host: str, port: int
+        self, name: str, host: str, port: int, still_wanted: Callable[[], bool] | None = None
     ) -> tuple[PeerInfo, asyncio.StreamReader, asyncio.StreamWriter]:
         opts = self.options
         if self._tls_client is None:
@@ -521,14 +523,22 @@ class NetKernel:
             expected_peer=name,
             flags=self._flags(),
             timeout=opts.connect_timeout,
+            still_wanted=still_wanted,
         )
         return peer, reader, writer
 
     async def _dial_peer(self, peer: Peer) -> None:
         """Our own attempt to connect to ``peer`` (the task of a CONNECTING record)."""
         name = peer.name
+        task = asyncio.current_task()
+
+        def still_wanted() -> bool:
+            # Asked when the peer is up with us already: this dial is still
+            # the record's own (a dial given up is cancelled, but say so).
+            return peer.dial is task and self._peers.get(name) is peer
+
         try:
-            info, reader, writer = await self._reach(name)
+            info, reader, writer = await self._reach(name, still_wanted)
         except HandshakeError as e:
             logger.info("cannot connect to %s: %s", name, e)
             lost = e.reason == "duplicate"  # the peer is dialling us, and its attempt wins
@@ -582,8 +592,9 @@ class NetKernel:
                 self._cancel_timer(peer)
             elif action is Action.CLOSE_OLD:
                 old, peer.conn = peer.conn, None
+                why = why or "replaced by a new connection (the peer restarted or reconnected)"
                 if old is not None:
-                    old.close("replaced by a new connection (the peer restarted or reconnected)")
+                    old.close(why)  # its end is told by the DOWN that follows, once
             elif action is Action.DOWN:
                 self._do_down(peer, why)
             elif action is Action.UP:
@@ -591,7 +602,7 @@ class NetKernel:
                 self._do_up(peer, conn)
             elif action is Action.FAIL:
                 self._do_fail(peer, why)
-            # ACCEPT and REFUSE are answers for the incoming handshake (see _accept).
+            # ACCEPT, ALIVE and REFUSE are answers for the incoming handshake (see _incoming).
         return actions
 
     def _do_dial(self, peer: Peer) -> None:
@@ -718,8 +729,8 @@ class NetKernel:
     def _closed(self, conn: Connection, reason: str) -> None:
         peer = self._peers.get(conn.name)
         if peer is None or peer.conn is not conn:
-            # Replaced (CLOSE_OLD undid it already) or never installed.
-            logger.info("node %s: connection to %s down: %s", self.node.name, conn.name, reason)
+            # Replaced (CLOSE_OLD undid it already, and its DOWN said so) or never installed.
+            logger.debug("node %s: connection to %s closed: %s", self.node.name, conn.name, reason)
             return
         peer.conn = None
         if conn.name in self._addresses:
@@ -811,11 +822,14 @@ class NetKernel:
             if decision != "ok":
                 return decision
             peer = self._peers.get(name) or Peer(name)
-            if Action.REFUSE in self._fire(peer, peer.proven_event(self.node.name)):
+            actions = self._fire(peer, peer.proven_event(self.node.name))
+            if Action.REFUSE in actions:
                 return "duplicate"  # a simultaneous connect that our own attempt wins
             peer.acceptor = writer
             owned.append(peer)
-            return "ok"
+            # Up already: the peer's attempt replaces the connection only if
+            # the peer still wants it (it may be one it gave up meanwhile).
+            return "alive" if Action.ALIVE in actions else "ok"
 
         info: PeerInfo | None = None
         try:

@@ -22,7 +22,10 @@ States (``pending`` in OTP's terms is CONNECTING, ACCEPTING and AWAITING_PEER):
   peer's attempt to reach us. The queued signals share its fate, as in OTP.
 - ``UP``: connected.
 - ``UP_PENDING``: connected, and the peer is connecting again (it restarted, or
-  reconnects): when that attempt is up it replaces the old connection.
+  reconnects): when that attempt is up it replaces the old connection. Its
+  initiator is asked first whether it still wants it (OTP's ``alive``): an
+  attempt it gave up, e.g. one that lost a simultaneous connect but proved the
+  cookie here only after the winner was up, must not replace the winner.
 
 Simultaneous connect (both nodes dial each other at once) is resolved as
 ``net_kernel`` resolves ``accept_pending`` on a pending connection: the node
@@ -97,6 +100,9 @@ class Action(enum.Enum):
     ACCEPT = "accept"
     #: Tell the incoming attempt "duplicate": it is refused.
     REFUSE = "refuse"
+    #: Tell the incoming attempt "alive": it goes on only if its initiator
+    #: answers that it still wants it (else it fails, an ACCEPT_FAILED).
+    ALIVE = "alive"
     #: Start the timer of the wait for the peer's attempt.
     START_TIMER = "start_timer"
     #: Stop that timer.
@@ -143,8 +149,8 @@ TRANSITIONS: Final[dict[tuple[State, Event], tuple[State, tuple[Action, ...]]]] 
     (S.ACCEPTING, E.ACCEPT_FAILED_REDIAL): (S.CONNECTING, (A.DIAL,)),
     (S.ACCEPTING, E.STOPPED): (S.IDLE, (A.FAIL,)),
     (S.UP, E.WANTED): (S.UP, ()),
-    (S.UP, E.PROVEN_WE_WIN): (S.UP_PENDING, (A.ACCEPT,)),
-    (S.UP, E.PROVEN_PEER_WINS): (S.UP_PENDING, (A.ACCEPT,)),
+    (S.UP, E.PROVEN_WE_WIN): (S.UP_PENDING, (A.ALIVE,)),
+    (S.UP, E.PROVEN_PEER_WINS): (S.UP_PENDING, (A.ALIVE,)),
     (S.UP, E.CONN_LOST): (S.IDLE, (A.DOWN,)),
     (S.UP_PENDING, E.WANTED): (S.UP_PENDING, ()),
     (S.UP_PENDING, E.PROVEN_WE_WIN): (S.UP_PENDING, (A.REFUSE,)),
