@@ -20,7 +20,7 @@ from examples.redis_server import RedisServer
 pytest_plugins = ["pybeam.testing.pytest_plugin"]
 
 #: The suite's size when this was last raised; lower it only with a reason in the commit.
-MIN_TESTS = 853
+MIN_TESTS = 1036
 
 _TESTS = Path(__file__).parent
 
