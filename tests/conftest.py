@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import pybeam
 from examples.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from test_cli import Cli
 
 pytest_plugins = ["pybeam.testing.pytest_plugin"]
 
@@ -64,3 +68,16 @@ def redis_server() -> Iterator[RedisServer]:
     stopped afterwards): ``redis_server.url``. See examples/redis_server.py."""
     with RedisServer.start() as server:
         yield server
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    """Starts ``pybeam`` commands with a private port mapper and home, and
+    kills whatever is still running after the test (see tests/test_cli.py)."""
+    from test_cli import Cli
+
+    c = Cli(tmp_path)
+    try:
+        yield c
+    finally:
+        c.cleanup()

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -126,15 +126,6 @@ class Cli:
             for stream in (child.proc.stdin, child.proc.stdout, child.proc.stderr):
                 if stream is not None:
                     stream.close()
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path)
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def test_node_rpc_names_and_sigterm(cli: Cli) -> None:

@@ -6,23 +6,10 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from pybeam.testing import eventually
 from test_cli import COOKIE, TIMEOUT, Cli
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path)
-    try:
-        yield c
-    finally:
-        c.cleanup()
-
 
 SERVICE = '''
 import pybeam

@@ -8,22 +8,10 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from pybeam.testing import eventually
 from test_cli import COOKIE, TIMEOUT, Child, Cli
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path)
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def _signal_until_noticed(child: Child, sig: signal.Signals) -> None:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,6 @@ def start():
     pybeam.register("busy", pybeam.spawn(_busy))
     return "ok"
 '''
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path)
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def _service_node(cli: Cli, tmp_path: Path) -> None:
