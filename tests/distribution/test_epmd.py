@@ -231,6 +231,24 @@ async def test_ensure_epmd_refuses_a_port_held_by_something_else() -> None:
         await other.wait_closed()
 
 
+async def test_ensure_epmd_says_when_what_holds_the_port_does_not_answer() -> None:
+    # A mapper too busy to answer (its loop starved) is not "something that is
+    # not a port mapper": the error says it did not answer in time.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; returns when the client hangs up
+        writer.close()
+
+    other = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        with pytest.raises(EpmdError) as info:
+            await ensure_epmd(other.sockets[0].getsockname()[1], timeout=0.3)
+        assert info.value.reason == "timeout"
+        assert "did not answer within 0.3s" in str(info.value)
+    finally:
+        other.close()
+        await other.wait_closed()
+
+
 async def test_unreachable_mapper() -> None:
     with pytest.raises(EpmdError) as info:
         await lookup("alice", free_port())

@@ -433,6 +433,7 @@ async def ensure_epmd(
     *,
     tls: ssl.SSLContext | None = None,
     client_tls: ssl.SSLContext | None = None,
+    timeout: float = CLIENT_TIMEOUT,
 ) -> EpmdServer | None:
     """Start a port mapper here unless one already runs on that port.
 
@@ -442,7 +443,9 @@ async def ensure_epmd(
     a mapper already answers on the port. Raises :class:`EpmdError`
     (``"not_a_mapper"``) if something else holds the port. With ``tls`` (a
     server context) the mapper speaks TLS only, and ``client_tls`` is what
-    asks the one already running.
+    asks the one already running, within ``timeout`` seconds: if what holds
+    the port does not answer in time, the error's reason is ``"timeout"`` (a
+    mapper too busy to answer looks the same as a silent program).
     """
     server = EpmdServer(port, host, tls=tls)
     try:
@@ -452,8 +455,14 @@ async def ensure_epmd(
             raise
         host = server.hosts[0]
         try:
-            await names(server.port, host=host, tls=client_tls)
+            await names(server.port, host=host, timeout=timeout, tls=client_tls)
         except EpmdError as err:
+            if err.reason == "timeout":
+                raise EpmdError(
+                    "timeout",
+                    f"port {server.port} on {host} is in use, and what listens there did not answer "
+                    f"within {timeout:g}s: a port mapper too busy to answer, or another program",
+                ) from err
             if isinstance(err.__cause__, ssl.SSLError):
                 raise EpmdError(
                     "not_a_mapper",
