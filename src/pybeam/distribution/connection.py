@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -250,7 +249,7 @@ class Connection:
         self._read_task: asyncio.Task[None] | None = None
         self._frame_reader: FrameReader | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
-        self.last_received = time.monotonic()
+        self.last_received = self._loop.time()
         self._received = False
         self._quiet_ticks = 0
         self.closed = False
@@ -437,7 +436,7 @@ class Connection:
         ``bytes_out`` and ``bytes_in`` (headers and ticks included), ``queued``
         (bytes waiting to be sent), ``busy``, ``last_received`` and
         ``last_sent`` (seconds since), and ``ticktime``."""
-        now = time.monotonic()
+        now = self._loop.time()
         reader = self._frame_reader
         return {
             "bytes_out": self._frames.bytes_sent,
@@ -484,10 +483,10 @@ class Connection:
         else:
             self._quiet_ticks += 1
             if self._quiet_ticks >= 4:
-                quiet = time.monotonic() - self.last_received
+                quiet = self._loop.time() - self.last_received
                 self.close(f"net_tick_timeout: nothing received for {quiet:.1f}s (ticktime {self.ticktime}s)")
                 return
-        if time.monotonic() - self._frames.last_write_time >= self.ticktime / 4 - 0.001:
+        if self._loop.time() - self._frames.last_write_time >= self.ticktime / 4 - 0.001:
             self._frames.write_now(_TICK)
         self._tick_handle = self._loop.call_later(self.ticktime / 4, self._tick)
 
@@ -501,7 +500,7 @@ class Connection:
         try:
             while True:
                 frames = await reader.read_frames()
-                self.last_received = time.monotonic()
+                self.last_received = self._loop.time()
                 self._received = True
                 for frame in frames:
                     if not frame:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from typing import Final
 
 __all__ = [
@@ -234,7 +233,7 @@ class FrameWriter:
     methods of the same names, so that :meth:`drain` can wait.
 
     :attr:`bytes_sent`, :attr:`frames_sent` and :attr:`last_write_time`
-    (``time.monotonic()`` of the last flush that wrote anything) tell the
+    (the event loop's ``time()`` at the last flush that wrote anything) tell the
     connection whether it has been quiet long enough to need a tick.
 
     Once the connection is closing, flushed frames are dropped silently (as Erlang
@@ -285,7 +284,7 @@ class FrameWriter:
         self._exc: BaseException | None = None
         self.bytes_sent = 0
         self.frames_sent = 0
-        self.last_write_time = time.monotonic()
+        self.last_write_time = self._loop.time()
 
     def write(self, payload: bytes) -> None:
         """Queue one frame holding ``payload`` (an encoded term, not empty, at most ``max_size``)."""
@@ -323,7 +322,7 @@ class FrameWriter:
         transport.write(frames)
         self.bytes_sent += len(frames)
         self.frames_sent += 1
-        self.last_write_time = time.monotonic()
+        self.last_write_time = self._loop.time()
 
     def _refuse(self, n: int) -> None:
         if self._closed:
@@ -354,7 +353,7 @@ class FrameWriter:
         transport.write(data)
         self.bytes_sent += len(data)
         self.frames_sent += frames
-        self.last_write_time = time.monotonic()
+        self.last_write_time = self._loop.time()
 
     @property
     def buffer_size(self) -> int:

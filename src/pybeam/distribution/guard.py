@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -107,7 +106,7 @@ class RefusalLog:
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         """Log one refusal, unless this interval's burst is spent."""
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()
         if now - self._start >= self.interval:
             self.flush()
             self._start = now

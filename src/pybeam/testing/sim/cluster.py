@@ -36,7 +36,6 @@ from ...distribution.epmd import EpmdServer
 from ...errors import PybeamError
 from ...node import Node
 from ...terms import Pid
-from .clock import virtual_monotonic
 from .loop import VirtualLoop
 from .net import SimNetwork
 
@@ -378,7 +377,8 @@ class SimCluster:
 
 def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
     """Run ``main()`` to completion on a fresh :class:`VirtualLoop` seeded
-    with ``seed``, with pybeam's clocks virtual; returns its result.
+    with ``seed`` (pybeam reads time only from its loop, so all of it runs on
+    virtual time); returns its result.
 
     The module ``random`` is reseeded from ``seed`` for the run (and put back
     after), so that what pybeam draws from it (``global``'s back-offs) is
@@ -388,13 +388,10 @@ def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
     state = random.getstate()
     random.seed(seed)
     try:
-        with virtual_monotonic():
-            try:
-                return loop.run_until_complete(main())
-            finally:
-                _cancel_all(loop)
-                loop.close()
+        return loop.run_until_complete(main())
     finally:
+        _cancel_all(loop)
+        loop.close()
         random.setstate(state)
 
 

@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from .clock import virtual_monotonic
 from .cluster import SimCluster, _cancel_all
 from .loop import VirtualLoop
 from .schedule import Step, apply
@@ -60,7 +59,6 @@ class SimStateMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self._exit = ExitStack()
-        self._exit.enter_context(virtual_monotonic())
         state = random.getstate()
         self._exit.callback(random.setstate, state)
         random.seed(0)
