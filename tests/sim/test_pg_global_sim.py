@@ -20,6 +20,7 @@ import pybeam
 from pybeam import Pid, global_, pg, receive
 from pybeam.testing import eventually
 from pybeam.testing.sim import SimStateMachine
+from test_pg import _Model
 
 GROUPS = ["g0", "g1", "g2"]
 NAMES = ["x0", "x1"]
@@ -79,27 +80,11 @@ async def view() -> tuple[dict[str, list[Pid]], dict[str, Pid | None], list[str]
     )
 
 
-# -- the model (as tests/test_pg.py's) ---------------------------------------------------------
+# -- the model (tests/test_pg.py's) -------------------------------------------------------------
 
 
-class Model:
-    def __init__(self) -> None:
-        self.procs: dict[Pid, str] = {}
-        self.groups_of: dict[Pid, list[str]] = {}
-        self.holders: dict[str, set[Pid]] = {}
-
-    def members(self, group: str) -> list[Pid]:
-        return sorted(p for p, gs in self.groups_of.items() for g in gs if g == group)
-
-    def holder(self, name: str) -> Pid | None:
-        pids = self.holders.get(name)
-        return min(pids) if pids else None
-
-    def forget(self, pid: Pid) -> None:
-        self.procs.pop(pid, None)
-        self.groups_of.pop(pid, None)
-        for pids in self.holders.values():
-            pids.discard(pid)
+# The same model as the real-node machine's.
+Model = _Model
 
 
 class GroupsAndNames(SimStateMachine):
