@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -174,3 +175,56 @@ def test_the_same_over_tls_with_mutual_authentication(hosts: netns.Hosts, tmp_pa
     out = run_cluster(hosts, tls)
     steps = [line.split()[1] for line in out if line.startswith("STEP")]
     assert steps == ["connect", "rpc", "send", "link", "monitor", "global", "pg"], "".join(out)
+
+
+_SLOW_LINK_DRIVER = """
+import asyncio, sys, time
+import pybeam
+from pybeam import net, rpc
+
+async def main(peer: str, size: int) -> None:
+    assert await pybeam.connect(peer), net.connect_failure(peer)
+    pybeam.monitor_nodes(True)
+    started = time.monotonic()
+    data = await rpc.call(peer, "os:urandom", size, timeout=120)
+    print(f"GOT {len(data)} {time.monotonic() - started:.3f}", flush=True)
+    # Anything the monitor saw meanwhile (a nodedown would be a false failure).
+    seen = await pybeam.receive(timeout=0.2, default=None)
+    print(f"SEEN {seen!r}", flush=True)
+    print("DONE", flush=True)
+
+name, cookie, epmd_port, ticktime, peer, size = sys.argv[1:]
+node = pybeam.Node(name, cookie=cookie, epmd_port=int(epmd_port), ticktime=float(ticktime))
+pybeam.run(main, peer, int(size), node=node)
+"""
+
+
+@pytest.mark.skipif(shutil.which("tc") is None, reason="the tc command (iproute2) is missing")
+def test_a_rate_limited_link_slows_a_large_transfer_but_drops_nobody(hosts: netns.Hosts) -> None:
+    # tc tbf on host 1's cable: 8 Mbit/s both ways. 2 MB then take about 2 s,
+    # several tick periods, during which the nodes must not take the slow link
+    # for a dead one (ticks and data share the throttled link).
+    cookie = secrets.token_hex(8)
+    epmd_port = free_port()
+    b = _start_host(hosts, 1, "b", cookie, epmd_port, [])
+    seen: list[str] = []
+    assert " up " in _expect(b, "pybeam node", 60, seen), seen
+    # Host 0's own port mapper, for the driver node to register with.
+    a = _start_host(hosts, 0, "a", cookie, epmd_port, [])
+    assert " up " in _expect(a, "pybeam node", 60, seen), seen
+    hosts.limit(1, "8mbit")
+    assert "tbf" in hosts.qdisc(1) and "8Mbit" in hosts.qdisc(1)
+    size = 2_000_000
+    argv = [sys.executable, "-c", _SLOW_LINK_DRIVER, f"drv@{hosts.address(0)}", cookie, str(epmd_port)]
+    argv += [str(TICKTIME), f"b@{hosts.address(1)}", str(size)]
+    driver = hosts.popen(0, argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out: list[str] = []
+    got = _expect(driver, "GOT", 120, out).split()
+    assert int(got[1]) == size, "".join(out)
+    # 16 Mbit at 8 Mbit/s: the limit was in force (a lower bound, which load cannot break).
+    assert float(got[2]) >= 1.0, "".join(out)
+    assert _expect(driver, "SEEN", 30, out).strip() == "SEEN None", "".join(out)
+    _expect(driver, "DONE", 30, out)
+    assert driver.wait(30) == 0, "".join(out)
+    hosts.unlimit(1)
+    assert "tbf" not in hosts.qdisc(1)

@@ -35,6 +35,10 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True, timeout=30)
+
+
 def unavailable() -> str | None:
     """Why namespaces cannot be made here, or None if they can."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
@@ -122,6 +126,50 @@ class Hosts:
     def mend(self, i: int) -> None:
         """Plug host ``i``'s cable back in."""
         _ip("-n", self.hub, "link", "set", self._ports[i], "up")
+
+    def limit(self, i: int, rate: str, *, burst: str = "32kbit", latency: str = "400ms") -> None:
+        """Limit host ``i``'s cable to ``rate`` (``tc`` units, e.g. ``"8mbit"``) both
+        ways with a token bucket (``tc tbf``), as a slow or congested link: packets
+        over the rate wait in a queue (up to ``latency``) and beyond it are dropped,
+        so TCP slows down rather than failing."""
+        for ns, dev in ((self.hub, self._ports[i]), (self.names[i], "eth0")):
+            _tc(
+                "-n",
+                ns,
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                burst,
+                "latency",
+                latency,
+            )
+
+    def unlimit(self, i: int) -> None:
+        """Take the rate limit off host ``i``'s cable."""
+        for ns, dev in ((self.hub, self._ports[i]), (self.names[i], "eth0")):
+            subprocess.run(
+                ["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+
+    def qdisc(self, i: int) -> str:
+        """What ``tc qdisc show`` says of the hub's end of host ``i``'s cable."""
+        out = subprocess.run(
+            ["tc", "-n", self.hub, "qdisc", "show", "dev", self._ports[i]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout
 
     def close(self) -> None:
         """Kill every program started here and delete every namespace."""
