@@ -118,6 +118,12 @@ def test_top_errors_are_one_clear_line(cli: Cli) -> None:
     assert live.returncode == 1
     assert len(live.stderr.strip().splitlines()) == 1, live.stderr
 
+    # A limit below 1 is a usage error, not a silently cut table ([:-1] dropped the last row).
+    for limit in ("0", "-1", "x"):
+        bad = cli.run("top", "n@127.0.0.1", "--once", "--limit", limit, "--cookie", COOKIE)
+        assert bad.returncode == 2, bad.stderr
+        assert "--limit: must be" in bad.stderr
+
 
 class _Terminal:
     """``pybeam top`` on a pseudo-terminal, as a user runs it."""

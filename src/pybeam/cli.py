@@ -797,6 +797,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def _client_options(command: argparse.ArgumentParser, timeout_help: str) -> None:
     """The options of every command that talks to a running node from a short-lived one."""
     command.add_argument("--cookie", help="the cookie (default: $PYBEAM_COOKIE or ~/.pybeam.cookie)")
@@ -948,7 +958,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the column to sort by (default activity: reductions since the last refresh)",
     )
     top_.add_argument("--reverse", action="store_true", help="reverse the sort order")
-    top_.add_argument("--limit", type=int, default=None, metavar="N", help="show at most N processes")
+    top_.add_argument("--limit", type=_count, default=None, metavar="N", help="show at most N processes")
     _client_options(top_, "seconds to wait for each refresh (default 5)")
 
     names = sub.add_parser("names", help="list the nodes registered with the port mapper")
