@@ -212,6 +212,9 @@ def test_a_rate_limited_link_slows_a_large_transfer_but_drops_nobody(hosts: netn
     # Host 0's own port mapper, for the driver node to register with.
     a = _start_host(hosts, 0, "a", cookie, epmd_port, [])
     assert " up " in _expect(a, "pybeam node", 60, seen), seen
+    for bad in (3, -1):  # no such host: never a quiet pick from the end
+        with pytest.raises(ValueError, match="host index"):
+            hosts.limit(bad, "8mbit")
     hosts.limit(1, "8mbit")
     assert "tbf" in hosts.qdisc(1) and "8Mbit" in hosts.qdisc(1)
     size = 2_000_000

@@ -106,14 +106,25 @@ class Hosts:
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
 
+    def _host(self, i: int) -> int:
+        # A negative index would quietly pick a host from the end.
+        if not 0 <= i < len(self.names):
+            raise ValueError(f"host index must be in 0..{len(self.names) - 1}, got {i}")
+        return i
+
+    def _ends(self, i: int) -> tuple[tuple[str, str], tuple[str, str]]:
+        """Host ``i``'s cable, as (namespace, device) at each end: the hub's and the host's."""
+        i = self._host(i)
+        return (self.hub, self._ports[i]), (self.names[i], "eth0")
+
     def address(self, i: int) -> str:
         """Host ``i``'s address on the bridge."""
-        return f"{self.subnet}.{i + 1}"
+        return f"{self.subnet}.{self._host(i) + 1}"
 
     def popen(self, i: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside host ``i`` (in a process group of its own, killed by :meth:`close`)."""
         proc: subprocess.Popen[Any] = subprocess.Popen(
-            ["ip", "netns", "exec", self.names[i], *argv], start_new_session=True, **kwargs
+            ["ip", "netns", "exec", self.names[self._host(i)], *argv], start_new_session=True, **kwargs
         )
         self._procs.append(proc)
         return proc
@@ -121,18 +132,18 @@ class Hosts:
     def cut(self, i: int) -> None:
         """Pull host ``i``'s cable (the hub's end of its veth pair goes down):
         its traffic vanishes silently both ways, and the host itself is told nothing."""
-        _ip("-n", self.hub, "link", "set", self._ports[i], "down")
+        _ip("-n", self.hub, "link", "set", self._ports[self._host(i)], "down")
 
     def mend(self, i: int) -> None:
         """Plug host ``i``'s cable back in."""
-        _ip("-n", self.hub, "link", "set", self._ports[i], "up")
+        _ip("-n", self.hub, "link", "set", self._ports[self._host(i)], "up")
 
     def limit(self, i: int, rate: str, *, burst: str = "32kbit", latency: str = "400ms") -> None:
         """Limit host ``i``'s cable to ``rate`` (``tc`` units, e.g. ``"8mbit"``) both
         ways with a token bucket (``tc tbf``), as a slow or congested link: packets
         over the rate wait in a queue (up to ``latency``) and beyond it are dropped,
         so TCP slows down rather than failing."""
-        for ns, dev in ((self.hub, self._ports[i]), (self.names[i], "eth0")):
+        for ns, dev in self._ends(i):
             _tc(
                 "-n",
                 ns,
@@ -152,7 +163,7 @@ class Hosts:
 
     def unlimit(self, i: int) -> None:
         """Take the rate limit off host ``i``'s cable."""
-        for ns, dev in ((self.hub, self._ports[i]), (self.names[i], "eth0")):
+        for ns, dev in self._ends(i):
             subprocess.run(
                 ["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
                 capture_output=True,
@@ -163,7 +174,7 @@ class Hosts:
     def qdisc(self, i: int) -> str:
         """What ``tc qdisc show`` says of the hub's end of host ``i``'s cable."""
         out = subprocess.run(
-            ["tc", "-n", self.hub, "qdisc", "show", "dev", self._ports[i]],
+            ["tc", "-n", self.hub, "qdisc", "show", "dev", self._ports[self._host(i)]],
             capture_output=True,
             text=True,
             timeout=30,
