@@ -97,22 +97,22 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     # -- the network ----------------------------------------------------------------
 
-    async def create_connection(
-        self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
-    ) -> Any:
+    def _check_network(self, kw: dict[str, Any]) -> None:
         if self.net is None:
             raise OSError("a simulated loop has no real network")
         if kw.get("ssl") is not None:
             raise OSError("TLS is not simulated")
+
+    async def create_connection(
+        self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
+    ) -> Any:
+        self._check_network(kw)
         return await self.net.connect(self.owner(), protocol_factory, host, port)
 
     async def create_server(
         self, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
     ) -> Any:
-        if self.net is None:
-            raise OSError("a simulated loop has no real network")
-        if kw.get("ssl") is not None:
-            raise OSError("TLS is not simulated")
+        self._check_network(kw)
         return self.net.listen(self.owner(), protocol_factory, host, port)
 
     async def getaddrinfo(self, host: Any, port: Any, **kw: Any) -> Any:
