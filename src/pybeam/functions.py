@@ -44,11 +44,20 @@ def function_name(fn: Callable[..., Any] | str) -> str:
 
 
 def resolve_function(name: str) -> Callable[..., Any]:
-    """Import ``"module:qualname"`` and return that function."""
+    """Import ``"module:qualname"`` and return that function.
+
+    Looked up afresh every time (a module reloaded, or a name rebound, gives
+    the new function, as a BEAM remote call reaches the latest code); a module
+    already imported is taken from ``sys.modules`` without the import system,
+    which costs more than the rest of an rpc's lookup.
+    """
     module_name, sep, qualname = name.partition(":")
     if not sep or not module_name or not qualname:
         raise ValueError(f"a function is named 'module:function', got {name!r}")
-    obj: Any = importlib.import_module(module_name)
+    obj: Any = sys.modules.get(module_name)
+    if obj is None or getattr(getattr(obj, "__spec__", None), "_initializing", False):
+        # Not imported yet, or being imported: the import system's locks apply.
+        obj = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if not callable(obj):
