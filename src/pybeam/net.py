@@ -12,6 +12,7 @@ from typing import Any, Literal, overload
 
 from . import kernel
 from .distribution.net_kernel import NetKernel
+from .distribution.signals import ERROR_ONLY
 from .errors import BadArg, NodeDown, NotDistributed, SpawnError
 from .functions import function_name, resolve_function
 from .kernel import _me, receive
@@ -142,17 +143,21 @@ def spawn_request(
     *args: Any,
     link: bool = False,
     monitor: bool = False,
-    reply: bool = True,
+    reply: bool | Literal["error_only"] = True,
 ) -> Ref:
     """Ask ``node`` to spawn ``fn(*args)``, without waiting (``erlang:spawn_request``).
 
     The answer comes to the caller as ``("spawn_reply", ref, "ok", pid)`` or
     ``("spawn_reply", ref, "error", reason)`` (reason ``"noconnection"`` if the
     node cannot be reached); with ``reply=False`` nothing comes, and nothing
-    is linked or monitored. With ``monitor`` the monitor's ref is ``ref``;
-    ``link`` and ``monitor`` are set up atomically with the spawn. ``fn`` is
-    a module-level function (sync or async) or ``"module:function"``.
+    is linked or monitored; with ``reply="error_only"`` only an error comes
+    (``{reply, error_only}``: with ``monitor``, the DOWN is the only other
+    news of the process, and names its pid). With ``monitor`` the monitor's
+    ref is ``ref``; ``link`` and ``monitor`` are set up atomically with the
+    spawn. ``fn`` is a module-level function (sync or async) or ``"module:function"``.
     """
+    if reply is not True and reply is not False and reply != ERROR_ONLY:
+        raise BadArg(f"reply is True, False or 'error_only', got {reply!r}")
     check_node_name(node)
     me = _me()
     local = me.node
@@ -162,7 +167,7 @@ def spawn_request(
         raise BadArg(str(e)) from None
     if node != local.name:
         return _kernel(local).spawn_request(
-            me.pid, node, name, args, link=link and reply, monitor=monitor and reply, reply=reply
+            me.pid, node, name, args, link=link and bool(reply), monitor=monitor and bool(reply), reply=reply
         )
     ref = local.make_ref()
     try:
@@ -176,7 +181,8 @@ def spawn_request(
         return ref
     pid, mref = local.spawn(target, args, link=me if link else None, monitor=me if monitor else None)
     ref = mref or ref
-    me.put(("spawn_reply", ref, "ok", pid))
+    if reply is True:
+        me.put(("spawn_reply", ref, "ok", pid))
     return ref
 
 
@@ -192,30 +198,40 @@ def spawn_request_abandon(ref: Ref) -> bool:
     return isinstance(dist, NetKernel) and dist.abandon_spawn(ref)
 
 
-def _undo_spawn(ref: Ref, pid: Pid | None = None) -> None:
+def _undo_spawn(ref: Ref, pid: Pid | None = None) -> bool:
     """The caller gave up on spawn request ``ref`` (timed out, or cancelled):
     stop what it started and leave nothing of it in the caller's mailbox.
 
     Synchronous, so that a cancelled caller can run it before it re-raises.
     ``pid``: what the request spawned, if its reply has been taken already.
+    Returns False if the request was still unanswered (the net kernel kills
+    what it started when its reply comes), True if it had been answered.
     """
+    me = _me()
     if pid is None:
         if spawn_request_abandon(ref):
-            return  # the reply is still to come: the net kernel kills what it started
-        me = _me()
+            return False  # the reply is still to come: the net kernel kills what it started
         reply = compile_pattern(("spawn_reply", ref, ANY, ANY))
         late = next((m for m in me.messages() if reply(m)), None)
-        if late is None:
-            return
-        me.remove_matching(reply)
-        if late[2] != "ok":
-            return
-        pid = late[3]
-    assert pid is not None
+        if late is not None:
+            me.remove_matching(reply)
+            if late[2] != "ok":
+                return True
+            pid = late[3]
+        else:
+            # Answered without a message (reply="error_only"), or already
+            # taken: the monitor, while it is up, names what was spawned.
+            monitors = me.monitors
+            target = monitors.get(ref) if monitors is not None else None
+            if type(target) is not Pid:
+                kernel.demonitor(ref, flush=True)  # a DOWN that came: dropped
+                return True
+            pid = target
     # Unlinked first: the kill must not come back to the caller as a link's exit.
     kernel.unlink(pid)
     kernel.demonitor(ref, flush=True)
     kernel.exit(pid, KILL)
+    return True
 
 
 @overload

@@ -19,13 +19,13 @@ from typing import Any, TypeVar, overload
 
 from . import kernel, net
 from .arguments import check_nodes, check_timeout
+from .distribution.signals import ERROR_ONLY
 from .errors import BadArg, Exit, NodeDown, PybeamError
 from .expect import check_result
 from .functions import function_name, resolve_function
 from .nodename import check_node_name
-from .pattern import ANY
 from .process import current_process
-from .terms import NOCONNECTION, Crash, Pid, Ref
+from .terms import NOCONNECTION, Crash, Ref
 
 __all__ = ["RemoteError", "RpcError", "RpcTimeout", "call", "cast", "multicall"]
 
@@ -166,45 +166,47 @@ async def call(
     that blocks (``time.sleep``) stalls the whole target node until it returns,
     so a timeout cannot stop it there.
     """
-    check_node_name(node)
     name = _name(fn)
     seconds = check_timeout(timeout)
-    loop = asyncio.get_running_loop()
-    deadline = None if seconds is None else loop.time() + seconds
-
-    def left() -> float | None:
-        return None if deadline is None else max(deadline - loop.time(), 0.0)
-
-    ref = net.spawn_request(node, _EXECUTE, name, args, monitor=True)
-    pid: Pid | None = None
+    ref = net.spawn_request(node, _EXECUTE, name, args, monitor=True, reply=ERROR_ONLY)
     try:
-        reply = await kernel.receive(("spawn_reply", ref, ANY, ANY), timeout=left(), default=None)
-        if reply is not None and reply[2] == "ok":
-            pid = reply[3]
-            down = await kernel.receive(("DOWN", ref, "process", ANY, ANY), timeout=left(), default=None)
+        answer = await kernel.receive(_answer(ref), timeout=seconds, default=None)
     except BaseException:
-        net._undo_spawn(ref, pid)
-        raise
-    if reply is None:
         net._undo_spawn(ref)
-        # No spawn reply: the node did not answer at all. The function may well
-        # have started and be blocking that node's event loop (time.sleep, a
-        # busy loop), which stops it from answering anything.
-        raise RpcTimeout(
-            f"{name} on {node}: no answer from {node} within {timeout}s (is the node overloaded, "
-            "or is a function blocking its event loop, e.g. time.sleep?)"
-        )
-    if reply[2] != "ok":
-        if reply[3] == NOCONNECTION:
-            raise net._node_down(node)
-        raise RpcError(f"node {node} could not spawn {name}: {reply[3]}")
-    if down is None:
-        net._undo_spawn(ref, pid)
+        raise
+    if answer is None:
+        if not net._undo_spawn(ref):
+            # No spawn reply: the node did not answer at all. The function may
+            # well have started and be blocking that node's event loop
+            # (time.sleep, a busy loop), which stops it from answering anything.
+            raise RpcTimeout(
+                f"{name} on {node}: no answer from {node} within {timeout}s (is the node overloaded, "
+                "or is a function blocking its event loop, e.g. time.sleep?)"
+            )
         raise RpcTimeout(f"{name} on {node} did not return within {timeout}s")
-    outcome = _outcome(node, name, down[4])
+    if answer[0] == "spawn_reply":
+        if answer[3] == NOCONNECTION:
+            raise net._node_down(node)
+        raise RpcError(f"node {node} could not spawn {name}: {answer[3]}")
+    outcome = _outcome(node, name, answer[4])
     if isinstance(outcome, BaseException):
         raise outcome
     return check_result(f"{name} on {node}", outcome, expect)
+
+
+def _answer(ref: Ref) -> Callable[[Any], bool]:
+    """What answers a call's spawn request ``ref`` (made with ``reply="error_only"``
+    and a monitor): its DOWN, or a spawn error."""
+
+    def answer(msg: Any) -> bool:
+        return (
+            type(msg) is tuple
+            and len(msg) >= 4
+            and msg[1] == ref
+            and ((msg[0] == "DOWN" and len(msg) == 5) or msg[0] == "spawn_reply")
+        )
+
+    return answer
 
 
 def cast(node: str, fn: Callable[..., Any] | str, *args: Any) -> None:
@@ -227,23 +229,21 @@ async def multicall(
     name = _name(fn)
     seconds = check_timeout(timeout)
     waiting: dict[Ref, str] = {}
-    started: dict[Ref, Any] = {}
     try:
         for node in targets:
-            waiting[net.spawn_request(node, _EXECUTE, name, args, monitor=True)] = node
-        return await _gather(targets, name, seconds, waiting, started)
+            waiting[net.spawn_request(node, _EXECUTE, name, args, monitor=True, reply=ERROR_ONLY)] = node
+        return await _gather(targets, name, seconds, waiting)
     except BaseException:
         for ref in waiting:
-            net._undo_spawn(ref, started.get(ref))
+            net._undo_spawn(ref)
         raise
 
 
 async def _gather(
-    nodes: list[str], name: str, timeout: float | None, waiting: dict[Ref, str], started: dict[Ref, Any]
+    nodes: list[str], name: str, timeout: float | None, waiting: dict[Ref, str]
 ) -> tuple[list[Any], list[str]]:
-    """multicall's wait for the ``waiting`` calls (``started``: those whose
-    process runs). Kept up to date as replies come, so that a cancelled
-    multicall knows what it still has to undo."""
+    """multicall's wait for the ``waiting`` calls, kept up to date as answers
+    come, so that a cancelled multicall knows what it still has to undo."""
     outcomes: dict[str, Any] = {}
     bad: set[str] = set()
     loop = asyncio.get_running_loop()
@@ -251,7 +251,7 @@ async def _gather(
 
     def ours(msg: Any) -> bool:
         return (
-            type(msg) is tuple and len(msg) >= 3 and msg[0] in ("spawn_reply", "DOWN") and msg[1] in waiting
+            type(msg) is tuple and len(msg) >= 4 and msg[0] in ("spawn_reply", "DOWN") and msg[1] in waiting
         )
 
     while waiting:
@@ -259,27 +259,20 @@ async def _gather(
         msg = await kernel.receive(ours, timeout=left, default=None)
         if msg is None:
             break
-        ref = msg[1]
+        node = waiting.pop(msg[1])
         if msg[0] == "spawn_reply":
-            if msg[2] == "ok":
-                started[ref] = msg[3]
-                continue
-            node = waiting.pop(ref)
-            started.pop(ref, None)
             if msg[3] == NOCONNECTION:
                 bad.add(node)
             else:
                 outcomes[node] = RpcError(f"node {node} could not spawn {name}: {msg[3]}")
             continue
-        node = waiting.pop(ref)
-        started.pop(ref, None)
         outcome = _outcome(node, name, msg[4])
         if isinstance(outcome, NodeDown):
             bad.add(node)
         else:
             outcomes[node] = outcome
     for ref, node in waiting.items():
-        net._undo_spawn(ref, started.get(ref))
+        net._undo_spawn(ref)
         bad.add(node)
     waiting.clear()
     results = [outcomes[n] for n in nodes if n in outcomes and n not in bad]

@@ -993,11 +993,12 @@ class NetKernel:
         *,
         link: bool = False,
         monitor: bool = False,
-        reply: bool = True,
+        reply: bool | str = True,
     ) -> Ref:
         """Ask ``node`` to spawn ``fn(*args)``; the answer comes to ``requester`` as
         ``("spawn_reply", ref, "ok", pid)`` or ``("spawn_reply", ref, "error", why)``
-        (nothing with ``reply=False``). A monitor's ref is the request's ref."""
+        (nothing with ``reply=False``, only an error with ``"error_only"``).
+        A monitor's ref is the request's ref."""
         ref = self.node.make_ref()
         opts = {"link": link, "monitor": monitor, "reply": reply}
         self._out(node, (Op.SPAWN_REQUEST, ref, requester, fn, tuple(args), opts))

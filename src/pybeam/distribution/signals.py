@@ -15,9 +15,10 @@ node, and no node sends such signals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..functions import resolve_function
 from ..logtext import short
@@ -86,8 +87,10 @@ class Signals:
             case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
                 self._foreign(peer, control, watcher)
             case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
-                peer.monitors_out.pop(ref, None)
-                node.deliver_down(watcher, ref, item, reason)
+                if peer.monitors_out.pop(ref, None) is None and ref in peer.spawns:
+                    self._down_before_reply(peer, ref, item, reason)
+                else:
+                    node.deliver_down(watcher, ref, item, reason)
             case (
                 Op.SPAWN_REQUEST,
                 Ref() as ref,
@@ -155,11 +158,42 @@ class Signals:
         pid = node.spawn_function(fn, args)
         if not opts.get("reply", True):
             return  # a cast: nobody waits for the pid, nothing is linked or monitored
+        if _folds(opts) and node.add_monitor(pid, requester, ref, pid) is not None:
+            # The requester wants only an error and the DOWN (an rpc): if the
+            # process ends in its first run, as most rpcs do, its DOWN is the
+            # whole answer (the requester's side takes it as the reply too),
+            # so the reply waits until that first run is over and goes only if
+            # the process still runs. Scheduled after the process's first
+            # step, which spawn_function has just scheduled.
+            peer.monitors_in[ref] = pid
+            asyncio.get_running_loop().call_soon(self._reply_if_alive, peer, ref, requester, pid)
+            return
         self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
         if opts.get("link") and node.link_remote(pid, requester):
             peer.links.add((pid, requester))
         if opts.get("monitor") and node.add_monitor(pid, requester, ref, pid) is not None:
             peer.monitors_in[ref] = pid
+
+    def _reply_if_alive(self, peer: Peer, ref: Ref, requester: Pid, pid: Pid) -> None:
+        """The deferred spawn reply of a request :func:`_folds`: needed only
+        if the process still runs (else its DOWN has gone, and answered)."""
+        if self.node.is_alive(pid):
+            self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
+
+    def _down_before_reply(self, peer: Peer, ref: Ref, item: Any, reason: Any) -> None:
+        """A DOWN for a spawn request not answered yet: the process ended
+        before its (deferred) reply was due, and the DOWN answers for both.
+        Only for a request that asked for it (:func:`_folds`); any other is a
+        DOWN for no monitor, dropped as :meth:`LocalNode.deliver_down` does."""
+        entry = peer.spawns.get(ref)
+        if entry is None or not _folds(entry[1]):
+            return
+        del peer.spawns[ref]
+        if ref in self.abandoned:
+            self.abandoned.discard(ref)  # its requester gave up; it has ended anyway
+            return
+        # To the requester the spawn request names, whoever the peer says.
+        self.node.deliver(entry[0], ("DOWN", ref, "process", item, reason))
 
     def _spawn_reply(self, peer: Peer, ref: Ref, requester: Pid, result: Any) -> None:
         entry = peer.spawns.pop(ref, None)
@@ -171,7 +205,7 @@ class Signals:
                 self._reply(peer, (Op.EXIT, requester, result, "kill"))
             return
         node = self.node
-        opts = entry[1]
+        opts: dict[str, Any] = entry[1]
         if not isinstance(result, Pid):
             why = result[1] if type(result) is tuple else result
             node.deliver(requester, ("spawn_reply", ref, "error", why))
@@ -186,7 +220,8 @@ class Signals:
                 peer.monitors_out[ref] = (requester, result)
             else:
                 self._reply(peer, (Op.DEMONITOR, requester, result, ref))
-        node.deliver(requester, ("spawn_reply", ref, "ok", result))
+        if opts.get("reply") != ERROR_ONLY:
+            node.deliver(requester, ("spawn_reply", ref, "ok", result))
 
     def undo(self, peer: Peer) -> None:
         """``noconnection`` for every link, monitor and spawn request that
@@ -204,6 +239,18 @@ class Signals:
                 self.abandoned.discard(ref)
             else:
                 node.deliver(requester, ("spawn_reply", ref, "error", NOCONNECTION))
+
+
+#: A spawn request's ``reply`` option for "only an error" (``{reply, error_only}``).
+ERROR_ONLY: Final = "error_only"
+
+
+def _folds(opts: dict[str, Any]) -> bool:
+    """Whether a spawn request's reply may be left out when its process ends
+    before the reply is due, its DOWN answering for both: only an error was
+    asked for, with a monitor (whose DOWN names the pid) and no link (which
+    the reply would set up on the requester's side)."""
+    return opts.get("reply") == ERROR_ONLY and bool(opts.get("monitor")) and not opts.get("link")
 
 
 def track(peer: Peer, control: tuple[Any, ...]) -> None:

@@ -1,0 +1,226 @@
+"""What answers an rpc: the DOWN of the process that ran it, and nothing else
+when that process ends at once (``spawn_request`` with ``reply="error_only"``,
+as OTP's erpc asks for ``{reply, error_only}``).
+
+The wire tests speak to a real node (an OS process) from a raw peer that
+completes a genuine handshake, and read every control message the node sends
+back; the others call real nodes through the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import pybeam
+from pybeam import ANY, BadArg, Pid, Ref, codec, net, rpc
+from pybeam.distribution import epmd, handshake
+from pybeam.distribution.connection import Op
+from pybeam.distribution.framing import encode_frame, read_frame
+from pybeam.testing import LocalCluster
+
+ClusterFactory = Callable[..., LocalCluster]
+
+# -- run on the cluster nodes ---------------------------------------------------------------
+
+
+def node_here() -> str:
+    return pybeam.node_name()
+
+
+def next_pid_number() -> int:
+    """The number the next process spawned on this node will get."""
+    pid = pybeam.spawn(node_here)
+    return pid.id + 1
+
+
+def block_loop(seconds: float) -> str:
+    """Holds the node's event loop: it cannot answer anything meanwhile."""
+    import time
+
+    time.sleep(seconds)
+    return "late"
+
+
+async def sleep_then_tell(whom: Pid, seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    pybeam.send(whom, ("late", pybeam.node_name()))
+    return "done"
+
+
+async def idle() -> None:
+    await pybeam.receive()
+
+
+# -- a raw peer -----------------------------------------------------------------------------
+
+
+class RawPeer:
+    """A peer that has the cookie and writes and reads control messages itself."""
+
+    def __init__(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.name = name
+        self.me = Pid(name, 1, 1)
+        self.reader = reader
+        self.writer = writer
+        self._refs = 0
+
+    def ref(self) -> Ref:
+        self._refs += 1
+        return Ref(self.name, self._refs, 1)
+
+    async def send(self, *controls: tuple[Any, ...]) -> None:
+        self.writer.write(encode_frame(codec.encode(list(controls))))
+        await self.writer.drain()
+
+    async def answers(self, ref: Ref, timeout: float = 10.0) -> list[tuple[Any, ...]]:
+        """Every control message about ``ref`` until its DOWN or an error reply
+        (others, such as the mesh's, are skipped), and for 0.3 s after."""
+        got: list[tuple[Any, ...]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        settle: float | None = None
+        while True:
+            end = deadline if settle is None else min(deadline, settle)
+            try:
+                frame = await asyncio.wait_for(
+                    read_frame(self.reader, allow_empty=True), max(end - loop.time(), 0.0)
+                )
+            except TimeoutError:
+                break
+            if not frame:
+                continue  # a tick
+            for control in codec.decode(frame):
+                if ref not in control:
+                    continue
+                got.append(control)
+                ends = control[0] == Op.DOWN or (control[0] == Op.SPAWN_REPLY and type(control[3]) is tuple)
+                if ends and settle is None:
+                    settle = loop.time() + 0.3
+        return got
+
+
+@pytest.fixture
+async def raw_peer(cluster: ClusterFactory) -> AsyncIterator[tuple[str, RawPeer]]:
+    async with cluster(1) as c:
+        (node,) = c.nodes
+        port = await epmd.lookup(node)
+        assert port is not None
+        kernel: Any = pybeam.current_node().dist
+        name = f"raw_{secrets.token_hex(3)}@127.0.0.1"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await handshake.initiate(
+                reader,
+                writer,
+                my_name=name,
+                my_creation=1,
+                cookie=kernel.cookie,
+                expected_peer=node,
+                timeout=5,
+            )
+            yield node, RawPeer(name, reader, writer)
+        finally:
+            writer.close()
+
+
+def spawn_request(peer: RawPeer, ref: Ref, fn: str, args: tuple[Any, ...], **opts: Any) -> tuple[Any, ...]:
+    return (Op.SPAWN_REQUEST, ref, peer.me, fn, args, {"link": False, "monitor": True, **opts})
+
+
+# -- on the wire ----------------------------------------------------------------------------
+
+
+async def test_a_process_that_ends_at_once_is_answered_by_its_down_alone(
+    raw_peer: tuple[str, RawPeer],
+) -> None:
+    node, peer = raw_peer
+    ref = peer.ref()
+    await peer.send(spawn_request(peer, ref, "operator:add", (2, 3), reply="error_only"))
+    (down,) = await peer.answers(ref)
+    assert down[:3] == (Op.DOWN, peer.me, ref)
+    assert isinstance(down[3], Pid) and down[3].node == node
+    assert down[4] == "normal"
+
+
+async def test_a_process_still_running_gets_its_spawn_reply_before_its_down(
+    raw_peer: tuple[str, RawPeer],
+) -> None:
+    _, peer = raw_peer
+    ref = peer.ref()
+    await peer.send(spawn_request(peer, ref, "asyncio:sleep", (0.2,), reply="error_only"))
+    reply, down = await peer.answers(ref)
+    assert reply[0] == Op.SPAWN_REPLY and isinstance(reply[3], Pid)
+    assert down[0] == Op.DOWN and down[3] == reply[3]
+
+
+async def test_a_full_reply_is_always_sent_and_an_error_whatever_was_asked(
+    raw_peer: tuple[str, RawPeer],
+) -> None:
+    _, peer = raw_peer
+    ref = peer.ref()
+    await peer.send(spawn_request(peer, ref, "operator:add", (2, 3), reply=True))
+    reply, down = await peer.answers(ref)
+    assert reply[0] == Op.SPAWN_REPLY and down[0] == Op.DOWN
+    bad = peer.ref()
+    await peer.send(spawn_request(peer, bad, "no_such_module_here:f", (), reply="error_only"))
+    (error,) = await peer.answers(bad)
+    assert error[0] == Op.SPAWN_REPLY and error[3][0] == "error"
+
+
+# -- through the API --------------------------------------------------------------------------
+
+
+async def test_spawn_request_error_only_delivers_only_errors_and_the_down(cluster: ClusterFactory) -> None:
+    async with cluster(1) as c:
+        (node,) = c.nodes
+        for where in (node, pybeam.node_name()):
+            ref = net.spawn_request(where, "operator:add", 2, 3, monitor=True, reply="error_only")
+            _, _, _, pid, reason = await pybeam.receive(("DOWN", ref, "process", ANY, ANY), timeout=10)
+            assert pid.node == where and reason == "normal"
+            assert await pybeam.receive(timeout=0.3, default=None) is None
+            bad = net.spawn_request(where, "no_such_module_here:f", monitor=True, reply="error_only")
+            msg = await pybeam.receive(("spawn_reply", bad, ANY, ANY), timeout=10)
+            assert msg[2] == "error"
+        with pytest.raises(BadArg):
+            net.spawn_request(node, "operator:add", 2, 3, reply="yes")  # type: ignore[arg-type]
+
+
+async def test_a_timed_out_call_kills_the_process_that_answered(cluster: ClusterFactory) -> None:
+    async with cluster(1) as c:
+        (node,) = c.nodes
+        me = pybeam.self()
+        with pytest.raises(rpc.RpcTimeout, match="did not return"):
+            await rpc.call(node, sleep_then_tell, me, 1.0, timeout=0.3)
+        # Killed: it never tells, and nothing of the call comes either.
+        assert await pybeam.receive(timeout=2.0, default=None) is None
+
+
+async def test_an_answer_after_the_call_timed_out_never_reaches_the_caller(cluster: ClusterFactory) -> None:
+    async with cluster(1) as c:
+        (node,) = c.nodes
+        assert await rpc.call(node, node_here) == node  # connected and warm
+        with pytest.raises(rpc.RpcTimeout, match="no answer"):
+            await rpc.call(node, block_loop, 1.0, timeout=0.2)
+        # The node answers this call after the late one's DOWN (one connection, in order).
+        assert await rpc.call(node, node_here, timeout=10) == node
+        assert await pybeam.receive(timeout=0.5, default=None) is None
+        assert net.spawn_request_abandon(Ref(node, 1, 1)) is False
+
+
+async def test_sequential_calls_spawn_one_process_each_there_and_none_here(cluster: ClusterFactory) -> None:
+    async with cluster(1) as c:
+        (node,) = c.nodes
+        calls = 20
+        pybeam.self()  # the test's task becomes a process first
+        here = next_pid_number()
+        there = await rpc.call(node, next_pid_number)
+        for i in range(calls):
+            assert await rpc.call(node, "operator:add", i, 1) == i + 1
+        assert next_pid_number() == here + 1  # only the probe's own process
+        # Each call's process, and the probe's and its process.
+        assert await rpc.call(node, next_pid_number) == there + calls + 2
