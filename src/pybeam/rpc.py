@@ -2,7 +2,10 @@
 
 Built as OTP's ``erpc`` is, from public parts only: the call spawns a process on
 the target node (monitored by the caller) that runs the function and exits with
-``("rpc_return", result)``; the caller reads the result from the DOWN. So a
+``("rpc_return", result)``; the caller reads the result from the DOWN. The
+request asks for a spawn reply only on error (``reply="error_only"``), so the
+DOWN is the one message the caller waits for, and a process that ends at once
+is answered by its DOWN alone, one control message each way. So a
 node that goes down during a call ends it with :class:`~pybeam.errors.NodeDown`
 (the monitor fires ``noconnection``), a remote exception comes back as
 :class:`RemoteError` with the remote type, message and traceback, and a timeout
