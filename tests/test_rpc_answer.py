@@ -56,6 +56,19 @@ async def idle() -> None:
     await pybeam.receive()
 
 
+async def slow_on(slow: str, seconds: float, whom: Pid) -> str:
+    """Answers at once, but on node ``slow`` only after ``seconds``, then tells ``whom``."""
+    if pybeam.node_name() == slow:
+        await sleep_then_tell(whom, seconds)
+    return pybeam.node_name()
+
+
+def block_loop_on(blocked: str, seconds: float) -> str:
+    if pybeam.node_name() == blocked:
+        block_loop(seconds)
+    return pybeam.node_name()
+
+
 # -- a raw peer -----------------------------------------------------------------------------
 
 
@@ -194,18 +207,20 @@ async def test_a_timed_out_call_kills_the_process_that_answered(cluster: Cluster
     async with cluster(1) as c:
         (node,) = c.nodes
         me = pybeam.self()
+        assert await rpc.call(node, node_here) == node  # connected, this module imported there
         with pytest.raises(rpc.RpcTimeout, match="did not return"):
-            await rpc.call(node, sleep_then_tell, me, 1.0, timeout=0.3)
+            await rpc.call(node, sleep_then_tell, me, 2.0, timeout=0.5)
         # Killed: it never tells, and nothing of the call comes either.
-        assert await pybeam.receive(timeout=2.0, default=None) is None
+        assert await pybeam.receive(timeout=2.5, default=None) is None
 
 
 async def test_an_answer_after_the_call_timed_out_never_reaches_the_caller(cluster: ClusterFactory) -> None:
     async with cluster(1) as c:
         (node,) = c.nodes
         assert await rpc.call(node, node_here) == node  # connected and warm
+        # Held well under the tick timeout (ticktime 1 s): the connection stays up.
         with pytest.raises(rpc.RpcTimeout, match="no answer"):
-            await rpc.call(node, block_loop, 1.0, timeout=0.2)
+            await rpc.call(node, block_loop, 0.6, timeout=0.2)
         # The node answers this call after the late one's DOWN (one connection, in order).
         assert await rpc.call(node, node_here, timeout=10) == node
         assert await pybeam.receive(timeout=0.5, default=None) is None
@@ -224,3 +239,17 @@ async def test_sequential_calls_spawn_one_process_each_there_and_none_here(clust
         assert next_pid_number() == here + 1  # only the probe's own process
         # Each call's process, and the probe's and its process.
         assert await rpc.call(node, next_pid_number) == there + calls + 2
+
+
+async def test_multicall_timeouts_kill_or_abandon_and_leave_nothing(cluster: ClusterFactory) -> None:
+    async with cluster(2) as c:
+        n1, n2 = c.nodes
+        me = pybeam.self()
+        assert await rpc.multicall([n1, n2], node_here) == ([n1, n2], [])  # warm
+        # n2's process runs past the timeout: it is killed, and never tells.
+        assert await rpc.multicall([n1, n2], slow_on, n2, 2.0, me, timeout=0.5) == ([n1], [n2])
+        # n2's loop is held: its request is abandoned, its late DOWN dropped.
+        # (Held well under the tick timeout, ticktime 1 s: the connection stays up.)
+        assert await rpc.multicall([n1, n2], block_loop_on, n2, 0.6, timeout=0.2) == ([n1], [n2])
+        assert await rpc.call(n2, node_here, timeout=10) == n2
+        assert await pybeam.receive(timeout=2.0, default=None) is None
