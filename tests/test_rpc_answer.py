@@ -253,3 +253,12 @@ async def test_multicall_timeouts_kill_or_abandon_and_leave_nothing(cluster: Clu
         assert await rpc.multicall([n1, n2], block_loop_on, n2, 0.6, timeout=0.2) == ([n1], [n2])
         assert await rpc.call(n2, node_here, timeout=10) == n2
         assert await pybeam.receive(timeout=2.0, default=None) is None
+
+
+async def test_a_call_to_this_node_times_out_and_kills_like_any_other() -> None:
+    me = pybeam.self()
+    here = pybeam.node_name()
+    assert await rpc.call(here, "operator:add", 2, 3) == 5
+    with pytest.raises(rpc.RpcTimeout, match="did not return"):
+        await rpc.call(here, sleep_then_tell, me, 0.5, timeout=0.1)
+    assert await pybeam.receive(timeout=1.0, default=None) is None
