@@ -13,7 +13,7 @@ from typing import Any, NoReturn, overload
 
 from .arguments import check_delay, check_timeout
 from .errors import BadArg, Exit
-from .mailbox import NO_DEFAULT, _pop
+from .mailbox import NO_DEFAULT, _current_task, _pop
 from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
@@ -104,12 +104,20 @@ def send(dest: Any, msg: Any) -> Any:
         # another node in this interpreter is reached through the distribution.
         target = dest._proc
         if target is not None and proc is not None and target.node is proc.node:
-            q = target._queue
-            if q is not None and target._waiter is None:
-                # Mailbox.put without the call: nobody waits, the queue exists.
-                q.append(msg)
-            else:
-                target.put(msg)
+            # Mailbox.put's two common cases without the call.
+            w = target._waiter
+            if w is None:
+                q = target._queue
+                if q is not None:  # nobody waits, the queue exists
+                    q.append(msg)
+                    return msg
+            elif target._takes and not w.done():
+                # The process's own task waits for any message: hand it over.
+                target._waiter = None
+                target._handed = w
+                w.set_result(msg)
+                return msg
+            target.put(msg)
             return msg
     node = proc.node if proc is not None else current_node()
     if type(dest) is Pid:
@@ -134,12 +142,24 @@ def receive(
     that is not None or a number >= 0 is a :class:`BadArg`.
     """
     proc = _current.get()
-    if proc is not None:
-        # The hot path, Mailbox.receive_any's first step without the call: a
-        # message is queued. (A process that has ended has no queue.)
+    if proc is not None and pattern is None and timeout is None and proc.suspended_on is None:
+        # The hot path, Mailbox.receive_any's two common cases without the
+        # call: a message is queued (a process that has ended has no queue)...
         q = proc._queue
-        if q and pattern is None and timeout is None and proc.suspended_on is None:
+        if q:
             return _pop(q)
+        # ... or the process's own task waits for the next message, which
+        # Mailbox.put hands to this future (see pybeam.mailbox).
+        task = proc.task
+        if task is not None and not proc.adopted:
+            w = proc._waiter
+            if w is None or w.done():
+                loop = proc.node.loop
+                if loop is not None and _current_task(loop) is task:
+                    proc._handed = None
+                    fut = proc._waiter = loop.create_future()
+                    proc._takes = True
+                    return fut
     if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
         timeout = check_timeout(timeout)  # BadArg, or None for infinity
     if proc is None or (proc.adopted and not proc.alive):

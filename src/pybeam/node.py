@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import BadArg, NoProc
+from .gc_policy import CHECK_EVERY
+from .gc_policy import check as _gc_check
 from .logtext import clip
 from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
@@ -37,6 +39,7 @@ __all__ = ["Node", "RemoteRouter", "current_node"]
 logger = logging.getLogger("pybeam")
 
 DEFAULT_NAME = "nonode@nohost"
+_CHECK_MASK = CHECK_EVERY - 1
 
 #: What :meth:`Node.stop` sends an application master (see :mod:`pybeam.application`).
 APPLICATION_STOP = "$pybeam_application_stop"
@@ -423,6 +426,8 @@ class Node:
                 monitor.monitors = {}
             monitor.monitors[ref] = pid
         start(proc, self.loop, fn, args)
+        if not pid.id & _CHECK_MASK:
+            _gc_check(len(self._procs))
         return pid, ref
 
     def adopt(self) -> Process:

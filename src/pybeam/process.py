@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import inspect
 import logging
+import traceback
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import Exit
+from .gc_policy import GC_THRESHOLDS, PYTHON_GC_THRESHOLDS, tune_thresholds
 from .logtext import clip
 from .mailbox import Mailbox
 from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
@@ -33,7 +34,7 @@ from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Process", "current_process", "start"]
+__all__ = ["GC_THRESHOLDS", "PYTHON_GC_THRESHOLDS", "Process", "current_process", "start"]
 
 logger = logging.getLogger("pybeam")
 
@@ -283,6 +284,12 @@ class _Guard(Coroutine[Any, Any, Any]):
         except BaseException as e:
             self._proc.ended(e)
             raise
+        finally:
+            # The exception thrown in (a cancellation, usually) keeps this
+            # frame in its traceback: without this, the frame would hold the
+            # exception and so make a cycle, which only the cyclic GC frees
+            # (never, for objects gc.freeze() has moved out of its reach).
+            typ = val = tb = None
 
     def close(self) -> None:
         self._coro.close()
@@ -310,24 +317,16 @@ async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         raise _Halted(e) from None
 
 
-#: Python's default thresholds for the cyclic garbage collector.
-PYTHON_GC_THRESHOLDS = (700, 10, 10)
-#: What the runtime sets instead, unless the program chose its own: a process
-#: is ~8 container objects, so the default runs a young collection every ~90
-#: spawns, each walking every pending process; with this, spawn-heavy code
-#: spends a third less time in the collector (its memory bound is trivial:
-#: 10,000 young objects). Python 3.13 raised the default to 2,000 for the same reason.
-GC_THRESHOLDS = (10_000, 10, 10)
 _gc_tuned = False
 
 
 def tune_gc() -> None:
     """Raise the collector's youngest threshold to :data:`GC_THRESHOLDS`
-    if it is still Python's default (done on the first spawn)."""
+    if it is still Python's default and the gc policy allows (done on the
+    first spawn; see :mod:`pybeam.gc_policy`)."""
     global _gc_tuned
     _gc_tuned = True
-    if gc.get_threshold() == PYTHON_GC_THRESHOLDS:
-        gc.set_threshold(*GC_THRESHOLDS)
+    tune_thresholds()
 
 
 def start(
@@ -377,3 +376,15 @@ def _task_done(task: asyncio.Task[Any]) -> None:
     proc = _current.get()
     assert proc is not None
     proc.task_done(task)
+    # An exception the task ended with holds the guard's frame, so the guard
+    # holding the process (whose exit reason holds the exception) would make
+    # a cycle: free all of it by reference counting instead (see pybeam.gc_policy).
+    guard = task.get_coro()
+    if type(guard) is _Guard:
+        del guard._proc
+    # Likewise the frames of a crash's traceback (asyncio's among them) may
+    # hold this process's context; their variables are no part of the exit
+    # reason, whose traceback is already text.
+    reason = proc.reason
+    if type(reason) is Crash and reason.exception is not None:
+        traceback.clear_frames(reason.exception.__traceback__)
