@@ -12,7 +12,7 @@ breaks every cycle it made), so long-lived processes need never be walked by
 the cyclic collector. Policies (:func:`set_policy`, or ``$PYBEAM_GC`` at import):
 
 - ``"freeze"`` (the default): as ``"thresholds"``, and each time a node's live
-  processes have grown by ``step`` (10,000) since the last freeze, a full
+  processes have grown by ``step`` (2,048) since the last freeze, a young
   collection followed by ``gc.freeze()``: what is alive then (processes, and
   anything else) moves out of the collector's reach, so spawn cost stays flat
   as processes accumulate. Frozen objects are still freed by reference
@@ -58,8 +58,10 @@ PYTHON_GC_THRESHOLDS: Final = (700, 10, 10)
 #: the collector (its memory bound is trivial: 10,000 young objects). Python
 #: 3.13 raised the default to 2,000 for the same reason.
 GC_THRESHOLDS: Final = (10_000, 10, 10)
-#: Live processes gained between two freezes, by default.
-FREEZE_STEP: Final = 10_000
+#: Live processes gained between two freezes, by default: small, so that
+#: most of a new process's objects are frozen before a young collection of
+#: the collector's own walks them (one runs every ~800 spawns).
+FREEZE_STEP: Final = 2048
 #: A node checks the policy on every spawn whose pid number is a multiple of this.
 CHECK_EVERY: Final = 1024
 
@@ -130,7 +132,11 @@ def check(live: int) -> None:
     frozen = st.frozen_live
     if live >= frozen + st.step:
         # Only what is new since the last freeze is walked: cost per spawn stays flat.
-        gc.collect()
+        # Only what is new since the last freeze is walked, by a young
+        # collection (objects are then frozen before the collector's own young
+        # collections walk them: cost per spawn stays flat). Older garbage
+        # cycles frozen with the rest wait for the next renewal.
+        gc.collect(0)
         gc.freeze()
         st.freezes += 1
     elif frozen and (live < frozen // 2 or st.spawns - st.spawns_at_freeze >= max(frozen, st.step)):
