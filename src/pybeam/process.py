@@ -132,11 +132,8 @@ class Process(Mailbox):
             self.node.terminate(self, reason)
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
-        """The process's task has finished: exit with the reason its ending gives.
-
-        A process's own task has usually ended it already, synchronously, as
-        its function returned or raised (see :class:`_Guard`); this covers the
-        rest: an adopted task, and a task cancelled.
+        """An adopted process's task has finished: exit with the reason its
+        ending gives. (A process's own task ends it from its :class:`_Guard`.)
         """
         # The task's context refers back to this process: break the cycle, so
         # that a finished process is freed at once rather than left to the
@@ -230,10 +227,12 @@ class _Guard(Coroutine[Any, Any, Any]):
 
     It also ends the process the moment its function returns or raises, as
     BEAM does: before any other process runs, the process is dead, its name
-    free, its links and monitors fired. (The task's done callback would do
-    so only one loop iteration later, after the receiver of its last message
-    may already have run.) A CancelledError is left to the done callback,
-    which alone can tell who asked for it.
+    free, its links and monitors fired. (A done callback on the task would
+    do so only one loop iteration later, after the receiver of its last
+    message may already have run, and costs a scheduled callback per
+    process.) An exception becomes the exit reason and the task ends without
+    it (nobody would retrieve it from the task); a CancelledError still
+    cancels the task.
 
     A plain object forwarding ``send``/``throw`` rather than a wrapping
     ``async def``: it costs one small object per process instead of a
@@ -254,17 +253,16 @@ class _Guard(Coroutine[Any, Any, Any]):
         try:
             return self._coro.send(value)
         except StopIteration:
-            self._proc.ended(None)
+            self._end(None)
+            raise
+        except asyncio.CancelledError as e:
+            self._end(e)
             raise
         except _HALTING as e:
-            halted = _halted(e)
-            self._proc.ended(halted)
-            raise halted from None
-        except asyncio.CancelledError:
-            raise
+            self._end(_halted(e))
         except BaseException as e:
-            self._proc.ended(e)
-            raise
+            self._end(e)
+        raise StopIteration  # the exception is the exit reason now (and logged)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         self._proc.reductions += 1
@@ -273,23 +271,47 @@ class _Guard(Coroutine[Any, Any, Any]):
                 return self._coro.throw(typ)
             return self._coro.throw(typ, val, tb)
         except StopIteration:
-            self._proc.ended(None)
+            self._end(None)
+            raise
+        except asyncio.CancelledError as e:
+            self._end(e)
             raise
         except _HALTING as e:
-            halted = _halted(e)
-            self._proc.ended(halted)
-            raise halted from None
-        except asyncio.CancelledError:
-            raise
+            self._end(_halted(e))
         except BaseException as e:
-            self._proc.ended(e)
-            raise
+            self._end(e)
         finally:
             # The exception thrown in (a cancellation, usually) keeps this
             # frame in its traceback: without this, the frame would hold the
             # exception and so make a cycle, which only the cyclic GC frees
             # (never, for objects gc.freeze() has moved out of its reach).
             typ = val = tb = None
+        raise StopIteration  # the exception is the exit reason now (and logged)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """The function returned (``exc`` None) or raised ``exc``: end the
+        process, and drop what would keep it in a reference cycle, so that
+        reference counting alone frees it (see :mod:`pybeam.gc_policy`)."""
+        proc = self._proc
+        del self._proc
+        task, proc.task = proc.task, None
+        if isinstance(exc, asyncio.CancelledError):
+            if proc.alive:
+                if task is not None and task.cancelling():
+                    # Cancelled from outside (the event loop shutting down, say).
+                    proc.node.terminate(proc, KILLED, cancel=False)
+                else:
+                    # A CancelledError nobody asked for (it awaited a future
+                    # someone else cancelled): a crash like any other.
+                    proc.ended(exc)
+        else:
+            proc.ended(exc)
+        # A crash's traceback holds frames (asyncio's among them) that may hold
+        # this process's context; their variables are no part of the exit
+        # reason, whose traceback is already text.
+        reason = proc.reason
+        if type(reason) is Crash and reason.exception is not None:
+            traceback.clear_frames(reason.exception.__traceback__)
 
     def close(self) -> None:
         self._coro.close()
@@ -350,8 +372,7 @@ def start(
     ctx = contextvars.Context()
     ctx.run(_current.set, proc)
     coro = _Guard(fn(*args) if _is_async_function(fn) else _call(fn, args), proc)
-    task = proc.task = _ProcessTask(coro, loop=loop, context=ctx)
-    task.add_done_callback(_task_done, context=ctx)
+    proc.task = _ProcessTask(coro, loop=loop, context=ctx)
 
 
 class _ProcessTask(asyncio.Task[Any]):
@@ -368,23 +389,3 @@ class _ProcessTask(asyncio.Task[Any]):
             # The future the task waits on, cleared when it next runs.
             proc.give_back(getattr(self, "_fut_waiter", None))
         return super().cancel(msg)
-
-
-def _task_done(task: asyncio.Task[Any]) -> None:
-    # Runs in the process's context: a plain function rather than the bound
-    # method proc.task_done saves an object per live process.
-    proc = _current.get()
-    assert proc is not None
-    proc.task_done(task)
-    # An exception the task ended with holds the guard's frame, so the guard
-    # holding the process (whose exit reason holds the exception) would make
-    # a cycle: free all of it by reference counting instead (see pybeam.gc_policy).
-    guard = task.get_coro()
-    if type(guard) is _Guard:
-        del guard._proc
-    # Likewise the frames of a crash's traceback (asyncio's among them) may
-    # hold this process's context; their variables are no part of the exit
-    # reason, whose traceback is already text.
-    reason = proc.reason
-    if type(reason) is Crash and reason.exception is not None:
-        traceback.clear_frames(reason.exception.__traceback__)
