@@ -72,7 +72,8 @@ def spawn(fn: Callable[..., Any], *args: Any) -> Pid:
     ``fn`` is usually an async function; a plain function runs in the process
     too (and blocks the event loop while it runs).
     """
-    pid, _ = current_node().spawn(fn, args)
+    proc = _current.get()
+    pid, _ = (proc.node if proc is not None else current_node()).spawn(fn, args)
     return pid
 
 

@@ -455,8 +455,12 @@ class Node:
         if proc.name is not None:
             self._names.pop(proc.name, None)
             proc.name = None
-        proc.clear()
-        timers = self._pid_timers.pop(pid, None)
+        # proc.clear() without the call.
+        proc._queue = None
+        proc._waiter = proc._handed = None
+        pid._proc = None
+        # Looked up only if there are timers at all: a lookup hashes the pid.
+        timers = self._pid_timers.pop(pid, None) if self._pid_timers else None
         if timers is not None:
             for tref in timers:
                 entry = self._timers.pop(tref, None)

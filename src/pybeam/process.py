@@ -295,6 +295,10 @@ class _Guard(Coroutine[Any, Any, Any]):
         proc = self._proc
         del self._proc
         task, proc.task = proc.task, None
+        if exc is None:
+            if proc.alive:  # ended(None) without the call: it returned
+                proc.node.terminate(proc, NORMAL, cancel=False)
+            return
         if isinstance(exc, asyncio.CancelledError):
             if proc.alive:
                 if task is not None and task.cancelling():
@@ -340,6 +344,7 @@ async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 
 
 _gc_tuned = False
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 def tune_gc() -> None:
@@ -371,8 +376,13 @@ def start(
         tune_gc()
     ctx = contextvars.Context()
     ctx.run(_current.set, proc)
-    coro = _Guard(fn(*args) if _is_async_function(fn) else _call(fn, args), proc)
-    proc.task = _ProcessTask(coro, loop=loop, context=ctx)
+    # _is_async_function without the call, for a plain async function.
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & _CO_COROUTINE:
+        coro = fn(*args)
+    else:
+        coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
+    proc.task = _ProcessTask(_Guard(coro, proc), loop=loop, context=ctx)
 
 
 class _ProcessTask(asyncio.Task[Any]):
