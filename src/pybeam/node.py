@@ -400,7 +400,8 @@ class Node:
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...] = (),
-        *,
+        # Not keyword-only, though meant to be passed by keyword: CPython 3.11
+        # does not specialize calls to a function with keyword-only parameters.
         link: Process | None = None,
         monitor: Process | None = None,
         trap_exit: bool = False,
@@ -443,7 +444,7 @@ class Node:
         task.add_done_callback(proc.task_done)
         return proc
 
-    def terminate(self, proc: Process, reason: Any, *, cancel: bool = True) -> None:
+    def terminate(self, proc: Process, reason: Any, cancel: bool = True) -> None:
         """End ``proc`` with ``reason``: free its name, fire its links and
         monitors, and (``cancel``) stop its task at its next await."""
         if not proc.alive:

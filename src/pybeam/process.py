@@ -180,7 +180,7 @@ class Process(Mailbox):
                 logger.error(
                     "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
                 )
-        self.node.terminate(self, reason, cancel=False)
+        self.node.terminate(self, reason, False)
 
     def cancel_task(self) -> None:
         """Stop the process's code at its next ``await`` (it has already exited)."""
@@ -297,7 +297,7 @@ class _Guard(Coroutine[Any, Any, Any]):
         task, proc.task = proc.task, None
         if exc is None:
             if proc.alive:  # ended(None) without the call: it returned
-                proc.node.terminate(proc, NORMAL, cancel=False)
+                proc.node.terminate(proc, NORMAL, False)
             return
         if isinstance(exc, asyncio.CancelledError):
             if proc.alive:
