@@ -28,6 +28,10 @@ async def _idle() -> None:
     await receive()
 
 
+async def _noop() -> None:
+    pass
+
+
 async def _selective() -> None:
     await receive(("never", ANY), timeout=3600)
 
@@ -296,3 +300,23 @@ async def test_an_idle_process_is_at_most_a_dozen_tracked_objects(policy: Callab
     per = (len(gc.get_objects()) - before) / 1000
     _kill(pids)
     assert per <= 12.1, per
+
+
+async def test_the_policy_counts_the_processes_of_every_node_in_the_interpreter(
+    policy: Callable[..., None],
+) -> None:
+    # A second node spawning short-lived processes must not make the policy
+    # think the population halved (a full collection every 1,024 spawns).
+    policy("freeze", step=1024)
+    population = [spawn(_idle) for _ in range(4 * gc_policy.CHECK_EVERY)]
+    await asyncio.sleep(0)
+    before = gc_policy.stats()
+    assert before["frozen_live"] >= 3 * gc_policy.CHECK_EVERY
+    async with pybeam.Node("other@127.0.0.1", distributed=False) as other:
+        for i in range(3 * gc_policy.CHECK_EVERY):
+            other.spawn(_noop)
+            if i % 512 == 511:
+                await asyncio.sleep(0)  # they end: the other node never has more than 512
+        await asyncio.sleep(0)
+    assert gc_policy.stats()["renewals"] == before["renewals"]
+    _kill(population)

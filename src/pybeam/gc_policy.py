@@ -11,8 +11,8 @@ The runtime frees an ended process by reference counting alone (its exit
 breaks every cycle it made), so long-lived processes need never be walked by
 the cyclic collector. Policies (:func:`set_policy`, or ``$PYBEAM_GC`` at import):
 
-- ``"freeze"`` (the default): as ``"thresholds"``, and each time a node's live
-  processes have grown by ``step`` (2,048) since the last freeze, a young
+- ``"freeze"`` (the default): as ``"thresholds"``, and each time the live
+  processes (of all nodes in the interpreter) have grown by ``step`` (2,048) since the last freeze, a young
   collection followed by ``gc.freeze()``: what is alive then (processes, and
   anything else) moves out of the collector's reach, so spawn cost stays flat
   as processes accumulate. Frozen objects are still freed by reference
@@ -123,8 +123,9 @@ def tune_thresholds() -> None:
 
 
 def check(live: int) -> None:
-    """A node that has ``live`` processes spawned :data:`CHECK_EVERY` more:
-    freeze or renew the frozen set if the policy says so."""
+    """A node spawned :data:`CHECK_EVERY` more processes; ``live`` are alive
+    on all nodes of this interpreter: freeze or renew the frozen set if the
+    policy says so."""
     st = _state
     if st.policy != "freeze":
         return

@@ -45,6 +45,8 @@ _CHECK_MASK = CHECK_EVERY - 1
 APPLICATION_STOP = "$pybeam_application_stop"
 
 _node_ctx: contextvars.ContextVar[Node | None] = contextvars.ContextVar("pybeam_node", default=None)
+#: Every node started in this interpreter (and not yet freed), for the gc policy.
+_bound_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
 _default_nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Node] = weakref.WeakKeyDictionary()
 
 
@@ -240,6 +242,7 @@ class Node:
     # -- life cycle -------------------------------------------------------
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        _bound_nodes.add(self)
         self.loop = loop
         self.running = True
         self._stopped = loop.create_future()
@@ -428,7 +431,8 @@ class Node:
             monitor.monitors[ref] = pid
         start(proc, self.loop, fn, args)
         if not pid.id & _CHECK_MASK:
-            _gc_check(len(self._procs))
+            # The collector is per interpreter: so is the count that drives it.
+            _gc_check(sum(len(node._procs) for node in _bound_nodes))
         return pid, ref
 
     def adopt(self) -> Process:
