@@ -654,10 +654,8 @@ def keep_saved_parts(
         hl = saved["hol"]
         kept.append("hol")
     if kept:
-        args.note = (
-            f"The {', '.join(kept)} figures are from an earlier run (`python -m benchmarks scale "
-            f"{' '.join(saved['argv'])}`, load before: {saved['load']})."
-        )
+        command = " ".join(["python -m benchmarks scale", *saved["argv"]])
+        args.note = f"The {' and '.join(kept)} figures are from an earlier run (`{command}`, load before: {saved['load']})."
         if saved.get("note"):
             args.note += " " + saved["note"]
     return cl, pr, hl
