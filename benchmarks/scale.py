@@ -9,11 +9,13 @@
    when it is SIGKILLed (the kernel closes its sockets: the peers see EOF) and
    when it is SIGSTOPped (silent: only the heartbeats notice, after the tick time).
 2. ``procs``: one node, idle processes spawned up to 10k, 100k, 300k, 1M, in
-   a fresh child interpreter per GC variant (as is; ``gc.freeze()`` after each
-   step; ``gc.freeze()`` after every chunk of 10k; ``gc.disable()``, the
-   reference): RSS per process,
-   spawn rate against live processes, time in the cyclic GC, and the round
-   trip to one echoing process among them.
+   a fresh child interpreter per GC variant (the runtime's gc policies of
+   :mod:`pybeam.gc_policy`: ``freeze``, the default, ``thresholds``, the
+   runtime's earlier behaviour, ``python``, Python's own settings; and
+   ``gc-off``, ``gc.disable()``, the reference; ``--gc`` picks some): RSS per
+   process, spawn rate against live processes, time in the cyclic GC, and the
+   round trip to one echoing process among them. ``--parts procs`` alone
+   keeps the other parts' figures from ``--out``'s earlier ``scale.json``.
 3. ``hol``: head-of-line blocking: a 50 MB message to a peer node, and small
    messages from another process to the same node meanwhile; their one-way
    latency (sender and receiver share ``CLOCK_MONOTONIC``: same host).
@@ -46,12 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import pybeam
-from pybeam import Pid, receive, send, spawn
+from pybeam import Pid, gc_policy, receive, send, spawn
 from pybeam.testing import LocalCluster, free_port
 
 CLUSTER_SIZES = (2, 10, 25, 50)
 PROC_STEPS = (10_000, 100_000, 300_000, 1_000_000)
-GC_VARIANTS = ("as-is", "freeze-step", "freeze-chunk", "gc-off")
+GC_VARIANTS = ("freeze", "thresholds", "python", "gc-off")
 CHUNK = 10_000
 HOL_BYTES = 50 * 1024 * 1024
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -245,9 +247,15 @@ async def procs_child(steps: list[int], variant: str, rtts: int) -> dict[str, An
             gc_time[0] += time.perf_counter() - started[0]
             gc_full[0] += info["generation"] == 2
 
-    gc.collect()
     if variant == "gc-off":  # the reference: what spawning costs without the cyclic GC
+        gc_policy.set_policy("python")
         gc.disable()
+    elif variant == "python":
+        gc_policy.set_policy("python")
+        gc.set_threshold(*gc_policy.PYTHON_GC_THRESHOLDS)
+    else:
+        gc_policy.set_policy(variant)
+    gc.collect()
     base = rss_bytes(os.getpid())
     echo = spawn(_echo)
     live = 1
@@ -268,11 +276,7 @@ async def procs_child(steps: list[int], variant: str, rtts: int) -> dict[str, An
             live += n
             dt = time.perf_counter() - t0
             curve.append((live, n / dt, (gc_time[0] - g0) / dt))
-            if variant == "freeze-chunk":
-                gc.freeze()
         dt = time.perf_counter() - t_step
-        if variant == "freeze-step":
-            gc.freeze()
         p50, p99 = await _round_trips(echo, rtts)
         out.append(
             {
@@ -289,13 +293,13 @@ async def procs_child(steps: list[int], variant: str, rtts: int) -> dict[str, An
     gc.callbacks.remove(on_gc)
     for p in pids:
         pybeam.exit(p, "kill")
-    return {"variant": variant, "steps": out, "curve": curve}
+    return {"variant": variant, "steps": out, "curve": curve, "policy": gc_policy.stats()}
 
 
-def procs(steps: list[int], rtts: int) -> list[dict[str, Any]]:
+def procs(steps: list[int], rtts: int, variants: list[str]) -> list[dict[str, Any]]:
     """Each GC variant in its own child interpreter (a clean heap and RSS)."""
     results = []
-    for variant in GC_VARIANTS:
+    for variant in variants:
         print(f"  {steps[-1]:,} processes, gc {variant}...", file=sys.stderr, flush=True)
         argv = [sys.executable, "-m", "benchmarks.scale", "_procs", variant, str(rtts), *map(str, steps)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
@@ -572,6 +576,11 @@ def main(argv: list[str]) -> int:
         "--batch", type=int, default=0, help="start cluster nodes this many at a time (0: all at once)"
     )
     ap.add_argument("--parts", default="cluster,procs,hol", help="comma-separated: cluster,procs,hol")
+    ap.add_argument(
+        "--gc",
+        default=",".join(GC_VARIANTS),
+        help=f"procs' gc variants, comma-separated: {','.join(GC_VARIANTS)}",
+    )
     ap.add_argument("--ticktime", type=float, default=8.0, help="net ticktime of every node (s)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU sampling")
     ap.add_argument("--hol-mb", type=float, default=HOL_BYTES / 2**20)
@@ -595,6 +604,9 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.max_nodes, args.max_procs, args.hol_mb, args.idle = 2, 10_000, 5.0, 1.0
     parts = set(args.parts.split(","))
+    variants = args.gc.split(",")
+    if not parts <= {"cluster", "procs", "hol"} or not set(variants) <= set(GC_VARIANTS):
+        ap.error(f"--parts takes cluster,procs,hol and --gc {','.join(GC_VARIANTS)}")
     wanted = [int(n) for n in args.sizes.split(",")] if args.sizes else CLUSTER_SIZES
     sizes = [s for s in wanted if s <= args.max_nodes] or [args.max_nodes]
     steps = [s for s in PROC_STEPS if s <= args.max_procs] or [args.max_procs]
@@ -606,7 +618,7 @@ def main(argv: list[str]) -> int:
         if "cluster" in parts
         else []
     )
-    pr = procs(steps, 50 if args.quick else 300) if "procs" in parts else []
+    pr = procs(steps, 50 if args.quick else 300, variants) if "procs" in parts else []
     hl = None
     if "hol" in parts:
         print(f"  head-of-line blocking, {args.hol_mb:g} MB...", file=sys.stderr, flush=True)
@@ -616,8 +628,37 @@ def main(argv: list[str]) -> int:
         except Exception as e:
             hl = {"mb": f"{args.hol_mb:g} MB", "error": f"{type(e).__name__}: {e}"}
     args.load_after = uptime()
+    cl, pr, hl = keep_saved_parts(args, parts, cl, pr, hl)
     write(args, load0, cl, pr, hl)
     return 0
+
+
+def keep_saved_parts(
+    args: argparse.Namespace, parts: set[str], cl: list[Row], pr: list[dict[str, Any]], hl: Row | None
+) -> tuple[list[Row], list[dict[str, Any]], Row | None]:
+    """A run of some parts keeps the others' figures from ``--out``'s
+    ``scale.json`` (noted in the report), rather than dropping them."""
+    saved_file = args.out / "scale.json"
+    args.note = None
+    if parts >= {"cluster", "procs", "hol"} or not saved_file.exists():
+        return cl, pr, hl
+    saved = json.loads(saved_file.read_text())
+    kept = []
+    if "cluster" not in parts and saved.get("cluster"):
+        cl = saved["cluster"]
+        kept.append("cluster")
+    if "procs" not in parts and saved.get("procs"):
+        pr = saved["procs"]
+        kept.append("procs")
+    if "hol" not in parts and saved.get("hol"):
+        hl = saved["hol"]
+        kept.append("hol")
+    if kept:
+        command = " ".join(["python -m benchmarks scale", *saved["argv"]])
+        args.note = f"The {' and '.join(kept)} figures are from an earlier run (`{command}`, load before: {saved['load']})."
+        if saved.get("note"):
+            args.note += " " + saved["note"]
+    return cl, pr, hl
 
 
 def write(
@@ -639,6 +680,7 @@ def write(
                 "ticktime": args.ticktime,
                 "idle": args.idle,
                 "batch": args.batch,
+                "note": getattr(args, "note", None),
                 "load": load0,
                 "load_after": args.load_after,
                 "cluster": cl,

@@ -40,7 +40,7 @@ def test_quick_scale_run_reports_every_part_and_leaves_nothing(tmp_path: Path) -
     # One cluster row (2 nodes), every node saw the SIGKILLed and the SIGSTOPped one.
     (cluster,) = [line for line in lines if line.startswith("| 2 |")]
     assert "failed" not in cluster and cluster.count("3/3") == 1 and cluster.count("2/2") == 1, cluster
-    for variant in ("as-is", "freeze-step", "freeze-chunk", "gc-off"):
+    for variant in ("freeze", "thresholds", "python", "gc-off"):
         (row,) = [line for line in lines if line.startswith(f"| {variant} | 10,000 |")]
         assert "failed" not in row
     (hol,) = [line for line in lines if line.startswith("| 5 MB |")]

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pybeam
@@ -128,3 +131,34 @@ async def test_a_second_receive_at_once_in_one_process_is_refused_and_the_first_
         assert refused[0] == "refused" and "one place at a time" in refused[1]
         send(pid, "a")
         assert await receive(timeout=5) == ("first got", "a")
+
+
+def test_the_hot_path_benchmark_has_a_command_line() -> None:
+    # `--help` used to crash (int("--help")); --only runs one workload.
+    root = Path(__file__).resolve().parent.parent
+    helped = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare.hot_path", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert helped.returncode == 0 and "--only" in helped.stdout, helped.stderr
+    ran = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare.hot_path", "1", "0.001", "--only", "ping-pong"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    rows = [line.split()[0] for line in ran.stdout.splitlines()[1:]]
+    assert rows == ["ping-pong", "ping-pong"]  # wall and cpu
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare.hot_path", "0"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "REPETITIONS" in bad.stderr

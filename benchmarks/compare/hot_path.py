@@ -1,5 +1,5 @@
 """The local hot path against the bare-asyncio floor, in one process:
-``python -m benchmarks.compare.hot_path [REPETITIONS [SCALE]]``.
+``python -m benchmarks.compare.hot_path [REPETITIONS [SCALE]] [--only WORKLOAD]``.
 
 pybeam's one-way send, ping-pong (two spawned processes) and spawn-and-exit
 beside the same work done with ``asyncio.Queue`` and ``create_task``, under
@@ -12,6 +12,7 @@ issue's goals (one-way >= 1.3x, ping-pong >= 1.2x).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import sys
@@ -86,10 +87,13 @@ PAIRS: list[tuple[str, Timed, Timed, int, float]] = [
 ]
 
 
-async def main(reps: int, scale: float = 1.0) -> list[str]:
-    """The table's lines: ``reps`` repetitions of each workload, sizes times ``scale``."""
+async def main(reps: int, scale: float = 1.0, only: list[str] | None = None) -> list[str]:
+    """The table's lines: ``reps`` repetitions of each workload (those in
+    ``only``, if given), sizes times ``scale``."""
     lines = [f"{'workload':16} {'clock':5} {'pybeam':>12} {'asyncio':>12} {'ratio (min-max)':>20}  goal"]
     for name, mine, theirs, size, goal in PAIRS:
+        if only and _slug(name) not in only:
+            continue
         n = max(2_048, int(size * scale))
         for clock_name, clock in CLOCKS.items():
             a, b = [], []
@@ -106,6 +110,29 @@ async def main(reps: int, scale: float = 1.0) -> list[str]:
     return lines
 
 
+def _slug(name: str) -> str:
+    return name.replace(" and ", "-")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare.hot_path", description=(__doc__ or "").split("\n\n")[1]
+    )
+    ap.add_argument("reps", nargs="?", type=int, default=7, help="repetitions of each workload (default 7)")
+    ap.add_argument("scale", nargs="?", type=float, default=1.0, help="sizes times this (default 1.0)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=[_slug(name) for name, *_ in PAIRS],
+        help="run only this workload (repeatable)",
+    )
+    args = ap.parse_args(argv)
+    if args.reps < 1 or not args.scale > 0:
+        ap.error("REPETITIONS must be >= 1 and SCALE > 0")
+    return args
+
+
 if __name__ == "__main__":
-    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 7
-    print(*pybeam.run(main, reps, float(sys.argv[2]) if len(sys.argv) > 2 else 1.0), sep="\n")
+    _args = parse_args(sys.argv[1:])
+    print(*pybeam.run(main, _args.reps, _args.scale, _args.only), sep="\n")

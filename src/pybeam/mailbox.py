@@ -230,8 +230,9 @@ class Mailbox:
         w = self._waiter
         if w is not None and not w.done():
             _already_waiting()
-        task = self.task
-        loop = _get_running_loop() if task is None else task.get_loop()
+        # No local for the task: a cancellation's traceback keeps this frame,
+        # and the task keeps the cancellation (a cycle; see pybeam.gc_policy).
+        loop = _get_running_loop() if self.task is None else self.task.get_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             fut: asyncio.Future[Any] = loop.create_future()

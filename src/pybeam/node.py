@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import BadArg, NoProc
+from .gc_policy import CHECK_EVERY
+from .gc_policy import check as _gc_check
 from .logtext import clip
 from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
@@ -37,11 +39,14 @@ __all__ = ["Node", "RemoteRouter", "current_node"]
 logger = logging.getLogger("pybeam")
 
 DEFAULT_NAME = "nonode@nohost"
+_CHECK_MASK = CHECK_EVERY - 1
 
 #: What :meth:`Node.stop` sends an application master (see :mod:`pybeam.application`).
 APPLICATION_STOP = "$pybeam_application_stop"
 
 _node_ctx: contextvars.ContextVar[Node | None] = contextvars.ContextVar("pybeam_node", default=None)
+#: Every node started in this interpreter (and not yet freed), for the gc policy.
+_bound_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
 _default_nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Node] = weakref.WeakKeyDictionary()
 
 
@@ -237,6 +242,7 @@ class Node:
     # -- life cycle -------------------------------------------------------
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        _bound_nodes.add(self)
         self.loop = loop
         self.running = True
         self._stopped = loop.create_future()
@@ -397,7 +403,8 @@ class Node:
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...] = (),
-        *,
+        # Not keyword-only, though meant to be passed by keyword: CPython 3.11
+        # does not specialize calls to a function with keyword-only parameters.
         link: Process | None = None,
         monitor: Process | None = None,
         trap_exit: bool = False,
@@ -423,6 +430,9 @@ class Node:
                 monitor.monitors = {}
             monitor.monitors[ref] = pid
         start(proc, self.loop, fn, args)
+        if not pid.id & _CHECK_MASK:
+            # The collector is per interpreter: so is the count that drives it.
+            _gc_check(sum(len(node._procs) for node in _bound_nodes))
         return pid, ref
 
     def adopt(self) -> Process:
@@ -438,7 +448,7 @@ class Node:
         task.add_done_callback(proc.task_done)
         return proc
 
-    def terminate(self, proc: Process, reason: Any, *, cancel: bool = True) -> None:
+    def terminate(self, proc: Process, reason: Any, cancel: bool = True) -> None:
         """End ``proc`` with ``reason``: free its name, fire its links and
         monitors, and (``cancel``) stop its task at its next await."""
         if not proc.alive:
@@ -450,8 +460,12 @@ class Node:
         if proc.name is not None:
             self._names.pop(proc.name, None)
             proc.name = None
-        proc.clear()
-        timers = self._pid_timers.pop(pid, None)
+        # proc.clear() without the call.
+        proc._queue = None
+        proc._waiter = proc._handed = None
+        pid._proc = None
+        # Looked up only if there are timers at all: a lookup hashes the pid.
+        timers = self._pid_timers.pop(pid, None) if self._pid_timers else None
         if timers is not None:
             for tref in timers:
                 entry = self._timers.pop(tref, None)

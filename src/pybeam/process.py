@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import inspect
 import logging
+import traceback
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import Exit
+from .gc_policy import GC_THRESHOLDS, PYTHON_GC_THRESHOLDS, tune_thresholds
 from .logtext import clip
 from .mailbox import Mailbox
 from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
@@ -33,7 +34,7 @@ from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Process", "current_process", "start"]
+__all__ = ["GC_THRESHOLDS", "PYTHON_GC_THRESHOLDS", "Process", "current_process", "start"]
 
 logger = logging.getLogger("pybeam")
 
@@ -131,11 +132,8 @@ class Process(Mailbox):
             self.node.terminate(self, reason)
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
-        """The process's task has finished: exit with the reason its ending gives.
-
-        A process's own task has usually ended it already, synchronously, as
-        its function returned or raised (see :class:`_Guard`); this covers the
-        rest: an adopted task, and a task cancelled.
+        """An adopted process's task has finished: exit with the reason its
+        ending gives. (A process's own task ends it from its :class:`_Guard`.)
         """
         # The task's context refers back to this process: break the cycle, so
         # that a finished process is freed at once rather than left to the
@@ -182,7 +180,7 @@ class Process(Mailbox):
                 logger.error(
                     "Error in process %r with exit value:\n%s", self.pid, clip(reason.traceback.rstrip())
                 )
-        self.node.terminate(self, reason, cancel=False)
+        self.node.terminate(self, reason, False)
 
     def cancel_task(self) -> None:
         """Stop the process's code at its next ``await`` (it has already exited)."""
@@ -229,10 +227,12 @@ class _Guard(Coroutine[Any, Any, Any]):
 
     It also ends the process the moment its function returns or raises, as
     BEAM does: before any other process runs, the process is dead, its name
-    free, its links and monitors fired. (The task's done callback would do
-    so only one loop iteration later, after the receiver of its last message
-    may already have run.) A CancelledError is left to the done callback,
-    which alone can tell who asked for it.
+    free, its links and monitors fired. (A done callback on the task would
+    do so only one loop iteration later, after the receiver of its last
+    message may already have run, and costs a scheduled callback per
+    process.) An exception becomes the exit reason and the task ends without
+    it (nobody would retrieve it from the task); a CancelledError still
+    cancels the task.
 
     A plain object forwarding ``send``/``throw`` rather than a wrapping
     ``async def``: it costs one small object per process instead of a
@@ -253,17 +253,16 @@ class _Guard(Coroutine[Any, Any, Any]):
         try:
             return self._coro.send(value)
         except StopIteration:
-            self._proc.ended(None)
+            self._end(None)
+            raise
+        except asyncio.CancelledError as e:
+            self._end(e)
             raise
         except _HALTING as e:
-            halted = _halted(e)
-            self._proc.ended(halted)
-            raise halted from None
-        except asyncio.CancelledError:
-            raise
+            self._end(_halted(e))
         except BaseException as e:
-            self._proc.ended(e)
-            raise
+            self._end(e)
+        raise StopIteration  # the exception is the exit reason now (and logged)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         self._proc.reductions += 1
@@ -272,17 +271,51 @@ class _Guard(Coroutine[Any, Any, Any]):
                 return self._coro.throw(typ)
             return self._coro.throw(typ, val, tb)
         except StopIteration:
-            self._proc.ended(None)
+            self._end(None)
+            raise
+        except asyncio.CancelledError as e:
+            self._end(e)
             raise
         except _HALTING as e:
-            halted = _halted(e)
-            self._proc.ended(halted)
-            raise halted from None
-        except asyncio.CancelledError:
-            raise
+            self._end(_halted(e))
         except BaseException as e:
-            self._proc.ended(e)
-            raise
+            self._end(e)
+        finally:
+            # The exception thrown in (a cancellation, usually) keeps this
+            # frame in its traceback: without this, the frame would hold the
+            # exception and so make a cycle, which only the cyclic GC frees
+            # (never, for objects gc.freeze() has moved out of its reach).
+            typ = val = tb = None
+        raise StopIteration  # the exception is the exit reason now (and logged)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """The function returned (``exc`` None) or raised ``exc``: end the
+        process, and drop what would keep it in a reference cycle, so that
+        reference counting alone frees it (see :mod:`pybeam.gc_policy`)."""
+        proc = self._proc
+        del self._proc
+        task, proc.task = proc.task, None
+        if exc is None:
+            if proc.alive:  # ended(None) without the call: it returned
+                proc.node.terminate(proc, NORMAL, False)
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            if proc.alive:
+                if task is not None and task.cancelling():
+                    # Cancelled from outside (the event loop shutting down, say).
+                    proc.node.terminate(proc, KILLED, cancel=False)
+                else:
+                    # A CancelledError nobody asked for (it awaited a future
+                    # someone else cancelled): a crash like any other.
+                    proc.ended(exc)
+        else:
+            proc.ended(exc)
+        # A crash's traceback holds frames (asyncio's among them) that may hold
+        # this process's context; their variables are no part of the exit
+        # reason, whose traceback is already text.
+        reason = proc.reason
+        if type(reason) is Crash and reason.exception is not None:
+            traceback.clear_frames(reason.exception.__traceback__)
 
     def close(self) -> None:
         self._coro.close()
@@ -310,24 +343,17 @@ async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         raise _Halted(e) from None
 
 
-#: Python's default thresholds for the cyclic garbage collector.
-PYTHON_GC_THRESHOLDS = (700, 10, 10)
-#: What the runtime sets instead, unless the program chose its own: a process
-#: is ~8 container objects, so the default runs a young collection every ~90
-#: spawns, each walking every pending process; with this, spawn-heavy code
-#: spends a third less time in the collector (its memory bound is trivial:
-#: 10,000 young objects). Python 3.13 raised the default to 2,000 for the same reason.
-GC_THRESHOLDS = (10_000, 10, 10)
 _gc_tuned = False
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 def tune_gc() -> None:
     """Raise the collector's youngest threshold to :data:`GC_THRESHOLDS`
-    if it is still Python's default (done on the first spawn)."""
+    if it is still Python's default and the gc policy allows (done on the
+    first spawn; see :mod:`pybeam.gc_policy`)."""
     global _gc_tuned
     _gc_tuned = True
-    if gc.get_threshold() == PYTHON_GC_THRESHOLDS:
-        gc.set_threshold(*GC_THRESHOLDS)
+    tune_thresholds()
 
 
 def start(
@@ -350,9 +376,13 @@ def start(
         tune_gc()
     ctx = contextvars.Context()
     ctx.run(_current.set, proc)
-    coro = _Guard(fn(*args) if _is_async_function(fn) else _call(fn, args), proc)
-    task = proc.task = _ProcessTask(coro, loop=loop, context=ctx)
-    task.add_done_callback(_task_done, context=ctx)
+    # _is_async_function without the call, for a plain async function.
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & _CO_COROUTINE:
+        coro = fn(*args)
+    else:
+        coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
+    proc.task = _ProcessTask(_Guard(coro, proc), loop=loop, context=ctx)
 
 
 class _ProcessTask(asyncio.Task[Any]):
@@ -369,11 +399,3 @@ class _ProcessTask(asyncio.Task[Any]):
             # The future the task waits on, cleared when it next runs.
             proc.give_back(getattr(self, "_fut_waiter", None))
         return super().cancel(msg)
-
-
-def _task_done(task: asyncio.Task[Any]) -> None:
-    # Runs in the process's context: a plain function rather than the bound
-    # method proc.task_done saves an object per live process.
-    proc = _current.get()
-    assert proc is not None
-    proc.task_done(task)
