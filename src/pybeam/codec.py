@@ -161,10 +161,17 @@ _pid_exts: dict[int, tuple[Pid, Any]] = {}
 
 
 def _pid_ext(pid: Pid) -> Any:
-    ext = _make_ext(_ExtType, (EXT_PID, _encode_id(pid)))
+    payload = _encode_id(pid)
+    ext = _make_ext(_ExtType, (EXT_PID, payload))
     if len(_pid_exts) >= _CACHE_LIMIT:
         _pid_exts.clear()
     _pid_exts[id(pid)] = (pid, ext)
+    if len(payload) <= _ID_SIZE + _CACHED_NAME_SIZE:
+        # This very object comes back when the pid does (a reply to it, say):
+        # the process table finds it by identity, without Pid.__eq__.
+        if len(_pids) >= _CACHE_LIMIT:
+            _pids.clear()
+        _pids[payload] = pid
     return ext
 
 
