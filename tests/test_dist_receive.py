@@ -124,10 +124,14 @@ async def still_serving(target: Target) -> None:
     assert await rpc.call(target.name, "os:getpid", timeout=10) > 0
 
 
+@pytest.mark.parametrize("size", [10, 1024 * 1024], ids=["small", "over_the_streams_limit"])
 async def test_messages_glued_to_the_initiators_last_handshake_message_are_read_in_order(
-    target: Target,
+    target: Target, size: int
 ) -> None:
-    glued = frame_of((Op.SEND, target.rec, ("early", 1)), (Op.SEND, target.rec, ("early", 2)))
+    # A megabyte glued on fills the handshake's stream past its limit, so it
+    # stops reading the socket: the connection must start it again.
+    payload = b"p" * size
+    glued = frame_of((Op.SEND, target.rec, ("early", 1, payload)), (Op.SEND, target.rec, ("early", 2)))
     async with raw_peer(target, glued=glued) as (_, _reader, writer):
         writer.write(frame_of((Op.SEND, target.rec, ("late", 3))))
         await writer.drain()
@@ -136,7 +140,7 @@ async def test_messages_glued_to_the_initiators_last_handshake_message_are_read_
             return len(await log_of(target.rec)) >= 3
 
         await eventually(all_three, timeout=20)
-    assert await log_of(target.rec) == [("early", 1), ("early", 2), ("late", 3)]
+    assert await log_of(target.rec) == [("early", 1, payload), ("early", 2), ("late", 3)]
 
 
 async def test_messages_glued_to_the_acceptors_last_handshake_message_are_read(target: Target) -> None:

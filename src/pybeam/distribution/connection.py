@@ -471,8 +471,7 @@ class Connection(asyncio.Protocol):
                         self._batch(data)
                         self._flush()
                 self._buffered = self._frames.buffer_size
-                self._progress.set()
-                self._progress = asyncio.Event()
+                self._tell_progress()
                 await asyncio.sleep(0)
         except Exception as e:  # a bug must not leave the lanes stuck: drop this connection
             tb = "".join(traceback.format_exception(e)).rstrip()
@@ -480,7 +479,14 @@ class Connection(asyncio.Protocol):
             self.close(f"internal error sending fragments to {self.name}: {short(e)}")
         finally:
             self._pump_task = None
-            self._progress.set()
+            self._tell_progress()
+
+    def _tell_progress(self) -> None:
+        """Wake the drain() calls waiting for the pump; later ones wait for its next round."""
+        # A fresh event each time: one left set would let the next drain()
+        # loop without ever yielding to the pump it waits for.
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     def _next_piece(self, key: Hashable) -> bytes | None:
         """Take what the sender's lane sends next: a small message waiting
@@ -591,6 +597,8 @@ class Connection(asyncio.Protocol):
                 return
             if self._frames.buffer_size <= self.busy_limit:
                 # What remains waits in the lanes: the pump sends it.
+                if self._pump_task is None:
+                    return  # nothing left to send (cannot happen: the lanes start one)
                 await self._progress.wait()
                 continue
             try:
@@ -766,6 +774,7 @@ class Connection(asyncio.Protocol):
         pump = self._pump_task
         if pump is not None and pump is not asyncio.current_task():
             pump.cancel()
+        self._tell_progress()  # a pump cancelled before its first step would not
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._frames.close()
