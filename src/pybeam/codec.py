@@ -338,7 +338,8 @@ class _Hooks:
     def _list_hook(self, items: list[Any]) -> Any:
         if items and items[0] is _MARK:
             self.pending -= 1
-            return tuple(items[1:])
+            del items[0]  # msgpack's list, ours to change: no slice copy
+            return tuple(items)
         return items
 
 
