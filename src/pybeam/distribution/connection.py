@@ -3,11 +3,17 @@
 Signals to the peer are *control messages*: tuples whose first item is an
 operation code (:class:`Op`). Each is encoded when it is queued, so a value that
 cannot travel raises at the sender's ``send`` and nothing else is affected.
-Everything queued during one event-loop iteration leaves in one frame whose
-term is the list of those control messages: one system call and one decode for
-a burst, instead of one per message. An empty frame is a tick. This batching
-is the only one on the way out: the frame writer under it hands each frame to
-the transport at once (:meth:`FrameWriter.write_now`).
+The first control message of an event-loop iteration is written at once (in a
+frame of its own) when nothing waits before it, so a request or a reply waits
+for no flush; everything else queued during the iteration leaves in one frame,
+at its end, whose term is the list of those control messages: one system call
+and one decode for a burst, instead of one per message. An empty frame is a
+tick. This batching is the only one on the way out: the frame writer under it
+hands each frame to the transport at once (:meth:`FrameWriter.write_now`).
+
+Reading: once started, the connection is its transport's protocol, and each
+arrival is split into frames, decoded and dispatched in ``data_received``,
+with no reader task in between (see :meth:`Connection.start`).
 
 Large messages, as OTP 22+'s fragmented distribution messages: one encoded
 larger than ``fragment_size`` (when both sides offered the ``fragments``
@@ -224,6 +230,8 @@ class Connection(asyncio.Protocol):
     ``dispatch(owner, control)`` gets every control message read (``owner``:
     whatever the caller gave, the net kernel's record of the peer); ``on_closed(conn,
     reason)`` is called once when the connection closes, whatever closed it.
+    ``deliver(pid, msg)``, if given, takes a ``SEND`` first (the hot path); when it
+    answers False (no such local process) the message goes to ``dispatch``.
     """
 
     def __init__(
