@@ -2,7 +2,10 @@
 
 The benchmark process is one node; the other is a separate OS process started
 with :class:`pybeam.testing.LocalCluster`, both on 127.0.0.1, so every message
-crosses a real TCP connection and two event loops on two cores.
+crosses a real TCP connection and two event loops on two cores. Those are
+wall-clock figures, which a shared machine's load shifts a lot;
+:func:`cpu_costs` adds the CPU time per round trip and per message with both
+nodes in one process, beside bare asyncio's measured the same way.
 """
 
 from __future__ import annotations
@@ -135,6 +138,60 @@ async def small_during_big(fragment_size: int | None) -> tuple[float, float, int
     return latencies[0], max(latencies), big_at
 
 
+CPU_ROUND_TRIPS = 5_000
+CPU_ONE_WAY = 100_000
+
+
+async def cpu_costs() -> tuple[float, float, float]:
+    """CPU time per cross-node round trip and per one-way message (both in
+    µs, both ends counted), with both nodes in this process on one event loop
+    and a real TCP connection between them; and the bare-asyncio floor's CPU
+    per round trip measured the same way (framed msgpack, a Protocol that
+    answers inside data_received). CPU time is what other load on a shared
+    machine disturbs least: compare these before and after a change."""
+    from .compare.floor_server import Server
+    from .compare.peer_asyncio import Client
+
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
+    cookie, tag = secrets.token_hex(8), secrets.token_hex(3)
+    a = await pybeam.Node(f"cpu_a{tag}@127.0.0.1", cookie=cookie).start()
+    b = await pybeam.Node(f"cpu_b{tag}@127.0.0.1", cookie=cookie).start()
+    try:
+        pong, _ = b.spawn(ponger)
+        sink_pid, _ = b.spawn(sink)
+        done: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
+
+        async def driver() -> None:
+            await round_trips(pong, 200)  # warm: connection, code, caches
+            await one_way(sink_pid, 5_000)
+            c0 = time.process_time()
+            await round_trips(pong, CPU_ROUND_TRIPS)
+            c1 = time.process_time()
+            await one_way(sink_pid, CPU_ONE_WAY)
+            c2 = time.process_time()
+            done.set_result(((c1 - c0) / CPU_ROUND_TRIPS * 1e6, (c2 - c1) / CPU_ONE_WAY * 1e6))
+
+        a.spawn(driver)
+        rtt, one = await asyncio.wait_for(done, 300)
+    finally:
+        await a.stop()
+        await b.stop()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Server, "127.0.0.1", 0)
+    transport, client = await loop.create_connection(Client, "127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        for _ in range(200):
+            await client.request(["ping", 0])
+        c0 = time.process_time()
+        for _ in range(CPU_ROUND_TRIPS):
+            await client.request(["ping", 0])
+        floor = (time.process_time() - c0) / CPU_ROUND_TRIPS * 1e6
+    finally:
+        transport.close()
+        server.close()
+    return rtt, one, floor
+
+
 async def main() -> list[tuple[str, float, str, float]]:
     """Run the two-node benchmarks; rows of (name, figure, unit, target)."""
     os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
@@ -152,6 +209,10 @@ async def main() -> list[tuple[str, float, str, float]]:
         rows.append(("cross-node round trip p50", p50, "us", 130.0))
         rows.append(("cross-node round trip p99", p99, "us (p99)", 0.0))
         rows.append(("sequential rpc.call", await rpc_rate(peer), "calls/s", 5_000.0))
+    rtt_cpu, one_cpu, floor_cpu = await cpu_costs()
+    rows.append(("CPU per round trip, one process", rtt_cpu, "us", 0.0))
+    rows.append(("  bare asyncio's, same way", floor_cpu, "us", 0.0))
+    rows.append(("CPU per one-way msg, one process", one_cpu * 1000, "ns", 0.0))
     # Head-of-line blocking, fragmentation off then on (the default), same run.
     for label, size in (("unfragmented", 0), ("fragmented", None)):
         first, worst, before = await small_during_big(size)

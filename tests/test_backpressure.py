@@ -110,6 +110,34 @@ async def test_a_sender_past_the_busy_limit_is_suspended_at_its_next_receive_unt
         assert not busy(node, peer.name)
 
 
+@pytest.mark.parametrize("to", ["pid", "name"])
+async def test_a_sender_of_one_small_message_per_iteration_is_suspended_too(to: str) -> None:
+    # Each message is the first of its loop iteration, so it is written at
+    # once rather than batched: the buffer it leaves behind must count too.
+    small = b"x" * (16 * 1024)  # not fragmented
+    async with frozen_peer(busy_limit=BUSY_LIMIT) as (node, peer):
+        me = pybeam.self()
+        dest = pybeam.Pid(peer.name, 1_000_000, 1) if to == "pid" else ("nobody", peer.name)
+
+        async def sender() -> None:
+            for _ in range(4000):  # at most 64 MB
+                pybeam.send(dest, small)
+                await asyncio.sleep(0)
+                if busy(node, peer.name):
+                    break
+            pybeam.send(me, "sent")
+            assert await pybeam.receive() == "go"  # suspended here while the peer is frozen
+            pybeam.send(me, "received")
+
+        pid = pybeam.spawn(sender)
+        await pybeam.receive("sent", timeout=60)
+        assert busy(node, peer.name)
+        pybeam.send(pid, "go")
+        assert await pybeam.receive("received", timeout=1.0, default=None) is None
+        peer.thaw()
+        assert await pybeam.receive("received", timeout=60) == "received"
+
+
 async def test_drain_waits_outside_processes_until_the_peer_reads() -> None:
     async with frozen_peer(busy_limit=BUSY_LIMIT) as (node, peer):
         for _ in range(400):

@@ -193,8 +193,8 @@ async def test_a_subscription_made_for_a_cancelled_caller_is_undone(beam_node: p
 # -- contexts ------------------------------------------------------------------------------------
 
 
-def _contexts_of(task: asyncio.Task[Any]) -> list[contextvars.Context]:
-    """The contexts a task holds: its own, and its first done-callback's."""
+def _contexts_of(task: asyncio.Task[Any] | asyncio.Handle) -> list[contextvars.Context]:
+    """The contexts a task holds (its own, and its first done-callback's), or a handle's."""
     found = [r for r in gc.get_referents(task) if isinstance(r, contextvars.Context)]
     assert found
     return found
@@ -220,11 +220,13 @@ async def test_a_connection_holds_no_process_context(cluster: Callable[..., Loca
         await eventually(lambda: node in net.nodes(), what="auto-connected")
         conn = kernel.connection(node)
         assert conn is not None
-        assert conn._read_task is not None
-        for task in [conn._read_task, *kernel._tasks]:
-            for ctx in _contexts_of(task):
-                assert ctx.get(_current) is None, task
-                assert ctx.get(_marker) is None, task
+        # It reads in its transport's callbacks (no task of its own) and ticks on a timer.
+        assert conn._tick_handle is not None
+        holders: list[asyncio.Task[Any] | asyncio.Handle] = [conn._tick_handle, *kernel._tasks]
+        for holder in holders:
+            for ctx in _contexts_of(holder):
+                assert ctx.get(_current) is None, holder
+                assert ctx.get(_marker) is None, holder
         gc.collect()
         assert kept and kept[0]() is None, "the ended process's context is kept alive"
 

@@ -239,6 +239,17 @@ def test_pids_with_long_and_many_node_names() -> None:
     assert_same(many, roundtrip(many))
 
 
+def test_a_pid_encoded_here_decodes_as_that_very_object() -> None:
+    # So a reply to a process finds it in the process table by identity.
+    pid = Pid("ident@host", 12345, 6)
+    assert decode(encode(("reply_to", pid)))[1] is pid
+    twin = Pid("ident@host", 12345, 6)  # equal, another object: both encode alike
+    assert encode(twin) == encode(pid)
+    for i in range(10_000):  # more than the caches hold: they are emptied, never wrong
+        p = Pid(f"n{i % 7}@host", i, i % 3)
+        assert_same(p, decode(encode(p)))
+
+
 def test_crash_round_trips_without_exception() -> None:
     try:
         raise KeyError("missing")

@@ -270,3 +270,24 @@ async def test_a_down_by_name_does_not_overtake_the_large_message_sent_before_it
 
     await eventually(both, timeout=60)
     assert await log_of(rec) == ["big", "DOWN"]
+
+
+async def echo() -> None:
+    """Send every (pid, payload) payload back to the pid."""
+    while True:
+        match await receive():
+            case (Pid() as to, payload):
+                pybeam.send(to, payload)
+
+
+async def test_large_messages_one_after_another_each_arrive(cluster: Any) -> None:
+    # Each is over the busy limit (1 MB): its sender waits in drain() for the
+    # fragment pump at its next receive. After the first message's pump had
+    # ended, the second's drain() once found the pump's last event still set
+    # and looped without ever yielding to the new pump: the node hung.
+    c = await cluster(1).start()
+    peer = await pybeam.spawn_on(c.nodes[0], echo)
+    for size in (2 << 20, 2 << 20, 3 << 20, 100):
+        payload = secrets.token_bytes(size)
+        pybeam.send(peer, (pybeam.self(), payload))
+        assert await receive(timeout=30) == payload

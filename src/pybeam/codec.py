@@ -155,6 +155,26 @@ def _encode_crash(crash: Crash) -> bytes:
     return payload
 
 
+# The ext of each pid encoded lately, keyed by id(pid) and holding the pid (so
+# its id is not reused while cached): a process's pid is sent again and again.
+_pid_exts: dict[int, tuple[Pid, Any]] = {}
+
+
+def _pid_ext(pid: Pid) -> Any:
+    payload = _encode_id(pid)
+    ext = _make_ext(_ExtType, (EXT_PID, payload))
+    if len(_pid_exts) >= _CACHE_LIMIT:
+        _pid_exts.clear()
+    _pid_exts[id(pid)] = (pid, ext)
+    if len(payload) <= _ID_SIZE + _CACHED_NAME_SIZE:
+        # This very object comes back when the pid does (a reply to it, say):
+        # the process table finds it by identity, without Pid.__eq__.
+        if len(_pids) >= _CACHE_LIMIT:
+            _pids.clear()
+        _pids[payload] = pid
+    return ext
+
+
 def _default(value: Any) -> Any:
     # msgpack calls this for every type it does not pack natively under
     # strict_types; _check has already refused everything not handled here.
@@ -163,7 +183,10 @@ def _default(value: Any) -> Any:
         # msgpack packs the items itself: no nested pack call per tuple.
         return [_TUPLE_EXT, *value]
     if t is Pid:
-        return _make_ext(_ExtType, (EXT_PID, _encode_id(value)))
+        entry = _pid_exts.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        return _pid_ext(value)
     if t is Ref:
         return _make_ext(_ExtType, (EXT_REF, _encode_id(value)))
     if t is int:
@@ -306,12 +329,17 @@ class _Hooks:
                 raise DecodeError("tuple marker with a payload")
             self.pending += 1
             return _MARK
+        if code == EXT_PID:
+            pid = _pids.get(data)  # _decode_ext's first step, without the call
+            if pid is not None:
+                return pid
         return _decode_ext(code, data)
 
     def _list_hook(self, items: list[Any]) -> Any:
         if items and items[0] is _MARK:
             self.pending -= 1
-            return tuple(items[1:])
+            del items[0]  # msgpack's list, ours to change: no slice copy
+            return tuple(items)
         return items
 
 

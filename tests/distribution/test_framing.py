@@ -182,6 +182,13 @@ def test_decoder_refuses_oversized_and_empty_frames() -> None:
         FrameDecoder(10).feed(header(0))
     assert FrameDecoder(10, allow_empty=True).feed(header(0) + encode_frame(b"x")) == [b"", b"x"]
 
+    # One whole frame arriving in one piece takes a shorter way: the same limits.
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(10).feed(encode_frame(b"x" * 11))
+    assert FrameDecoder(10).feed(encode_frame(b"x" * 10)) == [b"x" * 10]
+    with pytest.raises(FrameError, match="zero-length"):
+        FrameDecoder(10).feed(header(0) + b"x")
+
 
 async def test_frame_reader_returns_all_buffered_frames(pair: Pair) -> None:
     reader = FrameReader(pair.server_r, 1024)

@@ -3,11 +3,17 @@
 Signals to the peer are *control messages*: tuples whose first item is an
 operation code (:class:`Op`). Each is encoded when it is queued, so a value that
 cannot travel raises at the sender's ``send`` and nothing else is affected.
-Everything queued during one event-loop iteration leaves in one frame whose
-term is the list of those control messages: one system call and one decode for
-a burst, instead of one per message. An empty frame is a tick. This batching
-is the only one on the way out: the frame writer under it hands each frame to
-the transport at once (:meth:`FrameWriter.write_now`).
+The first control message of an event-loop iteration is written at once (in a
+frame of its own) when nothing waits before it, so a request or a reply waits
+for no flush; everything else queued during the iteration leaves in one frame,
+at its end, whose term is the list of those control messages: one system call
+and one decode for a burst, instead of one per message. An empty frame is a
+tick. This batching is the only one on the way out: the frame writer under it
+hands each frame to the transport at once (:meth:`FrameWriter.write_now`).
+
+Reading: once started, the connection is its transport's protocol, and each
+arrival is split into frames, decoded and dispatched in ``data_received``,
+with no reader task in between (see :meth:`Connection.start`).
 
 Large messages, as OTP 22+'s fragmented distribution messages: one encoded
 larger than ``fragment_size`` (when both sides offered the ``fragments``
@@ -47,11 +53,12 @@ import struct
 import traceback
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .. import codec
 from ..logtext import clip, short
-from .framing import DEFAULT_MAX_FRAME, FrameError, FrameReader, FrameWriter, StreamClosed
+from ..terms import Pid
+from .framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, FrameWriter, StreamClosed
 from .handshake import PeerInfo
 
 __all__ = [
@@ -113,6 +120,10 @@ class Op:
     FRAGMENT = 13  # (stream_id, total_size, offset, chunk)   a piece of a large control message
 
 
+_SEND: Final = Op.SEND
+_FRAGMENT: Final = Op.FRAGMENT
+
+
 class ProtocolError(Exception):
     """The peer sent something that is not a well-formed control message."""
 
@@ -164,6 +175,47 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + struct.pack(">I", n)
 
 
+#: The header of a frame holding one control message: length, then a 1-item array.
+_single_frame: Final = struct.Struct(">IB").pack
+_ONE: Final = 0x91
+
+
+def _single_frame_of(data: bytes) -> bytes:
+    return _single_frame(len(data) + 1, _ONE) + data
+
+
+#: (Op.SEND, to, msg) is encoded as this head, then ``msg``: the encoding of
+#: the tuple up to its last item, which is the same for every message to
+#: ``to``. Keyed by id(to), holding ``to`` (so the id is not reused while cached).
+_send_heads: dict[int, tuple[Pid, bytes]] = {}
+_SEND_HEADS_LIMIT: Final = 4096
+
+
+def _send_head(to: Pid) -> bytes:
+    # What codec.encode((Op.SEND, to, msg)) puts before msg's encoding.
+    head = codec.encode((Op.SEND, to, None))[:-1]
+    if len(_send_heads) >= _SEND_HEADS_LIMIT:
+        _send_heads.clear()
+    _send_heads[id(to)] = (to, head)
+    return head
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool, BaseException | None, bool]:
+    """What the handshake's stream holds and knows: (bytes read past the
+    handshake, eof seen, error seen, reading paused). Empties it.
+
+    StreamReader has no public way to take its buffer without awaiting; these
+    attributes have been the same since Python 3.4 (and uvloop uses asyncio's).
+    """
+    buf: bytearray = reader._buffer  # type: ignore[attr-defined]
+    data = bytes(buf)
+    buf.clear()
+    eof: bool = reader._eof  # type: ignore[attr-defined]
+    exc: BaseException | None = reader.exception()
+    paused: bool = reader._paused  # type: ignore[attr-defined]
+    return data, eof, exc, paused
+
+
 def _no_sender(control: tuple[Any, ...]) -> Hashable:
     return None
 
@@ -172,12 +224,14 @@ Dispatch = Callable[[Any, tuple[Any, ...]], None]
 Closed = Callable[["Connection", str], None]
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """A live connection to ``peer``: batching, ticks, backpressure, reading.
 
     ``dispatch(owner, control)`` gets every control message read (``owner``:
     whatever the caller gave, the net kernel's record of the peer); ``on_closed(conn,
     reason)`` is called once when the connection closes, whatever closed it.
+    ``deliver(pid, msg)``, if given, takes a ``SEND`` first (the hot path); when it
+    answers False (no such local process) the message goes to ``dispatch``.
     """
 
     def __init__(
@@ -195,6 +249,7 @@ class Connection:
         hard_limit: int = DEFAULT_HARD_LIMIT,
         fragment_size: int | None = DEFAULT_FRAGMENT_SIZE,
         sender_of: Callable[[tuple[Any, ...]], Hashable] | None = None,
+        deliver: Callable[[Pid, Any], bool] | None = None,
     ) -> None:
         self.peer = peer
         self.busy_limit = busy_limit
@@ -236,18 +291,31 @@ class Connection:
         self._assembling: dict[int, tuple[int, bytearray]] = {}
         self._assembling_size = 0
         self._pace = high
-        writer.transport.set_write_buffer_limits(high=high, low=high // 2)
-        self._frames = FrameWriter(writer, max_size=max_frame)
+        #: The transport's high-water mark, set when reading starts (see start()).
+        self._high = high
+        # (No isinstance check: uvloop's transports do not subclass asyncio's.)
+        self._transport = cast(asyncio.Transport, writer.transport)
+        # On the bare transport: once started, this connection is the
+        # transport's protocol and forwards the flow-control callbacks.
+        self._frames = FrameWriter(self._transport, max_size=max_frame)
         self._dispatch = dispatch
+        self._deliver = deliver
+        #: Largest encoded control message a frame takes.
+        self._max_control = max_frame - _FRAME_OVERHEAD
         self._owner = owner
         self._on_closed: Closed | None = on_closed
         self._loop = asyncio.get_running_loop()
         # The batch: its first item is where the frame's header goes at flush.
         self._out: list[bytes] = [b""]
         self._out_size = 0
+        #: A flush is due at the end of this loop iteration: whatever is sent
+        #: until then is batched (the first message of an iteration leaves at once).
         self._flush_scheduled = False
-        self._read_task: asyncio.Task[None] | None = None
-        self._frame_reader: FrameReader | None = None
+        self._decoder = FrameDecoder(max_frame, allow_empty=True)
+        self._bytes_in = 0
+        #: What the handshake's reader held past the handshake, until read.
+        self._early: bytes | None = None
+        self._started = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self.last_received = self._loop.time()
         self._received = False
@@ -258,8 +326,28 @@ class Connection:
         return f"<Connection to {self.name}{' (closed)' if self.closed else ''}>"
 
     def start(self) -> None:
-        """Start reading and ticking."""
-        self._read_task = self._loop.create_task(self._read_loop(), name=f"pybeam-dist-read-{self.name}")
+        """Start reading and ticking.
+
+        The connection becomes the transport's protocol: each arrival is split
+        into frames, decoded and dispatched in the transport's own callback
+        (:meth:`data_received`), with no reader task and no stream buffer
+        between. Bytes the peer sent right behind its last handshake message
+        are still in the handshake's reader; they are read first.
+        """
+        if self._started or self.closed:
+            return
+        self._started = True
+        transport = self._transport
+        early, eof, exc, paused = _take_buffered(self._reader)
+        transport.set_protocol(self)
+        # After the swap, so that the flow-control callbacks come here.
+        transport.set_write_buffer_limits(high=self._high, low=self._high // 2)
+        if paused or not transport.is_reading():
+            transport.resume_reading()  # the stream paused it when its buffer filled
+        self._early = early
+        # Read on the next iteration, as the reader task did: the owner
+        # finishes bringing the connection up first.
+        self._loop.call_soon(self._begin, eof, exc)
         self._tick_handle = self._loop.call_later(self.ticktime / 4, self._tick)
 
     # -- sending -----------------------------------------------------------------
@@ -281,15 +369,50 @@ class Connection:
             if key in self._lanes or len(data) > self._fragment_above:
                 self._to_lane(key, data)
                 return
-        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
+        if not self._flush_scheduled:
+            # The first message of this loop iteration: out at once when
+            # nothing waits before it (a round trip costs no iteration);
+            # what follows in this iteration is batched into one frame.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._end_of_iteration)
+            if not self._buffered and not self._out_size:
+                self._frames.write_now(_single_frame_of(data))
+                return
+        elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size + self._buffered > self.busy_limit:
             self._over_busy_limit()
+
+    def send_message(self, to: Pid, msg: Any) -> None:
+        """Queue ``(Op.SEND, to, msg)``, as :meth:`send` does: its hot path
+        (the tuple is not built, the part naming ``to`` is encoded once)."""
+        entry = _send_heads.get(id(to))
+        head = entry[1] if entry is not None and entry[0] is to else _send_head(to)
+        data = head + codec.encode(msg)
+        size = len(data)
+        if size > self._max_control:
+            raise SystemLimit(size, self.max_frame)
+        if self.closed:
+            return
+        if self._lanes or size > self._fragment_above:
+            key = self._sender_of((Op.SEND, to, msg))
+            if key in self._lanes or size > self._fragment_above:
+                self._to_lane(key, data)
+                return
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._end_of_iteration)
+            if not self._buffered:
+                self._frames.write_now(_single_frame(size + 1, _ONE) + data)
+                return
+        elif self._out_size + size > self._max_control or len(self._out) > _MAX_BATCH:
+            self._flush()
+        self._out.append(data)
+        self._out_size += size
+        if self._out_size + self._buffered > self.busy_limit:
+            self._over_busy_limit()
 
     def send_encoded(self, data: bytes, sender: Hashable = None) -> None:
         """Queue a control message encoded by :func:`encode_control` (for this
@@ -300,15 +423,21 @@ class Connection:
         if sender in self._lanes or len(data) > self._fragment_above:
             self._to_lane(sender, data)
             return
-        if self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
+        if not self._flush_scheduled:
+            # The first message of this loop iteration: out at once when
+            # nothing waits before it (a round trip costs no iteration);
+            # what follows in this iteration is batched into one frame.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._end_of_iteration)
+            if not self._buffered and not self._out_size:
+                self._frames.write_now(_single_frame_of(data))
+                return
+        elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size + self._buffered > self.busy_limit:
             self._over_busy_limit()
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
 
     # -- large messages: fragments ----------------------------------------------
 
@@ -350,8 +479,7 @@ class Connection:
                         self._batch(data)
                         self._flush()
                 self._buffered = self._frames.buffer_size
-                self._progress.set()
-                self._progress = asyncio.Event()
+                self._tell_progress()
                 await asyncio.sleep(0)
         except Exception as e:  # a bug must not leave the lanes stuck: drop this connection
             tb = "".join(traceback.format_exception(e)).rstrip()
@@ -359,7 +487,14 @@ class Connection:
             self.close(f"internal error sending fragments to {self.name}: {short(e)}")
         finally:
             self._pump_task = None
-            self._progress.set()
+            self._tell_progress()
+
+    def _tell_progress(self) -> None:
+        """Wake the drain() calls waiting for the pump; later ones wait for its next round."""
+        # A fresh event each time: one left set would let the next drain()
+        # loop without ever yielding to the pump it waits for.
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     def _next_piece(self, key: Hashable) -> bytes | None:
         """Take what the sender's lane sends next: a small message waiting
@@ -405,8 +540,21 @@ class Connection:
         self._out.append(data)
         self._out_size += len(data)
 
-    def _flush(self) -> None:
+    def _end_of_iteration(self) -> None:
         self._flush_scheduled = False
+        if len(self._out) > 1:
+            self._flush()
+        elif not self.closed:
+            self._check_buffered()  # the message written at once may wait in the transport
+
+    def _check_buffered(self) -> None:
+        buffered = self._buffered = self._frames.buffer_size
+        if buffered + self._backlog > self.busy_limit:
+            self._over_busy_limit()
+        elif self.busy:
+            self.busy = False
+
+    def _flush(self) -> None:
         out = self._out
         count = len(out) - 1
         if not count or self.closed:
@@ -416,11 +564,7 @@ class Connection:
         out[0] = _pack_length(self._out_size + len(header)) + header
         self._frames.write_now(b"".join(out))
         self._out_size = 0
-        buffered = self._buffered = self._frames.buffer_size
-        if buffered + self._backlog > self.busy_limit:
-            self._over_busy_limit()
-        elif self.busy:
-            self.busy = False
+        self._check_buffered()
 
     def _over_busy_limit(self) -> None:
         self.busy = True
@@ -437,10 +581,9 @@ class Connection:
         (bytes waiting to be sent), ``busy``, ``last_received`` and
         ``last_sent`` (seconds since), and ``ticktime``."""
         now = self._loop.time()
-        reader = self._frame_reader
         return {
             "bytes_out": self._frames.bytes_sent,
-            "bytes_in": reader.bytes_received if reader is not None else 0,
+            "bytes_in": self._bytes_in,
             "queued": self.queued(),
             "busy": self.busy,
             "last_received": max(now - self.last_received, 0.0),
@@ -462,6 +605,8 @@ class Connection:
                 return
             if self._frames.buffer_size <= self.busy_limit:
                 # What remains waits in the lanes: the pump sends it.
+                if self._pump_task is None:
+                    return  # nothing left to send (cannot happen: the lanes start one)
                 await self._progress.wait()
                 continue
             try:
@@ -492,52 +637,90 @@ class Connection:
 
     # -- receiving ---------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        reader = self._frame_reader = FrameReader(self._reader, self.max_frame, allow_empty=True)
+    def _begin(self, eof: bool, exc: BaseException | None) -> None:
+        """Read what the handshake's reader held, and what it saw of the end."""
+        early, self._early = self._early, None
+        if early:
+            self.data_received(early)
+        if exc is not None:
+            self.connection_lost(exc)
+        elif eof:
+            self.eof_received()
+
+    # asyncio.Protocol: the transport calls these once start() made this its protocol.
+
+    def data_received(self, data: bytes) -> None:
+        """Split what arrived into frames, decode them and dispatch each control message."""
+        if self.closed:
+            return
+        if self._early is not None:  # arrived before _begin ran: keep the order
+            data = self._early + data
+            self._early = None
+        self._bytes_in += len(data)
+        self.last_received = self._loop.time()
+        self._received = True
         dispatch = self._dispatch
+        deliver = self._deliver
         owner = self._owner
-        reason = "connection closed by peer"
         try:
-            while True:
-                frames = await reader.read_frames()
-                self.last_received = self._loop.time()
-                self._received = True
-                for frame in frames:
-                    if not frame:
-                        continue  # a tick
-                    batch = codec.decode(frame)
-                    if type(batch) is not list:
-                        raise ProtocolError(
-                            f"a frame must hold a list of control messages, got {type(batch).__name__}"
-                        )
-                    for control in batch:
-                        if type(control) is not tuple or not control:
-                            raise ProtocolError(f"malformed control message {control!r:.100}")
-                        if control[0] == Op.FRAGMENT:
-                            control = self._reassemble(control)
-                            if control is None:
-                                continue
-                        dispatch(owner, control)
-                        if self.closed:
-                            return
-        except asyncio.CancelledError:
-            reason = "connection closed"
-            raise
-        except StreamClosed as e:
-            reason = (
-                f"connection closed by peer mid-frame: {e}" if e.mid_frame else "connection closed by peer"
-            )
+            for frame in self._decoder.feed(data):
+                if not frame:
+                    continue  # a tick
+                batch = codec.decode(frame)
+                if type(batch) is not list:
+                    raise ProtocolError(
+                        f"a frame must hold a list of control messages, got {type(batch).__name__}"
+                    )
+                for control in batch:
+                    if type(control) is not tuple or not control:
+                        raise ProtocolError(f"malformed control message {control!r:.100}")
+                    op = control[0]
+                    # The hot path: a message to a live local process.
+                    if op == _SEND and len(control) == 3 and deliver is not None:
+                        to = control[1]
+                        if type(to) is Pid and deliver(to, control[2]):
+                            continue
+                    elif op == _FRAGMENT:
+                        control = self._reassemble(control)
+                        if control is None:
+                            continue
+                    dispatch(owner, control)
+                    if self.closed:
+                        return
         except (FrameError, codec.DecodeError, ProtocolError) as e:
             reason = f"bad input from {self.name}: {clip(str(e), 1000)}"
             logger.warning("closing connection to %s: %s", self.name, reason)
-        except (ConnectionError, OSError) as e:
-            reason = f"connection lost: {e}"
+            self.close(reason)
         except Exception as e:  # a bug must not take the node down: drop this connection
-            reason = f"internal error handling a message from {self.name}: {short(e)}"
             tb = "".join(traceback.format_exception(e)).rstrip()
             logger.error("closing connection to %s:\n%s", self.name, clip(tb))
-        finally:
-            self.close(reason)
+            self.close(f"internal error handling a message from {self.name}: {short(e)}")
+
+    def eof_received(self) -> bool:
+        """The peer closed its end: so does this connection."""
+        held = self._decoder.buffered
+        if held:
+            e = StreamClosed(True, f"{held} bytes of an unfinished frame")
+            self.close(f"connection closed by peer mid-frame: {e}")
+        else:
+            self.close("connection closed by peer")
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The transport is gone (closed by either side, or lost)."""
+        self._frames.connection_lost(exc)
+        if exc is not None:
+            self.close(f"connection lost: {exc}")
+        else:
+            self.close("connection closed by peer")
+
+    def pause_writing(self) -> None:
+        """The transport's buffer went above its high-water mark."""
+        self._frames.pause_writing()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer went below its low-water mark."""
+        self._frames.resume_writing()
 
     def _reassemble(self, fragment: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """Add a fragment to its stream; the control message once complete.
@@ -599,18 +782,10 @@ class Connection:
         pump = self._pump_task
         if pump is not None and pump is not asyncio.current_task():
             pump.cancel()
+        self._tell_progress()  # a pump cancelled before its first step would not
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._frames.close()
-        task = self._read_task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
         on_closed, self._on_closed = self._on_closed, None
         if on_closed is not None:
             on_closed(self, reason)
-
-    async def wait_closed(self) -> None:
-        """Wait until the reading task has finished."""
-        task = self._read_task
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)

@@ -149,6 +149,12 @@ class FrameDecoder:
         """
         buf = self._buf
         if not buf:
+            end = len(data)
+            if end > HEADER_SIZE:
+                # Commonest of all: exactly one whole frame (a message, a reply).
+                (n,) = _unpack_from(data)
+                if n + HEADER_SIZE == end and n <= self.max_size:
+                    return [data[HEADER_SIZE:]]
             # Common case: nothing held back, so split the chunk in place and keep
             # only its incomplete tail.
             frames, pos = self._split(data)

@@ -701,6 +701,7 @@ class NetKernel:
                 hard_limit=self.options.hard_limit,
                 fragment_size=self.options.fragment_size or None,
                 sender_of=_sender_of,
+                deliver=self.node.deliver,
             )
         except Exception:
             # A bug, not the peer's doing; but whoever waits for this
@@ -918,7 +919,7 @@ class NetKernel:
         peer = self._peers.get(to.node)
         conn = None if peer is None else peer.conn
         if conn is not None:
-            conn.send((Op.SEND, to, msg))  # the hot path: nothing to track
+            conn.send_message(to, msg)  # the hot path: nothing to track
             if conn.busy:
                 self.node.suspend_sender(conn.drain)
         else:
