@@ -45,7 +45,9 @@ made later, after a fault broke that one, is direct until a later step
 routes it through the proxy again, which reconnects the pair); a node being
 silently killed still accepts TCP connections until it is reaped (their
 handshake hangs) where a simulated one refuses them; a refused connection
-(``Drop``) fails its handshake rather than its ``connect``.
+(``Drop``) fails its handshake rather than its ``connect``; a restarted
+node joins the mesh its faults allow at once, where a simulated one connects
+when its code first talks to another node.
 
 ``time_scale`` maps virtual seconds to real ones; by default the ratio of the
 real cluster's tick time to the scenario's, so that a wait "longer than the
