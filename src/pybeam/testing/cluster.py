@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -51,6 +51,13 @@ HOST = "127.0.0.1"
 _POLL = 0.02
 #: Seconds a child gets to stop after SIGTERM before it is SIGKILLed.
 _STOP_GRACE = 5.0
+#: Seconds a node gets to answer the manager's questions while it joins.
+_ASK = 5.0
+#: Seconds a node gets to tell its cookie while one joins: one that does not
+#: (frozen, say) could not connect now, and is not waited for.
+_ASK_COOKIE = 2.0
+#: Seconds a joining node gets to connect by itself before it is told to.
+_NUDGE = 1.0
 
 
 def free_port() -> int:
@@ -164,6 +171,8 @@ class LocalCluster:
         self._next = 1
         self._log_dir: str | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        #: The cookie each node was started with.
+        self._cookies: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<LocalCluster {self.nodes}>"
@@ -190,26 +199,48 @@ class LocalCluster:
         return self
 
     async def start_node(self) -> str:
-        """Start one more node in the cluster; returns its name once it is connected."""
+        """Start one more node in the cluster; returns its name once it is
+        connected to the manager and to the live nodes it can reach (see
+        :meth:`restart_node`)."""
         if self._log_dir is None:
             await self.start()
         name = self._launch()
         try:
-            await self._wait_connected([name])
+            await self._join(name, refuse=())
         except BaseException:
             await self.stop_node(name)
             raise
         return name
 
-    async def restart_node(self, node: str) -> str:
+    async def restart_node(self, node: str, *, refuse: Iterable[str] = ()) -> str:
         """Start a new OS process for ``node``, a node of this cluster that has
         stopped or was killed: a new incarnation under the same name, as a
-        restarted Erlang node is. Returns once it is connected again."""
+        restarted Erlang node is. Returns once it is connected again.
+
+        The faults in force hold for the new incarnation:
+
+        - a node of a partition made by :func:`pybeam.testing.partition` (from
+          this cluster's manager, before or after it went down) comes back
+          inside it: with its partition's cookie, so it connects to the live
+          nodes of its side only, and to the manager only if the partition
+          keeps it;
+        - it refuses ``refuse`` (peers the caller keeps it from with per-pair
+          cookies, as a refusal of a simulated ``Drop`` does): it holds a
+          random cookie for each of them before it connects to anyone, so
+          that neither side's handshake succeeds until the cookies are
+          cleared on both.
+
+        It waits only for the connections these faults allow: to each live
+        node whose cookie the new incarnation shares (asked by rpc; a node
+        that does not answer in a few seconds, a frozen one say, is not
+        waited for), not the full mesh.
+        """
         if self._process(node).poll() is None:
             raise ClusterError(f"{node} is still running: stop or kill it first")
-        self._launch(node)
+        refused = sorted(set(refuse) - {node})
+        self._launch(node, cookie=f"RESTART{secrets.token_hex(12)}" if refused else self._cookie_of(node))
         try:
-            await self._wait_connected([node])
+            await self._join(node, refuse=refused)
         except BaseException:
             await self.stop_node(node)
             raise
@@ -284,8 +315,8 @@ class LocalCluster:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
 
-    def _child_env(self) -> dict[str, str]:
-        assert self.manager is not None and self.cookie is not None
+    def _child_env(self, cookie: str) -> dict[str, str]:
+        assert self.manager is not None
         env = dict(os.environ)
         env.update(self.env)
         # The manager's sys.path, so children import what it imports (test
@@ -293,15 +324,16 @@ class LocalCluster:
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         # Through the environment, not --cookie: a command line is visible to
         # every user of the host (ps).
-        env["PYBEAM_COOKIE"] = self.cookie
+        env["PYBEAM_COOKIE"] = cookie
         epmd_port = _manager_kernel(self.manager).options.epmd_port
         if epmd_port is not None:
             env["PYBEAM_EPMD_PORT"] = str(epmd_port)
         env.setdefault("PYTHONUNBUFFERED", "1")  # logs that are complete when read
         return env
 
-    def _launch(self, again: str | None = None) -> str:
-        assert self.manager is not None
+    def _launch(self, again: str | None = None, *, cookie: str | None = None) -> str:
+        assert self.manager is not None and self.cookie is not None
+        cookie = cookie or self.cookie
         if again is None:
             name = f"{self.prefix}{self._next}{self.suffix}@{HOST}"
             self._next += 1
@@ -319,8 +351,9 @@ class LocalCluster:
             "--ticktime",
             repr(self.ticktime),
         ]
-        if self.cookie == _manager_kernel(self.manager).cookie:
+        if cookie == _manager_kernel(self.manager).cookie:
             argv += ["--connect", self.manager.name]
+        self._cookies[name] = cookie
         for app in self.apps:
             argv += ["--app", app]
         with open(self._log_path(name), "wb") as log:
@@ -329,7 +362,7 @@ class LocalCluster:
                 stdin=subprocess.PIPE,  # kept open: its EOF tells the child the manager is gone
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._child_env(),
+                env=self._child_env(cookie),
                 cwd=os.getcwd(),
             )
         if again is None:
@@ -345,27 +378,7 @@ class LocalCluster:
         kernel = _manager_kernel(self.manager)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.startup_timeout
-        cookie = self.cookie
-        assert cookie is not None
-        if cookie != kernel.cookie:
-            # The children cannot connect to us with their cookie: we connect to
-            # them with it.
-            for name in names:
-                kernel.set_cookie(cookie, name)
-        waiting = set(names)
-        while waiting:
-            for name in sorted(waiting):
-                self._check_running(name)
-                # Connected, and booted: the node prints its "up" line once its
-                # applications have started.
-                if kernel.is_connected(name) and f"node {name} up" in self.logs(name):
-                    waiting.discard(name)
-                elif cookie != kernel.cookie and await self._registered(name):
-                    await kernel.connect(name)
-            if waiting:
-                if loop.time() > deadline:
-                    self._fail(sorted(waiting)[0], f"did not connect within {self.startup_timeout}s")
-                await asyncio.sleep(_POLL)
+        await self._wait_up(names, deadline)
         # The mesh: each node connects to the others when it connects to the
         # manager; wait for it so that tests start from a connected cluster.
         for name in self.nodes:
@@ -383,6 +396,125 @@ class LocalCluster:
                     missing = ", ".join(sorted(expected - seen))
                     self._fail(name, f"did not connect to {missing} within {self.startup_timeout}s")
                 await asyncio.sleep(_POLL)
+
+    async def _wait_up(self, names: list[str], deadline: float) -> None:
+        """Wait until each of ``names`` has booted and is connected to the manager."""
+        assert self.manager is not None
+        kernel = _manager_kernel(self.manager)
+        loop = asyncio.get_running_loop()
+        for name in names:
+            if self._cookies[name] != kernel.cookie:
+                # The child cannot connect to us with its cookie: we connect to
+                # it with it.
+                kernel.set_cookie(self._cookies[name], name)
+        waiting = set(names)
+        while waiting:
+            for name in sorted(waiting):
+                self._check_running(name)
+                # Connected, and booted: the node prints its "up" line once its
+                # applications have started.
+                if kernel.is_connected(name) and f"node {name} up" in self.logs(name):
+                    waiting.discard(name)
+                elif self._cookies[name] != kernel.cookie and await self._registered(name):
+                    await kernel.connect(name)
+            if waiting:
+                if loop.time() > deadline:
+                    self._fail(sorted(waiting)[0], f"did not connect within {self.startup_timeout}s")
+                await asyncio.sleep(_POLL)
+
+    def _cookie_of(self, node: str) -> str:
+        """The cookie ``node`` is to use: its partition's, if the manager
+        partitioned it (see :mod:`pybeam.testing.schism`), else the cluster's."""
+        from .schism import _membership
+
+        assert self.manager is not None and self.cookie is not None
+        side, _ = _membership(self.manager, node)
+        return side or self.cookie
+
+    async def _join(self, name: str, *, refuse: Sequence[str]) -> None:
+        """Bring a node just launched into the cluster as the faults in force
+        allow (see :meth:`restart_node`) and wait for the connections they allow."""
+        from .schism import _membership, _rejoined
+
+        assert self.manager is not None
+        kernel = _manager_kernel(self.manager)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout
+        await self._wait_up([name], deadline)
+        cookie = self._cookie_of(name)
+        if refuse:
+            # It booted with a cookie nobody shares, so whatever it dialled so
+            # far failed; now it takes its real one, and refuses ``refuse``.
+            refusals = {peer: f"REFUSE{secrets.token_hex(12)}" for peer in refuse}
+            await run_in_process(_take_cookies, name, cookie, refusals, node=self.manager)
+            self._cookies[name] = cookie
+            if cookie != kernel.cookie:
+                kernel.set_cookie(cookie, name)
+            else:
+                kernel.clear_cookie(name)
+        await self._wait_reachable(name, cookie, set(refuse), deadline)
+        _, kept = _membership(self.manager, name)
+        if not kept:
+            # Its partition does not keep the manager: the connection made to
+            # bring it up goes, and nothing the manager sends reaches it again.
+            kernel.clear_cookie(name)
+            kernel.disconnect(name)
+        _rejoined(self.manager, name)
+
+    async def _wait_reachable(self, name: str, cookie: str, refused: set[str], deadline: float) -> None:
+        """Wait until ``name`` is connected to the manager and to each live node
+        whose cookie is ``cookie`` (but ``refused``), and they to it."""
+        from .schism import _membership
+
+        assert self.manager is not None
+        manager = self.manager
+        kernel = _manager_kernel(manager)
+        loop = asyncio.get_running_loop()
+        peers = [n for n in self.nodes if n != name and n not in refused and self.alive(n)]
+
+        async def cookie_of(peer: str) -> str | None:
+            side, _ = _membership(manager, peer)
+            if side is not None and peer not in kernel.nodes():
+                return side  # in a partition the manager is kept out of: as it made it
+            try:
+                return await asyncio.wait_for(
+                    run_in_process(_peer_cookie, peer, node=manager), _ASK_COOKIE + 1
+                )
+            except Exception:
+                return None  # frozen, say: it could not connect now anyway
+
+        async def lists(peer: str) -> bool:
+            try:
+                return name in await run_in_process(_remote_nodes, peer, node=manager)
+            except Exception:
+                return not self.alive(peer)  # gone meanwhile: nothing to wait for
+
+        cookies = await asyncio.gather(*(cookie_of(peer) for peer in peers))
+        expected = {peer for peer, theirs in zip(peers, cookies, strict=True) if theirs == cookie}
+        nudge = loop.time() + _NUDGE
+        while True:
+            self._check_running(name)
+            want = {peer for peer in expected if self.alive(peer)}
+            seen = set(await run_in_process(_remote_nodes, name, node=manager))
+            missing = want - seen
+            if not kernel.options.hidden and manager.name not in seen:
+                missing.add(manager.name)
+            if not missing:
+                # Both ends up: each peer the manager can ask lists it too.
+                lagging = [peer for peer in sorted(want & set(kernel.nodes())) if not await lists(peer)]
+                if not lagging:
+                    return
+            elif loop.time() > nudge:
+                # The mesh tells it of the nodes the manager is connected to
+                # when it connects; one the manager lost meanwhile it is not told of.
+                nudge = loop.time() + _NUDGE
+                await asyncio.gather(
+                    *(run_in_process(_connect, name, peer, node=manager) for peer in missing - {manager.name})
+                )
+            if loop.time() > deadline:
+                gone = ", ".join(sorted(missing)) or "(the other ends)"
+                self._fail(name, f"did not connect to {gone} within {self.startup_timeout}s")
+            await asyncio.sleep(_POLL)
 
     async def _registered(self, name: str) -> bool:
         from ..distribution import epmd
@@ -406,5 +538,39 @@ class LocalCluster:
 async def _remote_nodes(node: str) -> list[str]:
     from .. import rpc
 
-    result: list[str] = await rpc.call(node, "pybeam.net:nodes")
+    result: list[str] = await rpc.call(node, "pybeam.net:nodes", timeout=_ASK)
     return result
+
+
+async def _peer_cookie(node: str) -> str:
+    from .. import rpc
+
+    result: str = await rpc.call(node, "pybeam.net:get_cookie", timeout=_ASK_COOKIE)
+    return result
+
+
+async def _connect(node: str, peer: str) -> bool:
+    """Have ``node`` connect to ``peer``; False if it could not (or did not answer)."""
+    from .. import rpc
+
+    try:
+        result: bool = await rpc.call(node, "pybeam.net:connect", peer, timeout=_ASK)
+    except Exception:
+        return False
+    return result
+
+
+async def _take_cookies(node: str, cookie: str, refusals: dict[str, str]) -> None:
+    from .. import rpc
+
+    await rpc.call(node, _set_cookies, cookie, refusals, timeout=_ASK)
+
+
+def _set_cookies(cookie: str, refusals: dict[str, str]) -> None:
+    """On a node (by rpc): refuse each peer of ``refusals`` (a cookie for it
+    alone), then take ``cookie``; in one step, so no handshake comes between."""
+    from .. import net
+
+    for peer, refusal in refusals.items():
+        net.set_cookie(refusal, peer)
+    net.set_cookie(cookie)

@@ -19,6 +19,11 @@ Semantics, as Schism's:
 - :func:`heal` gives the group back the original cookie (the manager's) and
   connects each of its nodes to the others and to every node the manager knows
   of that is not in a partition, the manager included.
+- A node of the group that is down (when partitioned, or later) stays a
+  member: :meth:`LocalCluster.restart_node
+  <pybeam.testing.LocalCluster.restart_node>` starts its new incarnation with
+  the partition's cookie, so it comes back on its side, reaches only that
+  side's nodes (and the manager, if kept), and is healed with the others.
 
 The manager (the node that induced the partition) stays connected to the
 group, as in Elixir's Schism, so that a test can still look at both sides and
@@ -72,6 +77,10 @@ class _State:
     known: set[str] = field(default_factory=set)
     #: Partitioned nodes the manager stays connected to (``keep_manager``).
     kept: set[str] = field(default_factory=set)
+    #: Partitioned nodes that could not be reached when partitioned (down,
+    #: say): members all the same, which :meth:`LocalCluster.restart_node`
+    #: brings back inside their partition.
+    absent: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -117,7 +126,10 @@ async def partition(
     limits whom they are cut from (default: every node a node of the group is
     connected to); in any case no node outside the group can reconnect to them.
     Nodes already in another partition move to this one. Returns the nodes of
-    the group that could not be reached (a dead node, say), which are skipped.
+    the group that could not be reached (a dead node, say): there is nothing to
+    cut off now, but they are members all the same, and one that
+    :meth:`LocalCluster.restart_node <pybeam.testing.LocalCluster.restart_node>`
+    starts again comes back inside the partition.
 
     The manager (the calling node, if not in the group) stays connected to
     the group, as in Elixir's Schism, so that a test can still rpc both sides;
@@ -137,12 +149,31 @@ async def heal(nodes: Iterable[str]) -> list[str]:
     in a partition (the manager too).
 
     Returns once those connections are up, with the nodes that could not be
-    reached (a dead node, say), which are skipped."""
+    reached (a dead node, say), which are skipped (and out of the partition:
+    a LocalCluster restarts them in the healed cluster)."""
     manager = current_node()
     state = _state(manager)
     group = _unique(nodes)
     async with state.lock:
         return await run_in_process(_heal, manager, state, group, node=manager)
+
+
+def _membership(manager: Node, node: str) -> tuple[str | None, bool]:
+    """For :class:`~pybeam.testing.LocalCluster`: the cookie of ``node``'s
+    partition made by ``manager`` (None if it is in none), and whether the
+    manager is connected to it while that holds (on the same side, or kept)."""
+    state = _states.get(manager)
+    if state is None:
+        return None, True
+    theirs = state.cookies.get(node)
+    return theirs, theirs == state.cookies.get(manager.name) or node in state.kept
+
+
+def _rejoined(manager: Node, node: str) -> None:
+    """For :class:`~pybeam.testing.LocalCluster`: ``node`` runs again, inside its partition if any."""
+    state = _states.get(manager)
+    if state is not None:
+        state.absent.discard(node)
 
 
 # -- on the manager (in a helper process, as rpc needs one) -------------------------------
@@ -215,14 +246,18 @@ async def _partition(
             try:
                 await _call(node, _set_cookie, cookie)
             except NodeDown:
-                unreachable.append(node)  # dead, say: nothing to cut off
-                continue
+                # Dead, say: nothing to cut off now, but a member all the same
+                # (a LocalCluster restarts it inside the partition).
+                unreachable.append(node)
+                state.absent.add(node)
+            else:
+                state.absent.discard(node)
             state.cookies[node] = cookie
             reach(node)
-        remote = [n for n in remote if n not in unreachable]
         state.kept -= set(group)
         if keep_manager and me not in group:
             state.kept |= set(remote)
+        remote = [n for n in remote if n not in unreachable]
         if me in group:
             kernel.set_cookie(cookie)
             state.cookies[me] = cookie
@@ -266,10 +301,14 @@ async def _heal_reaching(
     state.kept -= set(group)
     reach(*remote)
     for node in remote:
-        try:
-            await _call(node, _set_cookie, state.original_cookie)
-        except NodeDown:
-            unreachable.append(node)  # dead, say: nothing to heal
+        if node in state.absent:
+            unreachable.append(node)  # down when partitioned, and not restarted since
+        else:
+            try:
+                await _call(node, _set_cookie, state.original_cookie)
+            except NodeDown:
+                unreachable.append(node)  # dead, say: nothing to heal
+        state.absent.discard(node)
         state.cookies.pop(node, None)
         reach(node)
     # Connect the group to every node not in a partition, the group's own

@@ -28,8 +28,9 @@ How each step becomes real (seconds are schedule seconds times ``time_scale``):
                              peers notice by their tick timeout), then SIGKILL once
                              no live node lists it any more
 ``Kill(i, fin=True)``        SIGKILL (the OS closes its sockets: peers see a FIN)
-``Restart(i)``               a new OS process under the same name (it waits for the
-                             full mesh: after a refusal ends, never during a partition)
+``Restart(i)``               a new OS process under the same name, inside the
+                             partitions and refusals in force (Schism's cookie, the
+                             per-pair cookies), connected to the nodes they allow
 ``Freeze(i, s)``             SIGSTOP, then SIGCONT ``s`` later
 ``Drop(a, b, s)``            random cookies on the pair for ``s`` (new connections
                              fail their handshake), then ``disconnect`` on ``a``
@@ -44,7 +45,9 @@ made later, after a fault broke that one, is direct until a later step
 routes it through the proxy again, which reconnects the pair); a node being
 silently killed still accepts TCP connections until it is reaped (their
 handshake hangs) where a simulated one refuses them; a refused connection
-(``Drop``) fails its handshake rather than its ``connect``.
+(``Drop``) fails its handshake rather than its ``connect``; a restarted
+node joins the mesh its faults allow at once, where a simulated one connects
+when its code first talks to another node.
 
 ``time_scale`` maps virtual seconds to real ones; by default the ratio of the
 real cluster's tick time to the scenario's, so that a wait "longer than the
@@ -368,36 +371,17 @@ class RealCluster:
                 os.kill(self.cluster.processes[name].pid, signal.SIGCONT)
 
     async def restart(self, name: str) -> None:
-        """Start a new OS process for ``name`` (a new incarnation).
-
-        :meth:`LocalCluster.restart_node` waits for the full mesh of the live
-        nodes, so meanwhile the pairs nothing keeps apart (a refusal over, say)
-        are connected, again and again: a restart during a refusal completes
-        once it ends; one during a partition fails."""
+        """Start a new OS process for ``name`` (a new incarnation) under the
+        faults in force: inside its partition (Schism's, see
+        :meth:`LocalCluster.restart_node`), refusing the peers a group
+        partition or a ``Drop`` keeps it from; it returns once the new node is
+        connected to the live nodes those faults allow, as in the simulation
+        (where nothing waits for a refusal or a partition to end)."""
         await self._reaped(name)
-        meshing = asyncio.ensure_future(self._keep_meshed())
-        try:
-            await self.cluster.restart_node(name)
-        finally:
-            meshing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await meshing
+        refuse = sorted({peer for pair in self._cuts if name in pair for peer in pair} - {name})
+        await self.cluster.restart_node(name, refuse=refuse)
         if self.on_start is not None:
             await self.on_start(self, name)
-
-    async def _keep_meshed(self) -> None:
-        """Connect the live pairs that no partition or refusal keeps apart, until cancelled."""
-        while True:
-            apart = set(partitioned())
-            live = [n for n in self.names if self.alive(n) and n not in self._stopped and n not in apart]
-            for i, low in enumerate(live):
-                for high in live[i + 1 :]:
-                    if _pair(low, high) in self._cuts:
-                        continue
-                    with contextlib.suppress(Exception):
-                        if low not in await self.connected(high):
-                            await rpc.call(high, "pybeam.net:connect", low, timeout=5)
-            await asyncio.sleep(0.2)
 
     async def recover(self, settle: float = 0.0) -> None:
         """Heal, thaw, end delays and refusals, restart the killed nodes, wait

@@ -1,0 +1,117 @@
+"""LocalCluster.restart_node under the faults in force: a node restarted
+during a partition comes back on its side, and one restarted during a
+refusal (per-pair cookies, as a replayed ``Drop``) keeps refusing; neither
+waits for the fault to end. Real nodes, each its own OS process, real TCP."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pybeam
+from pybeam import net, rpc
+from pybeam.testing import eventually, heal, partition, partitioned
+from test_cluster import assert_all_exited, call_from_here, full_mesh, sees, sees_none
+
+# -- run on the cluster nodes ---------------------------------------------------------------
+
+
+async def connect(peer: str) -> bool:
+    return await net.connect(peer)
+
+
+def refuse(peer: str) -> None:
+    """A cookie for ``peer`` alone that it does not have: handshakes to it fail."""
+    net.set_cookie(f"REFUSED{secrets.token_hex(8)}", peer)
+
+
+def unrefuse(peer: str) -> None:
+    net.set_cookie(net.get_cookie(), peer)
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+
+async def kill(c: Any, node: str) -> None:
+    c.kill(node)
+    await eventually(lambda: sees_none(pybeam.node_name(), {node}), what=f"{node} is down")
+
+
+async def cut_off(inside: str, outside: str) -> None:
+    """Neither can reach the other: a call fails, a connect fails, and they stay unconnected."""
+    assert await rpc.call(inside, call_from_here, outside, "operator:add", 1, 1) == ("nodedown", outside)
+    assert await rpc.call(outside, call_from_here, inside, "operator:add", 1, 1) == ("nodedown", inside)
+    assert not await rpc.call(inside, connect, outside)
+    assert not await rpc.call(outside, connect, inside)
+    assert await sees_none(inside, {outside}) and await sees_none(outside, {inside})
+
+
+async def test_a_node_restarted_during_a_partition_comes_back_on_its_side(cluster: Any) -> None:
+    me = pybeam.node_name()
+    async with cluster(3) as c:
+        n1, n2, n3 = c.nodes
+        await partition([n1, n2])  # 2 | 1, the manager kept on both sides
+        await kill(c, n1)
+        assert await c.restart_node(n1) == n1
+        assert n1 in partitioned()
+        # Its side and the manager, at once; the other side cannot reach it.
+        assert await sees(n1, {n2, me}) and await sees(n2, {n1})
+        await cut_off(n1, n3)
+        await heal([n1, n2])
+        assert partitioned() == {}
+        await eventually(lambda: full_mesh([me, n1, n2, n3]), what="full mesh after heal")
+    assert_all_exited(c)
+
+
+async def test_the_node_alone_in_a_partition_comes_back_alone(cluster: Any) -> None:
+    me = pybeam.node_name()
+    async with cluster(3) as c:
+        n1, n2, n3 = c.nodes
+        await kill(c, n3)
+        # Down when partitioned: nothing to cut off, a member all the same.
+        assert await partition([n3]) == [n3]
+        await c.restart_node(n3)
+        assert await sees(n3, {me})
+        await cut_off(n3, n1)
+        await cut_off(n3, n2)
+        assert await sees(n1, {n2})
+        await heal([n3])
+        await eventually(lambda: full_mesh([me, n1, n2, n3]), what="full mesh after heal")
+    assert_all_exited(c)
+
+
+async def test_a_partition_that_keeps_the_manager_out_keeps_it_out_after_a_restart(cluster: Any) -> None:
+    me = pybeam.node_name()
+    async with cluster(3) as c:
+        n1, n2, n3 = c.nodes
+        await partition([n1, n2], keep_manager=False)
+        await eventually(lambda: sees_none(me, {n1, n2}), what="manager lost n1, n2")
+        c.kill(n1)
+        await c.restart_node(n1)
+        assert await sees_none(me, {n1, n2})
+        assert await pybeam.ping(n1) == "pang"
+        assert await rpc.call(n3, call_from_here, n1, "operator:add", 1, 1) == ("nodedown", n1)
+        await heal([n1, n2])
+        # Healed with n2, with which it had connected inside the partition.
+        await eventually(lambda: full_mesh([me, n1, n2, n3]), what="full mesh after heal")
+    assert_all_exited(c)
+
+
+async def test_a_node_restarted_during_a_refusal_keeps_refusing_until_it_ends(cluster: Any) -> None:
+    me = pybeam.node_name()
+    async with cluster(3) as c:
+        n1, n2, n3 = c.nodes
+        # A Drop as replay_schedule makes it: each of the pair refuses the other.
+        await rpc.call(n1, refuse, n2)
+        await rpc.call(n2, refuse, n1)
+        await rpc.call(n1, "pybeam.net:disconnect", n2)
+        await kill(c, n1)
+        await c.restart_node(n1, refuse=[n2])
+        assert await sees(n1, {n3, me})
+        await cut_off(n1, n2)
+        # The refusal ends on both sides: the pair connects again.
+        await rpc.call(n1, unrefuse, n2)
+        await rpc.call(n2, unrefuse, n1)
+        assert await rpc.call(n2, connect, n1)
+        await eventually(lambda: full_mesh([me, n1, n2, n3]), what="full mesh after the refusal")
+    assert_all_exited(c)
