@@ -35,7 +35,9 @@ errand, so that a cancelled caller leaves no lock behind: the errand is
 killed): it locks the name on the server of every connected node (each
 grants it to one requester at a time, and releases it if the requester
 dies), checks that no
-server knows a holder, asks the owner to write the claim, and returns once
+server knows a holder (a claim counts only if its owner's server, locked
+too, still has it: the others may not have its ``drop`` yet), asks the owner
+to write the claim, and returns once
 every locked server has applied it (acknowledged). Two requesters racing for
 a name each get a lock on some servers and not others: both release, wait a
 random, growing time and try again, so one of them wins and the other then
@@ -59,7 +61,8 @@ registration), a name is never given to two processes, and a registration
 that returned True is visible on every node. Changes made by the owner (a
 holder's death, a resolution) reach the other nodes a message later, so
 ``whereis_name`` on another node may briefly still return a pid that just
-ended, as in OTP. During a partition each side registers on its own; after it
+ended, as in OTP; but a registration that follows a holder's death on its
+node (from any node: it locks the owner too) finds the name free. During a partition each side registers on its own; after it
 heals, every node converges on one holder per name.
 """
 
@@ -380,6 +383,8 @@ async def _try_lock(name: Term, me: Pid) -> _Lock | None:
 
     denied = False
     unstarted: list[str] = []
+    #: node -> the holders its server knows
+    reports: dict[str, set[Pid]] = {}
     while pending:
         msg = await kernel.receive(ours)
         ref = msg[1]
@@ -393,17 +398,40 @@ async def _try_lock(name: Term, me: Pid) -> _Lock | None:
                 denied = True
             continue
         lock.nodes[node] = ref
-        if msg[2]:
-            lock.holders.update(msg[3])
-        else:
+        reports[node] = set(msg[3])
+        if not msg[2]:
             denied = True
     if not denied:
+        lock.holders = _holders(reports)
         return lock
     lock.release()
     for node in unstarted:
         with contextlib.suppress(NodeDown, rpc.RpcError):
             await rpc.call(node, ensure_started)
     return None
+
+
+def _holders(reports: dict[str, set[Pid]]) -> set[Pid]:
+    """The holders of a name, from what each locked server knows: a claim on
+    a pid of a node whose server answered counts only if that server, its
+    owner, still has it.
+
+    The owner writes its claims and learns first of their end (it monitors
+    the pid, and answers for a local pid that just died as gone): another
+    server may still hold a claim the owner has dropped, its ``drop`` a
+    message away, and would refuse a registration that follows the holder's
+    death on the owner's node. (In OTP every server monitors the pid itself,
+    and its DOWN, sent by the owner's node before that node's answer to the
+    lock, is there first.)
+    A claim on a node whose server did not answer stays: nothing newer says
+    it ended.
+    """
+    return {
+        pid
+        for claims in reports.values()
+        for pid in claims
+        if pid.node not in reports or pid in reports[pid.node]
+    }
 
 
 # -- the server -------------------------------------------------------------------
