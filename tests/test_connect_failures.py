@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -59,3 +60,44 @@ async def test_a_gen_server_call_to_an_unreachable_node_names_the_cause(cluster:
             await gen_server.call(("server", "nobody@127.0.0.1"), "get", timeout=10)
         assert caught.value.reason is not None and "not registered" in caught.value.reason
         assert "not registered with the port mapper" in str(caught.value)
+
+
+async def dial_after(node: str, delay: float, reply_to: str) -> None:
+    """On a peer: connect to ``node`` after ``delay`` and say how it went."""
+    await asyncio.sleep(delay)
+    ok = await pybeam.connect(node)
+    if ok:
+        pybeam.send((reply_to, node), ("dialled", ok))
+
+
+async def _peer_dials_back(c: LocalCluster, n1: str) -> None:
+    me = pybeam.node_name()
+    pybeam.register("dial_result")
+    await net.spawn_on(n1, dial_after, me, 1.0, "dial_result")
+    assert pybeam.disconnect(n1)
+    await eventually(lambda: n1 not in pybeam.nodes())
+
+
+async def test_a_cookie_set_for_a_node_holds_for_the_connections_it_opens(cluster: ClusterFactory) -> None:
+    # erlang:set_cookie/2 holds both ways: dist_util checks an incoming
+    # connection with the cookie of the node it claims to be.
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        me = pybeam.node_name()
+        await rpc.call(n1, net.set_cookie, "pair-secret", me)
+        pybeam.set_cookie("pair-secret", n1)
+        await _peer_dials_back(c, n1)
+        match await pybeam.receive(timeout=20):
+            case ("dialled", True):
+                pass
+        assert n1 in pybeam.nodes()
+
+
+async def test_a_cookie_set_for_a_node_refuses_it_when_it_dials_in(cluster: ClusterFactory) -> None:
+    async with cluster(1) as c:
+        (n1,) = c.nodes
+        pybeam.set_cookie("only-here", n1)  # n1 still uses the common cookie
+        await _peer_dials_back(c, n1)
+        await eventually(lambda: "cookie" in c.logs(n1), timeout=20)
+        assert n1 not in pybeam.nodes()
+        assert await pybeam.receive(timeout=0.5, default=None) is None

@@ -128,7 +128,8 @@ def monitor_nodes(flag: bool = True) -> None:
 
 def set_cookie(cookie: str, node: str | None = None) -> None:
     """Use ``cookie`` for every later connection of this node; with ``node``,
-    only for connecting to that node (``erlang:set_cookie/2``)."""
+    only for connections with that node, whichever side opens them
+    (``erlang:set_cookie/2``)."""
     _kernel().set_cookie(cookie, node)
 
 

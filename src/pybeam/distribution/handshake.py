@@ -415,8 +415,15 @@ async def accept(
     proven: AcceptPeer | None = None,
     flags: Mapping[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    cookie_for: Callable[[str], str] | None = None,
 ) -> PeerInfo:
     """Run the acceptor's side over a connection a peer opened; return who it is.
+
+    ``cookie_for(peer_name)``, if given, picks the cookie to check that peer's
+    proof with and to prove ours (``cookie`` otherwise): as OTP's
+    ``dist_util`` takes ``auth:get_cookie(Node)`` for an incoming connection,
+    so that a cookie set for one node (``erlang:set_cookie/2``) holds both
+    ways. A stranger claiming that name still needs that cookie.
 
     ``accept_peer(peer_name, peer_creation, peer_flags)`` is the node's policy,
     called once the hello is in and before we send our challenge. It returns
@@ -461,7 +468,7 @@ async def accept(
     session = _Session(reader, writer, "acceptor")
     return await _run(
         session,
-        _acceptor_steps(session, my_name, my_creation, cookie, accept_peer, proven, own_flags),
+        _acceptor_steps(session, my_name, my_creation, cookie, accept_peer, proven, own_flags, cookie_for),
         timeout,
     )
 
@@ -474,6 +481,7 @@ async def _acceptor_steps(
     accept_peer: AcceptPeer,
     proven: AcceptPeer | None,
     flags: dict[str, Any],
+    cookie_for: Callable[[str], str] | None = None,
 ) -> PeerInfo:
     s.state = State.AWAIT_HELLO
     hello, msg = await s.recv()
@@ -496,6 +504,8 @@ async def _acceptor_steps(
         await s.refuse("not_allowed")
         raise s.error("not_allowed", "the peer claims to be this node")
     await _decide(s, accept_peer, name, creation, peer_flags)
+    if cookie_for is not None:
+        cookie = cookie_for(name)
 
     s.state = State.SEND_CHALLENGE
     nonce = secrets.token_bytes(NONCE_SIZE)

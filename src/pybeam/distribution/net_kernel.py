@@ -421,8 +421,8 @@ class NetKernel:
     def set_cookie(self, cookie: str, node: str | None = None) -> None:
         """Use ``cookie`` for every later handshake (live connections stay up).
 
-        With ``node``, use it only when this node connects to that one
-        (``erlang:set_cookie/2``); the peer's own connects still need ours.
+        With ``node``, use it only with that node, for connections either
+        side opens (``erlang:set_cookie/2``).
         """
         if not cookie:
             raise ValueError("a cookie cannot be empty")
@@ -434,8 +434,11 @@ class NetKernel:
             self._node_cookies[node] = cookie
 
     def clear_cookie(self, node: str) -> None:
-        """Forget the cookie set for connecting to ``node`` alone."""
+        """Forget the cookie set for ``node`` alone."""
         self._node_cookies.pop(node, None)
+
+    def _cookie_for(self, node: str) -> str:
+        return self._node_cookies.get(node, self.cookie)
 
     # -- connecting ---------------------------------------------------------------
 
@@ -519,7 +522,7 @@ class NetKernel:
             writer,
             my_name=self.node.name,
             my_creation=self.node.creation,
-            cookie=self._node_cookies.get(name, self.cookie),
+            cookie=self._cookie_for(name),
             expected_peer=name,
             flags=self._flags(),
             timeout=opts.connect_timeout,
@@ -866,6 +869,7 @@ class NetKernel:
                 my_name=self.node.name,
                 my_creation=self.node.creation,
                 cookie=self.cookie,
+                cookie_for=self._cookie_for,
                 accept_peer=self._accept_peer,
                 proven=proven,
                 flags=self._flags(),
