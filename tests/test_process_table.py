@@ -13,6 +13,9 @@ import pytest
 import pybeam
 from pybeam import Pid, receive, send, spawn
 from pybeam.errors import BadArg
+from pybeam.mailbox import Mailbox
+from pybeam.process import Process, _Guard
+from pybeam.testing import eventually
 
 
 async def _echo_once() -> None:
@@ -107,7 +110,7 @@ async def test_a_name_receives_from_a_process_and_from_code_outside_one() -> Non
 
     spawn(sender)
     assert await receive(timeout=5) == ("via name", "from a process")
-    await pybeam.testing.eventually(lambda: pybeam.whereis("table_named") is None)
+    await eventually(lambda: pybeam.whereis("table_named") is None)
     with pytest.raises(BadArg):
         send("table_named", "nobody has it now")
 
@@ -116,7 +119,7 @@ async def test_a_name_send_hands_the_message_to_a_waiting_receive_and_queues_oth
     me = pybeam.self()
     pid = spawn(_forward_all, me)
     pybeam.register("table_forward", pid)
-    await pybeam.testing.eventually(lambda: pybeam.process_info(pid)["status"] == "waiting")  # type: ignore[index]
+    await eventually(lambda: pybeam.process_info(pid)["status"] == "waiting")  # type: ignore[index]
 
     async def burst() -> None:
         for i in range(5):
@@ -147,14 +150,14 @@ async def test_a_process_that_returns_leaves_the_table_and_frees_its_pid() -> No
     )
     assert node.process(pid) is None and pid._proc is None
     plain = spawn(_returns_at_once)
-    await pybeam.testing.eventually(lambda: not pybeam.is_alive(plain))
+    await eventually(lambda: not pybeam.is_alive(plain))
     assert plain._proc is None
     assert plain not in pybeam.processes()
 
 
 async def test_a_process_that_returns_with_a_name_or_a_timer_ends_the_slow_way() -> None:
     named = spawn(_named_returns, "table_returns")
-    await pybeam.testing.eventually(lambda: not pybeam.is_alive(named))
+    await eventually(lambda: not pybeam.is_alive(named))
     assert pybeam.whereis("table_returns") is None
 
     async def waits(reply: Pid) -> None:
@@ -165,5 +168,31 @@ async def test_a_process_that_returns_with_a_name_or_a_timer_ends_the_slow_way()
     tref = pybeam.send_after(60, timed, "later")
     send(timed, pybeam.self())
     assert await receive(timeout=5) == "bye"
-    await pybeam.testing.eventually(lambda: not pybeam.is_alive(timed))
+    await eventually(lambda: not pybeam.is_alive(timed))
     assert pybeam.read_timer(tref) is False  # it died with the process
+
+
+def _slots(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())}
+
+
+async def test_spawn_sets_every_slot_of_its_process_pid_and_guard_as_their_constructors_do() -> None:
+    # Node.spawn builds the three without their __init__ calls: a slot added
+    # to a class and not set there would be missing on every spawned process.
+    pid = spawn(_echo_once)
+    proc = pybeam.current_node().process(pid)
+    assert proc is not None and proc.task is not None
+    guard = proc.task.get_coro()
+    made = Process(pybeam.current_node(), Pid(pid.node, 0, pid.creation))
+    assert _slots(Process) >= _slots(Mailbox) and _slots(Process)
+    for name in sorted(_slots(Process)):
+        assert getattr(proc, name) == getattr(made, name) or name in {"pid", "task"}, name
+    assert proc.pid is pid and pid._proc is proc and proc.task is not None
+    assert {name: getattr(pid, name) for name in _slots(Pid) - {"_proc"}} == {
+        "node": pybeam.node_name(),
+        "id": pid.id,
+        "creation": pybeam.current_node().creation,
+    }
+    assert type(guard) is _Guard and all(hasattr(guard, name) for name in _slots(_Guard))
+    send(pid, (pybeam.self(), "still works"))
+    assert await receive(timeout=5) == "still works"
