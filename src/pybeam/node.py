@@ -397,13 +397,11 @@ class Node:
         proc = pid._proc  # set on the pid a spawn made, while its process lives
         if proc is not None and proc.node is self:
             return proc
+        if pid.node != self.name:
+            return None  # another node's: no look in the table
         proc = self._procs.get(pid.id)
-        if proc is None:
-            return None
-        p = proc.pid
-        # Only the number is the key: a pid of another node, or of this
-        # node's earlier life, may share it.
-        if p.creation != pid.creation or p.node != pid.node:
+        # Only the number is the key: a pid of this node's earlier life may share it.
+        if proc is None or proc.pid.creation != pid.creation:
             return None
         return proc
 
