@@ -105,28 +105,28 @@ def send(dest: Any, msg: Any) -> Any:
         # (while it lives) without hashing it. Only within one node: a pid of
         # another node in this interpreter is reached through the distribution.
         target = dest._proc
-        if target is not None and (proc is None or target.node is not proc.node):
-            target = None
-    elif type(dest) is str and proc is not None:
-        target = proc.node._names.get(dest)  # a registered name; None: Node.send raises
-    else:
-        target = None
-    if target is not None:
-        # Mailbox.put's two common cases without the call.
-        w = target._waiter
-        if w is None:
-            q = target._queue
-            if q is not None:  # nobody waits, the queue exists
-                q.append(msg)
+        if target is not None and proc is not None and target.node is proc.node:
+            # Mailbox.put's two common cases without the call.
+            w = target._waiter
+            if w is None:
+                q = target._queue
+                if q is not None:  # nobody waits, the queue exists
+                    q.append(msg)
+                    return msg
+            elif target._takes and not w.done():
+                # The process's own task waits for any message: hand it over.
+                target._waiter = None
+                target._handed = w
+                w.set_result(msg)
                 return msg
-        elif target._takes and not w.done():
-            # The process's own task waits for any message: hand it over.
-            target._waiter = None
-            target._handed = w
-            w.set_result(msg)
+            target.put(msg)
             return msg
-        target.put(msg)
-        return msg
+    elif type(dest) is str and proc is not None:
+        # A registered name of the caller's node (None: Node.send raises).
+        target = proc.node._names.get(dest)
+        if target is not None:
+            target.put(msg)
+            return msg
     # A pid that came another way (decoded from a message, say), a dead or a
     # remote one: the node looks it up once, or tells the distribution.
     (proc.node if proc is not None else current_node()).send(dest, msg)
