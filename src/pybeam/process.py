@@ -253,7 +253,30 @@ class _Guard(Coroutine[Any, Any, Any]):
         try:
             return self._coro.send(value)
         except StopIteration:
-            self._end(None)
+            proc = self._proc
+            node = proc.node
+            if (
+                proc.alive
+                and proc.links is None
+                and proc.monitored_by is None
+                and proc.monitors is None
+                and proc.name is None
+                and not node._pid_timers
+            ):
+                # It returned, and nobody links to it, monitors it or names
+                # it (most processes): _end(None) and Node.terminate's work
+                # without their two calls.
+                del self._proc
+                proc.task = None
+                proc.alive = False
+                proc.reason = NORMAL
+                pid = proc.pid
+                del node._procs[pid.id]
+                proc._queue = None
+                proc._waiter = proc._handed = None
+                pid._proc = None
+            else:
+                self._end(None)
             raise
         except asyncio.CancelledError as e:
             self._end(e)
@@ -297,25 +320,7 @@ class _Guard(Coroutine[Any, Any, Any]):
         task, proc.task = proc.task, None
         if exc is None:
             if proc.alive:  # ended(None) without the call: it returned
-                node = proc.node
-                if (
-                    proc.links is None
-                    and proc.monitored_by is None
-                    and proc.monitors is None
-                    and proc.name is None
-                    and not node._pid_timers
-                ):
-                    # Node.terminate's work for a process nobody links to,
-                    # monitors or names, without the call: most end this way.
-                    proc.alive = False
-                    proc.reason = NORMAL
-                    pid = proc.pid
-                    del node._procs[pid.id]
-                    proc._queue = None
-                    proc._waiter = proc._handed = None
-                    pid._proc = None
-                else:
-                    node.terminate(proc, NORMAL, False)
+                proc.node.terminate(proc, NORMAL, False)
             return
         if isinstance(exc, asyncio.CancelledError):
             if proc.alive:
