@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import pybeam
-from pybeam import Pid, receive, send, spawn
+from pybeam import Pid, Ref, receive, send, spawn
 from pybeam.errors import BadArg
 from pybeam.mailbox import Mailbox
 from pybeam.process import Process, _Guard
@@ -196,3 +196,13 @@ async def test_spawn_sets_every_slot_of_its_process_pid_and_guard_as_their_const
     assert type(guard) is _Guard and all(hasattr(guard, name) for name in _slots(_Guard))
     send(pid, (pybeam.self(), "still works"))
     assert await receive(timeout=5) == "still works"
+
+
+async def test_make_ref_builds_the_same_ref_as_its_constructor() -> None:
+    # Node.make_ref skips Ref.__init__: equal refs must hash alike, or a
+    # decoded ref would miss its monitor or call in every dict.
+    ref = pybeam.make_ref()
+    same = Ref(ref.node, ref.id, ref.creation)
+    assert ref == same and hash(ref) == hash(same) and {same: 1}[ref] == 1
+    assert all(getattr(ref, name) == getattr(same, name) for name in _slots(Ref))
+    assert pybeam.make_ref() != ref

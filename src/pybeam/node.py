@@ -388,7 +388,14 @@ class Node:
 
     def make_ref(self) -> Ref:
         """A new unique reference."""
-        return Ref(self.name, self._next_ref(), self.creation)
+        # Ref(self.name, i, self.creation) without its __init__ call (one per
+        # monitor, timer and gen_server call): the same slots, the same hash.
+        ref = _new(Ref)
+        ref.node = name = self.name
+        ref.id = i = self._next_ref()
+        ref.creation = creation = self.creation
+        ref._hash = hash((name, i, creation, "ref"))
+        return ref
 
     def process(self, pid: Pid) -> Process | None:
         """The live local process ``pid``, if any."""
