@@ -121,14 +121,15 @@ def send(dest: Any, msg: Any) -> Any:
                 return msg
             target.put(msg)
             return msg
-    node = proc.node if proc is not None else current_node()
-    if type(dest) is Pid:
-        # A pid that came another way (decoded from a message, say).
-        target = node._procs.get(dest)
+    elif type(dest) is str and proc is not None:
+        # A registered name of the caller's node (None: Node.send raises).
+        target = proc.node._names.get(dest)
         if target is not None:
             target.put(msg)
             return msg
-    node.send(dest, msg)
+    # A pid that came another way (decoded from a message, say), a dead or a
+    # remote one: the node looks it up once, or tells the distribution.
+    (proc.node if proc is not None else current_node()).send(dest, msg)
     return msg
 
 

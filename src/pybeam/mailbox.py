@@ -186,7 +186,7 @@ class Mailbox:
             # 3.11 makes a getpid() system call every time (to notice a fork).
             loop = task.get_loop()
             if not self.adopted and _current_task(loop) is task:
-                # Our own task (see process.start), which gives back a message
+                # Our own task (see Node.spawn), which gives back a message
                 # handed to it if cancelled before it resumes: hand off.
                 fut = self._waiter = loop.create_future()
                 self._takes = True

@@ -23,15 +23,17 @@ import secrets
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable
+from contextvars import Context as _Context
 from typing import Any, Protocol
 
+from . import process as _process
 from .errors import BadArg, NoProc
 from .gc_policy import CHECK_EVERY
 from .gc_policy import check as _gc_check
 from .logtext import clip
 from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
-from .process import Process, _current, start
+from .process import _CO_COROUTINE, Process, _call, _current, _Guard, _is_async_function, _ProcessTask
 from .terms import NOCONNECTION, NOPROC, Pid, Ref
 
 __all__ = ["Node", "RemoteRouter", "current_node"]
@@ -40,6 +42,7 @@ logger = logging.getLogger("pybeam")
 
 DEFAULT_NAME = "nonode@nohost"
 _CHECK_MASK = CHECK_EVERY - 1
+_new = object.__new__
 
 #: What :meth:`Node.stop` sends an application master (see :mod:`pybeam.application`).
 APPLICATION_STOP = "$pybeam_application_stop"
@@ -218,7 +221,9 @@ class Node:
         self.running = False
         self.remote: RemoteRouter | None = None
         self.dist: Distribution | None = None
-        self._procs: dict[Pid, Process] = {}
+        #: The live processes by pid number (an int key hashes in C; a Pid's
+        #: __hash__ is a Python call). See :meth:`process` for a lookup by pid.
+        self._procs: dict[int, Process] = {}
         self._names: dict[str, Process] = {}
         self._next_id = itertools.count(1).__next__
         self._next_ref = itertools.count(1).__next__
@@ -323,7 +328,7 @@ class Node:
 
     def applications(self) -> list[str]:
         """The running applications' names, in start order."""
-        return [name for name, master in self._applications if master in self._procs]
+        return [name for name, master in self._applications if self.process(master) is not None]
 
     async def _stop_applications(self) -> None:
         while self._applications:
@@ -334,7 +339,7 @@ class Node:
             await self._stop_master(self.kernel)
 
     async def _stop_master(self, master: Pid) -> None:
-        proc = self._procs.get(master)
+        proc = self.process(master)
         if proc is None or proc.task is None or proc.task is asyncio.current_task():
             return
         proc.put(APPLICATION_STOP)
@@ -383,11 +388,29 @@ class Node:
 
     def make_ref(self) -> Ref:
         """A new unique reference."""
-        return Ref(self.name, self._next_ref(), self.creation)
+        # Ref(self.name, i, self.creation) without its __init__ call (one per
+        # monitor, timer and gen_server call): the same slots, the same hash.
+        ref = _new(Ref)
+        ref.node = name = self.name
+        ref.id = i = self._next_ref()
+        ref.creation = creation = self.creation
+        ref._hash = hash((name, i, creation, "ref"))
+        return ref
 
     def process(self, pid: Pid) -> Process | None:
         """The live local process ``pid``, if any."""
-        return self._procs.get(pid)
+        if type(pid) is not Pid:
+            return None
+        proc = pid._proc  # set on the pid a spawn made, while its process lives
+        if proc is not None and proc.node is self:
+            return proc
+        if pid.node != self.name:
+            return None  # another node's: no look in the table
+        proc = self._procs.get(pid.id)
+        # Only the number is the key: a pid of this node's earlier life may share it.
+        if proc is None or proc.pid.creation != pid.creation:
+            return None
+        return proc
 
     def named(self, name: str) -> Process | None:
         """The live local process registered as ``name``, if any."""
@@ -395,7 +418,7 @@ class Node:
 
     def processes(self) -> list[Pid]:
         """The pids of every live process."""
-        return list(self._procs)
+        return [proc.pid for proc in self._procs.values()]
 
     # -- processes ----------------------------------------------------------
 
@@ -413,10 +436,26 @@ class Node:
         monitored by, ``link`` / ``monitor`` (atomically, as spawn_link does)."""
         if not self.running or self.loop is None:
             raise BadArg(f"node {self.name} is not running")
-        pid = Pid(self.name, self._next_id(), self.creation)
-        proc = Process(self, pid)
+        i = self._next_id()
+        # Pid(...) and Process(self, pid) without their __init__ calls (a
+        # Python call each, a fifth of what spawn costs above a bare task):
+        # every slot set here as there (tests/test_process_table.py checks).
+        pid = _new(Pid)
+        pid.node = self.name
+        pid.id = i
+        pid.creation = self.creation
+        proc = _new(Process)
+        proc._queue = proc._waiter = proc._handed = proc._wait = proc.suspended_on = None
+        proc._takes = False
+        proc.node = self
+        proc.pid = pid
+        pid._proc = proc
+        proc.task = proc.links = proc.monitored_by = proc.monitors = proc.name = proc.reason = None
         proc.trap_exit = trap_exit
-        self._procs[pid] = proc
+        proc.alive = True
+        proc.adopted = False
+        proc.reductions = 0
+        self._procs[i] = proc
         if link is not None:
             proc.links = {link.pid}
             if link.links is None:
@@ -429,8 +468,30 @@ class Node:
             if monitor.monitors is None:
                 monitor.monitors = {}
             monitor.monitors[ref] = pid
-        start(proc, self.loop, fn, args)
-        if not pid.id & _CHECK_MASK:
+        # Start fn(*args) as the process's task (here rather than in a helper
+        # of pybeam.process: a call less per spawn). Every exception ends the
+        # process with a reason, SystemExit and KeyboardInterrupt included (in
+        # a process they end the process, never the node, as exit/1 in BEAM).
+        # The task runs the function's own coroutine behind a small _Guard (no
+        # wrapper frame, to keep idle processes small), in a context where
+        # proc is the current process. The context starts empty: a process
+        # inherits no context variables from its spawner, as a BEAM process
+        # inherits no process dictionary (so that per-process state kept in
+        # one, and the spawner itself, are not shared or kept alive by it).
+        if not _process._gc_tuned:
+            _process.tune_gc()
+        ctx = _Context()
+        ctx.run(_current.set, proc)
+        code = getattr(fn, "__code__", None)
+        if code is not None and code.co_flags & _CO_COROUTINE:
+            coro = fn(*args)
+        else:
+            coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
+        guard = _new(_Guard)  # _Guard(coro, proc) without the __init__ call
+        guard._coro = coro
+        guard._proc = proc
+        proc.task = _ProcessTask(guard, loop=self.loop, context=ctx)
+        if not i & _CHECK_MASK:
             # The collector is per interpreter: so is the count that drives it.
             _gc_check(sum(len(node._procs) for node in _bound_nodes))
         return pid, ref
@@ -440,10 +501,11 @@ class Node:
         task = asyncio.current_task()
         if task is None:
             raise BadArg("pybeam needs to run inside an asyncio task")
-        pid = Pid(self.name, self._next_id(), self.creation)
+        i = self._next_id()
+        pid = Pid(self.name, i, self.creation)
         proc = Process(self, pid, adopted=True)
         proc.task = task
-        self._procs[pid] = proc
+        self._procs[i] = proc
         _current.set(proc)
         task.add_done_callback(proc.task_done)
         return proc
@@ -456,7 +518,7 @@ class Node:
         proc.alive = False
         proc.reason = reason
         pid = proc.pid
-        del self._procs[pid]
+        del self._procs[pid.id]
         if proc.name is not None:
             self._names.pop(proc.name, None)
             proc.name = None
@@ -506,11 +568,18 @@ class Node:
         nobody registered raises :class:`BadArg`.
         """
         if type(dest) is Pid:
-            proc = self._procs.get(dest)
-            if proc is not None:
+            proc = dest._proc  # see process(), inlined: one lookup at most
+            if proc is not None and proc.node is self:
                 proc.put(msg)
-            elif dest.node != self.name and self.remote is not None:
-                self.remote.send(dest, msg)
+            elif dest.node != self.name:
+                # Another node's pid, told by its name: straight to the
+                # distribution, without a look in the process table.
+                if self.remote is not None:
+                    self.remote.send(dest, msg)
+            else:
+                proc = self._procs.get(dest.id)
+                if proc is not None and proc.pid.creation == dest.creation:
+                    proc.put(msg)
         elif type(dest) is str:
             proc = self._names.get(dest)
             if proc is None:
@@ -536,7 +605,7 @@ class Node:
         """Send the exit signal ``reason`` from ``sender`` to ``target`` (``exit/2``)."""
         if type(target) is not Pid:
             raise BadArg(f"exit/2 needs a pid, got {target!r}")
-        proc = self._procs.get(target)
+        proc = self.process(target)
         if proc is not None:
             proc.exit_signal(sender, reason, from_link=False)
         elif target.node != self.name and self.remote is not None:
@@ -544,7 +613,7 @@ class Node:
 
     def link_exit(self, sender: Pid, target: Pid, reason: Any) -> None:
         """Deliver the exit signal of linked process ``sender`` to ``target``."""
-        proc = self._procs.get(target)
+        proc = self.process(target)
         if proc is not None:
             proc.exit_signal(sender, reason, from_link=True)
         elif target.node != self.name and self.remote is not None:
@@ -557,7 +626,7 @@ class Node:
         if target == proc.pid or (proc.links is not None and target in proc.links):
             return
         if target.node == self.name:
-            other = self._procs.get(target)
+            other = self.process(target)
             if other is None:
                 # As BEAM: the link fails at once, as an exit signal ``noproc``
                 # from the dead process; a trapper gets it as a message.
@@ -585,7 +654,7 @@ class Node:
         if proc.links is None or target not in proc.links:
             return
         proc.links.discard(target)
-        other = self._procs.get(target)
+        other = self.process(target)
         if other is not None:
             if other.links is not None:
                 other.links.discard(proc.pid)
@@ -608,7 +677,7 @@ class Node:
                 check_node_name(node, "the monitored name's node")
         elif type(target) is Pid:
             item = target
-            local = self._procs.get(target)
+            local = self.process(target)
             remote = target.node != self.name
         else:
             raise BadArg(f"cannot monitor {target!r}: not a pid, a name or a (name, node) pair")
@@ -636,7 +705,7 @@ class Node:
         pid or a registered name; its DOWN will name ``item``. Returns the
         monitored pid, or None if there is no such process (the caller then
         answers DOWN ``noproc``)."""
-        proc = self._procs.get(target) if isinstance(target, Pid) else self._names.get(target)
+        proc = self.process(target) if isinstance(target, Pid) else self._names.get(target)
         if proc is None:
             return None
         if proc.monitored_by is None:
@@ -658,7 +727,7 @@ class Node:
 
     def _drop_monitor(self, watcher: Pid, target: Any, ref: Ref) -> None:
         if type(target) is Pid:
-            local = self._procs.get(target)
+            local = self.process(target)
             remote = target.node != self.name
         else:
             name, node = target
@@ -672,13 +741,13 @@ class Node:
 
     def remove_monitor(self, target: Pid | tuple[str, str], ref: Ref) -> None:
         """Forget a monitor a remote watcher held on a local target."""
-        proc = self._procs.get(target) if isinstance(target, Pid) else self._names.get(target[0])
+        proc = self.process(target) if isinstance(target, Pid) else self._names.get(target[0])
         if proc is not None and proc.monitored_by is not None:
             proc.monitored_by.pop(ref, None)
 
     def deliver_down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
         """Give ``watcher`` its ``("DOWN", ref, "process", item, reason)``."""
-        proc = self._procs.get(watcher)
+        proc = self.process(watcher)
         if proc is not None:
             if proc.monitors is not None and proc.monitors.pop(ref, None) is not None:
                 proc.put(("DOWN", ref, "process", item, reason))
@@ -693,7 +762,7 @@ class Node:
             raise BadArg(f"a registered name must be a non-empty str, got {name!r}")
         if name in self._names:
             raise BadArg(f"name {name!r} is already registered to {self._names[name].pid!r}")
-        proc = self._procs.get(pid) if type(pid) is Pid else None
+        proc = self.process(pid)
         if proc is None:
             raise BadArg(f"cannot register {name!r}: {pid!r} is not a live local process")
         if proc.name is not None:
@@ -731,7 +800,7 @@ class Node:
         if type(dest) is Pid and dest.node == self.name:
             # A timer aimed at a local pid dies with the process: at once if
             # it is gone already (its ref is then never running, as in BEAM).
-            if dest not in self._procs:
+            if self.process(dest) is None:
                 return ref
             self._pid_timers.setdefault(dest, set()).add(ref)
         handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref)
@@ -778,7 +847,11 @@ class Node:
 
     def deliver(self, to: Pid, msg: Any) -> bool:
         """Put ``msg`` in the mailbox of local process ``to``; False if there is none."""
-        proc = self._procs.get(to)
+        # A pid the codec decoded is the process table's own object while its
+        # process lives (its _proc is set): no lookup then.
+        proc = to._proc
+        if proc is None or proc.node is not self:
+            proc = self.process(to)
         if proc is None:
             return False
         proc.put(msg)
@@ -794,7 +867,7 @@ class Node:
 
     def is_alive(self, pid: Pid) -> bool:
         """Whether ``pid`` is a live local process."""
-        return pid in self._procs
+        return self.process(pid) is not None
 
     def spawn_function(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Pid:
         """Start ``fn(*args)`` as a new process (for a peer's spawn request)."""
@@ -802,7 +875,7 @@ class Node:
 
     def link_remote(self, local: Pid, remote: Pid) -> bool:
         """Record that local process ``local`` is linked to ``remote``; False if it is not alive."""
-        proc = self._procs.get(local)
+        proc = self.process(local)
         if proc is None:
             return False
         self.add_link(proc, remote)
@@ -810,13 +883,13 @@ class Node:
 
     def unlink_remote(self, local: Pid, remote: Pid) -> None:
         """Forget the link between local process ``local`` and ``remote``."""
-        proc = self._procs.get(local)
+        proc = self.process(local)
         if proc is not None and proc.links is not None:
             proc.links.discard(remote)
 
     def watch_remote(self, watcher: Pid, ref: Ref, target: Pid) -> bool:
         """Record that local ``watcher`` monitors remote ``target`` as ``ref``; False if it is not alive."""
-        proc = self._procs.get(watcher)
+        proc = self.process(watcher)
         if proc is None:
             return False
         if proc.monitors is None:

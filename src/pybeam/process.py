@@ -34,7 +34,7 @@ from .terms import KILL, KILLED, NORMAL, Crash, Pid, Ref
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["GC_THRESHOLDS", "PYTHON_GC_THRESHOLDS", "Process", "current_process", "start"]
+__all__ = ["GC_THRESHOLDS", "PYTHON_GC_THRESHOLDS", "Process", "current_process"]
 
 logger = logging.getLogger("pybeam")
 
@@ -253,7 +253,30 @@ class _Guard(Coroutine[Any, Any, Any]):
         try:
             return self._coro.send(value)
         except StopIteration:
-            self._end(None)
+            proc = self._proc
+            node = proc.node
+            if (
+                proc.alive
+                and proc.links is None
+                and proc.monitored_by is None
+                and proc.monitors is None
+                and proc.name is None
+                and not node._pid_timers
+            ):
+                # It returned, and nobody links to it, monitors it or names
+                # it (most processes): _end(None) and Node.terminate's work
+                # without their two calls.
+                del self._proc
+                proc.task = None
+                proc.alive = False
+                proc.reason = NORMAL
+                pid = proc.pid
+                del node._procs[pid.id]
+                proc._queue = None
+                proc._waiter = proc._handed = None
+                pid._proc = None
+            else:
+                self._end(None)
             raise
         except asyncio.CancelledError as e:
             self._end(e)
@@ -354,35 +377,6 @@ def tune_gc() -> None:
     global _gc_tuned
     _gc_tuned = True
     tune_thresholds()
-
-
-def start(
-    proc: Process, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> None:
-    """Run ``fn(*args)`` as ``proc``'s task; its end becomes the exit reason.
-
-    Every exception ends the process with a reason, SystemExit and
-    KeyboardInterrupt included: in a process they end the process, never
-    the node (as ``exit/1`` in BEAM). The task runs the function's own
-    coroutine behind a small :class:`_Guard` (no wrapper frame, to keep idle
-    processes small), in a context where ``proc`` is the current process.
-
-    The context starts empty: a process inherits no context variables from
-    its spawner, as a BEAM process inherits no process dictionary (and so
-    that per-process state kept in one, and the spawner itself, are not
-    shared or kept alive by the child).
-    """
-    if not _gc_tuned:
-        tune_gc()
-    ctx = contextvars.Context()
-    ctx.run(_current.set, proc)
-    # _is_async_function without the call, for a plain async function.
-    code = getattr(fn, "__code__", None)
-    if code is not None and code.co_flags & _CO_COROUTINE:
-        coro = fn(*args)
-    else:
-        coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
-    proc.task = _ProcessTask(_Guard(coro, proc), loop=loop, context=ctx)
 
 
 class _ProcessTask(asyncio.Task[Any]):

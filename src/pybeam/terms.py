@@ -11,7 +11,10 @@ nodes) and, on the node where it happened, the exception itself.
 from __future__ import annotations
 
 import traceback
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from .process import Process
 
 __all__ = ["KILL", "KILLED", "NOCONNECTION", "NOPROC", "NORMAL", "Crash", "Pid", "Ref", "Term"]
 
@@ -46,7 +49,7 @@ class Pid:
         self.node = node
         self.id = id
         self.creation = creation
-        self._proc: Any = None
+        self._proc: Process | None = None
 
     def __eq__(self, other: object) -> bool:
         if self is other:
