@@ -86,7 +86,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         if task in self._owners:
             return self._owners[task]
         # A process's own task is made without loop.create_task (see
-        # pybeam.process.start): its guard knows the process, which knows its node.
+        # pybeam.node.Node.spawn): its guard knows the process, which knows its node.
         proc = getattr(task.get_coro(), "_proc", None)
         node = getattr(proc, "node", None)
         return node if isinstance(node, Node) and node.distributed else None
