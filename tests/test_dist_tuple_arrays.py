@@ -179,6 +179,8 @@ async def test_bad_input_in_either_format_closes_that_connection_only(cluster: A
         (codec.encode_native([(Op.SEND, to, "x")]), native, "must hold an array of control messages"),
         # The native list marker to a node that did not agree on it.
         (codec.encode_native(((Op.SEND, to, ["x"]),)), {}, "unknown ext type 6"),
+        # An operation that cannot even be looked up (unhashable): bad input, not a bug.
+        (codec.encode_native((({"op": 1}, to),)), native, "unknown or malformed control message ({'op'"),
     ]
     for frame, flags, expected in attacks:
         await _hostile(port, cookie, target, frame, flags)

@@ -114,7 +114,7 @@ class Op:
     MONITOR = 7  # (watcher_pid, target_pid_or_name, ref)
     DEMONITOR = 8  # (watcher_pid, target_pid_or_name, ref)
     DOWN = 9  # (watcher_pid, ref, item, reason)
-    SPAWN_REQUEST = 10  # (ref, from_pid, "module:function", args, {"link": bool, "monitor": bool})
+    SPAWN_REQUEST = 10  # (ref, from_pid, "module:function", args, {"link": bool, "monitor": bool, "reply": bool | "error_only"})
     SPAWN_REPLY = 11  # (ref, to_pid, pid | ("error", message))
     NODES = 12  # (["name@host:port", ...])                 for the full mesh
     FRAGMENT = 13  # (stream_id, total_size, offset, chunk)   a piece of a large control message
