@@ -43,6 +43,8 @@ TERMS: list[Any] = [
     tuple(range(100)),
     [(i, [i]) for i in range(20)],
     (0, PID, ("msg", 1)),
+    ("reply", [1, 2], {"k": 1}, (3,), []),  # lists marked by the two-level fast path
+    [[1], (2,), [], "x"],
     (9, REF, PID, "m:f", ("m:g", 1, 2), {"monitor": True, "reply": "error_only"}),
 ]
 

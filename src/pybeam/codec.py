@@ -309,11 +309,18 @@ def _mark_lists(value: Any) -> Any:
     return tuple(items)
 
 
+def _mark_two_levels(value: Any) -> Any:
+    """_mark_lists for a tuple or list whose items are leaves or hold only leaves."""
+    items = [(_LIST_EXT, *item) if type(item) is list else item for item in value]
+    return (_LIST_EXT, *items) if type(value) is list else tuple(items)
+
+
 def encode_native(term: Term) -> bytes:
     """Encode ``term`` in the tuple-native format (see the module's doc), for
     a node that offered it; raise EncodeError if it cannot travel."""
     t = type(term)
     lists = t is list
+    deep = False  # whether a list may sit below the second level
     # encode()'s fast path, which also notes whether a list was seen.
     if t is tuple or t is list:
         if len(term) <= 8:
@@ -331,21 +338,24 @@ def encode_native(term: Term) -> bytes:
                         continue
                 elif ti is dict and len(item) <= 8 and _flat_dict(item):
                     continue
-                lists = _check(term)
+                lists = deep = _check(term)
                 break
         elif not _LEAF_TYPES.issuperset(map(type, term)):
-            lists = _check(term)
+            lists = deep = _check(term)
         elif lists:
             term = (_LIST_EXT, *term)  # a flat list: marked without another walk
             lists = False
     elif t not in _LEAF_TYPES:
-        lists = _check(term)
+        lists = deep = _check(term)
     try:
         packer = _local.native_packer
     except AttributeError:
         packer = _local.native_packer = _new_native_packer()
     try:
-        data: bytes = packer.pack(_mark_lists(term) if lists else term)
+        if lists:
+            # Two levels (the fast path's) are marked without the recursion.
+            term = _mark_lists(term) if deep else _mark_two_levels(term)
+        data: bytes = packer.pack(term)
     except EncodeError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
