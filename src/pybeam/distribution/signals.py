@@ -312,8 +312,14 @@ def track(peer: Peer, control: tuple[Any, ...]) -> None:
     """Record in ``peer`` what an outgoing signal makes cross its connection
     (or undoes): what must be undone if the connection goes down."""
     match control:
+        # An rpc's two signals first (a request here, a DOWN there); the
+        # operations are distinct, so the order is only the cost of a miss.
         case (Op.SEND | Op.SEND_NAME, *_):
             pass
+        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
+            peer.spawns[ref] = (requester, opts)
+        case (Op.DOWN, _, ref, _, _):
+            peer.monitors_in.pop(ref, None)
         case (Op.LINK, local, remote):
             peer.links.add((local, remote))
         case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
@@ -322,7 +328,3 @@ def track(peer: Peer, control: tuple[Any, ...]) -> None:
             peer.monitors_out[ref] = (watcher, target)
         case (Op.DEMONITOR, _, _, ref):
             peer.monitors_out.pop(ref, None)
-        case (Op.DOWN, _, ref, _, _):
-            peer.monitors_in.pop(ref, None)
-        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
-            peer.spawns[ref] = (requester, opts)
