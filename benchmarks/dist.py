@@ -220,3 +220,50 @@ async def main() -> list[tuple[str, float, str, float]]:
         rows.append((f"worst small msg during a 50 MB one, {label}", worst, "ms", 0.0))
         rows.append((f"small msgs (of {SMALL_DURING_BIG}) before a 50 MB one, {label}", before, "", 0.0))
     return rows
+
+
+async def one_process(kind: str, n: int) -> float:
+    """CPU µs per operation of ``kind`` ("rtt", "one_way" or "rpc"), ``n`` of
+    them, with both nodes in this process (see :func:`cpu_costs`). Run under
+    ``valgrind --tool=cachegrind --cache-sim=no`` with two values of ``n``:
+    the difference of the instruction counts over that of ``n`` is the
+    instructions per operation, a figure other load does not disturb."""
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
+    cookie, tag = secrets.token_hex(8), secrets.token_hex(3)
+    a = await pybeam.Node(f"cpu_a{tag}@127.0.0.1", cookie=cookie).start()
+    b = await pybeam.Node(f"cpu_b{tag}@127.0.0.1", cookie=cookie).start()
+    try:
+        pong, _ = b.spawn(ponger)
+        sink_pid, _ = b.spawn(sink)
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        async def run(count: int) -> None:
+            if kind == "rtt":
+                await round_trips(pong, count)
+            elif kind == "one_way":
+                await one_way(sink_pid, count)
+            else:
+                for i in range(count):
+                    await pybeam.rpc.call(b.name, add, i, 1)
+
+        async def driver() -> None:
+            await run(200)  # warm: connection, code, caches
+            c0 = time.process_time()
+            await run(n)
+            done.set_result((time.process_time() - c0) / n * 1e6)
+
+        a.spawn(driver)
+        return await asyncio.wait_for(done, 300)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.dist {rtt|one_way|rpc} N: one kind, one process.
+    import sys
+
+    kind_arg, n_arg = sys.argv[1], int(sys.argv[2])
+    if kind_arg not in ("rtt", "one_way", "rpc"):
+        raise SystemExit("usage: python -m benchmarks.dist {rtt|one_way|rpc} N")
+    print(f"{kind_arg}: {pybeam.run(one_process, kind_arg, n_arg):.2f} us CPU per operation")

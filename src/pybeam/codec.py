@@ -28,6 +28,17 @@ A term is exactly one MessagePack object
   ``[kind, message, traceback]``. The exception object does not travel.
 
 No other ext code is valid, including MessagePack's timestamp (-1).
+
+The tuple-native format (:func:`encode_native`, :func:`decode_native`)
+----------------------------------------------------------------------
+Two nodes that both offer it in the handshake (the ``tuple_arrays`` flag) use
+it after the handshake: the same, except that a tuple is a plain array and a
+list is an array whose first element is ext ``EXT_LIST`` (6) with an empty
+payload (``c7 00 06``); ``EXT_TUPLE`` is then valid nowhere. Tuples are far
+commoner than lists in messages (every control message and most user
+messages are tuples), and msgpack's C code builds a tuple from an array
+itself: a term without lists is decoded with no Python call but one per pid,
+ref, crash or big int.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_BUFFER_SIZE",
     "EXT_BIGINT",
     "EXT_CRASH",
+    "EXT_LIST",
     "EXT_PID",
     "EXT_REF",
     "EXT_TUPLE",
@@ -52,7 +64,9 @@ __all__ = [
     "Decoder",
     "EncodeError",
     "decode",
+    "decode_native",
     "encode",
+    "encode_native",
 ]
 
 EXT_TUPLE: Final = 1
@@ -60,6 +74,7 @@ EXT_PID: Final = 2
 EXT_REF: Final = 3
 EXT_CRASH: Final = 4
 EXT_BIGINT: Final = 5
+EXT_LIST: Final = 6
 
 #: Deepest nesting of containers that :func:`encode` accepts. Well below
 #: msgpack's own limits (511 levels to pack in msgpack 1.0, 1024 to unpack), and
@@ -87,6 +102,9 @@ _ID_SIZE: Final = _ID.size
 _make_ext: Final = tuple.__new__
 _ExtType: Final = msgpack.ExtType
 _TUPLE_EXT: Final = msgpack.ExtType(EXT_TUPLE, b"")
+_LIST_EXT: Final = msgpack.ExtType(EXT_LIST, b"")
+#: How a list marker is encoded (the only way encode_native writes it).
+_LIST_MARK_BYTES: Final = b"\xc7\x00\x06"
 
 # Exact types that msgpack packs natively or that _default converts. It also
 # packs bytearray, memoryview, ExtType and Timestamp natively even with
@@ -109,18 +127,22 @@ def _refuse(value: object) -> EncodeError:
     return EncodeError(f"cannot encode value of type {_type_name(value)!r}")
 
 
-def _check(term: Term) -> None:
-    """Raise EncodeError unless ``term`` holds only encodable values."""
+def _check(term: Term) -> bool:
+    """Raise EncodeError unless ``term`` holds only encodable values; tell
+    whether it holds a list."""
     # An explicit stack, not recursion: nesting is bounded by MAX_DEPTH, not by
     # Python's recursion limit, and a cyclic term ends at MAX_DEPTH too.
     stack: list[tuple[Any, int]] = [(term, 0)]
     leaf_types = _LEAF_TYPES
+    lists = False
     while stack:
         value, depth = stack.pop()
         t = type(value)
         if t in leaf_types:
             continue
-        if t not in _CONTAINER_TYPES:
+        if t is list:
+            lists = True
+        elif t not in _CONTAINER_TYPES:
             raise _refuse(value)
         if depth >= MAX_DEPTH:
             raise EncodeError(f"cannot encode a term nested deeper than {MAX_DEPTH} levels")
@@ -131,6 +153,15 @@ def _check(term: Term) -> None:
             value = value.values()
         if not leaf_types.issuperset(map(type, value)):
             stack.extend((item, depth) for item in value)
+    return lists
+
+
+def _flat_dict(value: dict[Any, Any]) -> bool:
+    """Whether every key and value of ``value`` is a leaf (nothing to walk)."""
+    for key, item in value.items():
+        if type(key) not in _LEAF_TYPES or type(item) not in _LEAF_TYPES:
+            return False
+    return True
 
 
 def _encode_id(value: Pid | Ref) -> bytes:
@@ -228,6 +259,8 @@ def encode(term: Term) -> bytes:
                             break
                     else:
                         continue
+                elif ti is dict and len(item) <= 8 and _flat_dict(item):
+                    continue  # a spawn request's options, say
                 _check(term)
                 break
         elif not _LEAF_TYPES.issuperset(map(type, term)):
@@ -248,6 +281,87 @@ def encode(term: Term) -> bytes:
         raise EncodeError(f"cannot encode term: {exc!r}") from exc
     if len(data) > _PACKER_KEEP_LIMIT:
         _local.packer = _new_packer()
+    return data
+
+
+def _new_native_packer() -> Any:
+    # Not strict: tuples and lists pack as arrays with no call to _default;
+    # the allowlist check before packing has refused every subclass, and
+    # _mark_lists has turned every list into a marked tuple.
+    return msgpack.Packer(default=_default, strict_types=False, use_bin_type=True, datetime=False)
+
+
+def _mark_lists(value: Any) -> Any:
+    """``value`` with each list turned into a tuple led by the list marker
+    (the tuple-native format); tuples and dicts are rebuilt only around one.
+    Recursive: _check has bounded the depth at MAX_DEPTH."""
+    t = type(value)
+    if t is dict:
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            out[key] = _mark_lists(item) if type(item) in _CONTAINER_TYPES else item
+        return out
+    if _LEAF_TYPES.issuperset(map(type, value)):
+        return (_LIST_EXT, *value) if t is list else value
+    items = [_LIST_EXT] if t is list else []
+    for item in value:
+        items.append(_mark_lists(item) if type(item) in _CONTAINER_TYPES else item)
+    return tuple(items)
+
+
+def _mark_two_levels(value: Any) -> Any:
+    """_mark_lists for a tuple or list whose items are leaves or hold only leaves."""
+    items = [(_LIST_EXT, *item) if type(item) is list else item for item in value]
+    return (_LIST_EXT, *items) if type(value) is list else tuple(items)
+
+
+def encode_native(term: Term) -> bytes:
+    """Encode ``term`` in the tuple-native format (see the module's doc), for
+    a node that offered it; raise EncodeError if it cannot travel."""
+    t = type(term)
+    lists = t is list
+    deep = False  # whether a list may sit below the second level
+    # encode()'s fast path, which also notes whether a list was seen.
+    if t is tuple or t is list:
+        if len(term) <= 8:
+            for item in term:
+                ti = type(item)
+                if ti in _LEAF_TYPES:
+                    continue
+                if (ti is tuple or ti is list) and len(item) <= 8:
+                    for sub in item:
+                        if type(sub) not in _LEAF_TYPES:
+                            break
+                    else:
+                        if ti is list:
+                            lists = True
+                        continue
+                elif ti is dict and len(item) <= 8 and _flat_dict(item):
+                    continue
+                lists = deep = _check(term)
+                break
+        elif not _LEAF_TYPES.issuperset(map(type, term)):
+            lists = deep = _check(term)
+        elif lists:
+            term = (_LIST_EXT, *term)  # a flat list: marked without another walk
+            lists = False
+    elif t not in _LEAF_TYPES:
+        lists = deep = _check(term)
+    try:
+        packer = _local.native_packer
+    except AttributeError:
+        packer = _local.native_packer = _new_native_packer()
+    try:
+        if lists:
+            # Two levels (the fast path's) are marked without the recursion.
+            term = _mark_lists(term) if deep else _mark_two_levels(term)
+        data: bytes = packer.pack(term)
+    except EncodeError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise EncodeError(f"cannot encode term: {exc!r}") from exc
+    if len(data) > _PACKER_KEEP_LIMIT:
+        _local.native_packer = _new_native_packer()
     return data
 
 
@@ -408,6 +522,87 @@ def decode(data: bytes | memoryview) -> Term:
         raise DecodeError(f"malformed term: {exc!r}") from exc
     if hooks.pending:
         raise DecodeError("misplaced tuple marker")
+    if 0xFF in data and _may_hold_timestamp(data):
+        _check_decoded(term)
+    return term
+
+
+# decode_native's hooks. A list marker is only ever written as
+# _LIST_MARK_BYTES, so data without those bytes is decoded with no list_hook
+# (msgpack builds the tuples itself); a marker written another way (ext 16 or
+# 32 with length 0) then reaches _native_ext_hook, which refuses it, so no
+# encoding of a list can be taken for a tuple.
+_LMARK: Final = object()
+
+
+def _native_ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_PID:
+        pid = _pids.get(data)
+        if pid is not None:
+            return pid
+    elif code in (EXT_LIST, EXT_TUPLE):
+        raise DecodeError(f"ext {code} not where the tuple-native format puts one")
+    return _decode_ext(code, data)
+
+
+class _NativeHooks:
+    """decode_native's hooks for data that may hold list markers; ``pending``
+    as in :class:`_Hooks`."""
+
+    __slots__ = ("ext_hook", "list_hook", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.ext_hook = self._ext_hook
+        self.list_hook = self._list_hook
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_LIST:
+            if data:
+                raise DecodeError("list marker with a payload")
+            self.pending += 1
+            return _LMARK
+        return _native_ext_hook(code, data)
+
+    def _list_hook(self, items: tuple[Any, ...]) -> Any:
+        if items and items[0] is _LMARK:
+            self.pending -= 1
+            out = list(items)
+            del out[0]
+            return out
+        return items
+
+
+def decode_native(data: bytes | memoryview) -> Term:
+    """Decode one term in the tuple-native format; raise DecodeError unless
+    ``data`` is exactly that."""
+    if type(data) is not bytes:
+        data = _as_bytes(data)
+    try:
+        if _LIST_MARK_BYTES in data:
+            try:
+                hooks = _local.native_hooks
+            except AttributeError:
+                hooks = _local.native_hooks = _NativeHooks()
+            hooks.pending = 0
+            term = msgpack.unpackb(
+                data,
+                ext_hook=hooks.ext_hook,
+                list_hook=hooks.list_hook,
+                raw=False,
+                use_list=False,
+                strict_map_key=False,
+            )
+            if hooks.pending:
+                raise DecodeError("misplaced list marker")
+        else:
+            term = msgpack.unpackb(
+                data, ext_hook=_native_ext_hook, raw=False, use_list=False, strict_map_key=False
+            )
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"malformed term: {exc!r}") from exc
     if 0xFF in data and _may_hold_timestamp(data):
         _check_decoded(term)
     return term

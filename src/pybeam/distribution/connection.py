@@ -114,7 +114,7 @@ class Op:
     MONITOR = 7  # (watcher_pid, target_pid_or_name, ref)
     DEMONITOR = 8  # (watcher_pid, target_pid_or_name, ref)
     DOWN = 9  # (watcher_pid, ref, item, reason)
-    SPAWN_REQUEST = 10  # (ref, from_pid, "module:function", args, {"link": bool, "monitor": bool})
+    SPAWN_REQUEST = 10  # (ref, from_pid, "module:function", args, {"link": bool, "monitor": bool, "reply": bool | "error_only"})
     SPAWN_REPLY = 11  # (ref, to_pid, pid | ("error", message))
     NODES = 12  # (["name@host:port", ...])                 for the full mesh
     FRAGMENT = 13  # (stream_id, total_size, offset, chunk)   a piece of a large control message
@@ -150,10 +150,10 @@ _FRAME_OVERHEAD: Final = 8
 
 
 def encode_control(control: tuple[Any, ...], max_frame: int) -> bytes:
-    """Encode a control message for a connection whose frames are at most ``max_frame``.
+    """Encode a control message (in the base format) for a connection whose
+    frames are at most ``max_frame``.
 
-    The one place a term's size is checked before it travels: raises
-    :class:`pybeam.codec.EncodeError` if it holds something that cannot
+    Raises :class:`pybeam.codec.EncodeError` if it holds something that cannot
     travel and :class:`SystemLimit` if it is too large for a frame.
     """
     data = codec.encode(control)
@@ -188,15 +188,20 @@ def _single_frame_of(data: bytes) -> bytes:
 #: the tuple up to its last item, which is the same for every message to
 #: ``to``. Keyed by id(to), holding ``to`` (so the id is not reused while cached).
 _send_heads: dict[int, tuple[Pid, bytes]] = {}
+#: The same in the tuple-native format.
+_native_send_heads: dict[int, tuple[Pid, bytes]] = {}
 _SEND_HEADS_LIMIT: Final = 4096
 
 
-def _send_head(to: Pid) -> bytes:
-    # What codec.encode((Op.SEND, to, msg)) puts before msg's encoding.
-    head = codec.encode((Op.SEND, to, None))[:-1]
-    if len(_send_heads) >= _SEND_HEADS_LIMIT:
-        _send_heads.clear()
-    _send_heads[id(to)] = (to, head)
+def _send_head(to: Pid, native: bool) -> bytes:
+    # What encode((Op.SEND, to, msg)) puts before msg's encoding.
+    if native:
+        heads, head = _native_send_heads, codec.encode_native((Op.SEND, to, None))[:-1]
+    else:
+        heads, head = _send_heads, codec.encode((Op.SEND, to, None))[:-1]
+    if len(heads) >= _SEND_HEADS_LIMIT:
+        heads.clear()
+    heads[id(to)] = (to, head)
     return head
 
 
@@ -250,8 +255,17 @@ class Connection(asyncio.Protocol):
         fragment_size: int | None = DEFAULT_FRAGMENT_SIZE,
         sender_of: Callable[[tuple[Any, ...]], Hashable] | None = None,
         deliver: Callable[[Pid, Any], bool] | None = None,
+        tuple_arrays: bool = False,
     ) -> None:
         self.peer = peer
+        #: Both sides offered the ``tuple_arrays`` flag: every control message
+        #: after the handshake is in the tuple-native format (see :mod:`pybeam.codec`).
+        self.native = tuple_arrays and peer.flags.get("tuple_arrays") is True
+        self._encode: Callable[[Any], bytes] = codec.encode_native if self.native else codec.encode
+        self._decode: Callable[[bytes], Any] = codec.decode_native if self.native else codec.decode
+        #: What a frame decodes to: an array is a tuple in the tuple-native format.
+        self._batch_type: Any = tuple if self.native else list
+        self._send_heads = _native_send_heads if self.native else _send_heads
         self.busy_limit = busy_limit
         self.hard_limit = max(hard_limit, busy_limit)
         #: Over the busy limit: senders are to wait in drain().
@@ -361,7 +375,9 @@ class Connection(asyncio.Protocol):
         messages to a node that went down).
         """
         # send_encoded's body, inlined: this is the hot path of every message.
-        data = encode_control(control, self.max_frame)
+        data = self._encode(control)
+        if len(data) > self._max_control:
+            raise SystemLimit(len(data), self.max_frame)
         if self.closed:
             return
         if self._lanes or len(data) > self._fragment_above:
@@ -388,9 +404,9 @@ class Connection(asyncio.Protocol):
     def send_message(self, to: Pid, msg: Any) -> None:
         """Queue ``(Op.SEND, to, msg)``, as :meth:`send` does: its hot path
         (the tuple is not built, the part naming ``to`` is encoded once)."""
-        entry = _send_heads.get(id(to))
-        head = entry[1] if entry is not None and entry[0] is to else _send_head(to)
-        data = head + codec.encode(msg)
+        entry = self._send_heads.get(id(to))
+        head = entry[1] if entry is not None and entry[0] is to else _send_head(to, self.native)
+        data = head + self._encode(msg)
         size = len(data)
         if size > self._max_control:
             raise SystemLimit(size, self.max_frame)
@@ -417,9 +433,20 @@ class Connection(asyncio.Protocol):
     def send_encoded(self, data: bytes, sender: Hashable = None) -> None:
         """Queue a control message encoded by :func:`encode_control` (for this
         connection's ``max_frame``): one queued while connecting is encoded once.
-        ``sender``: what :func:`sender_of` gave for it (its order is kept per sender)."""
+        ``sender``: what :func:`sender_of` gave for it (its order is kept per sender).
+
+        Queued before the handshake said which format the peer takes, it is in
+        the base format: re-encoded here for a peer that takes the tuple-native one."""
         if self.closed:
             return
+        if self.native:
+            data = codec.encode_native(codec.decode(data))
+            if len(data) > self._max_control:
+                # Only a message within a few bytes of the limit (lists take
+                # 3 more bytes each in this format) and then lost, as one sent
+                # to a node that went down; said rather than silent.
+                logger.warning("dropped a %d-byte message to %s: over the frame limit", len(data), self.name)
+                return
         if sender in self._lanes or len(data) > self._fragment_above:
             self._to_lane(sender, data)
             return
@@ -525,10 +552,10 @@ class Connection(asyncio.Protocol):
             self._backlog -= len(chunk)
             if end < size:
                 self._streams[key] = (sid, end)
-                return codec.encode((Op.FRAGMENT, sid, size, offset, chunk))
+                return self._encode((Op.FRAGMENT, sid, size, offset, chunk))
             self._streams.pop(key, None)
             self._streaming -= size
-            piece = codec.encode((Op.FRAGMENT, sid, size, offset, chunk))
+            piece = self._encode((Op.FRAGMENT, sid, size, offset, chunk))
         lane.popleft()
         if not lane:
             del self._lanes[key]
@@ -662,14 +689,15 @@ class Connection(asyncio.Protocol):
         dispatch = self._dispatch
         deliver = self._deliver
         owner = self._owner
+        decode = self._decode
         try:
             for frame in self._decoder.feed(data):
                 if not frame:
                     continue  # a tick
-                batch = codec.decode(frame)
-                if type(batch) is not list:
+                batch = decode(frame)
+                if type(batch) is not self._batch_type:
                     raise ProtocolError(
-                        f"a frame must hold a list of control messages, got {type(batch).__name__}"
+                        f"a frame must hold an array of control messages, got {type(batch).__name__}"
                     )
                 for control in batch:
                     if type(control) is not tuple or not control:
@@ -761,7 +789,7 @@ class Connection(asyncio.Protocol):
             return None
         del self._assembling[sid]
         self._assembling_size -= size
-        control = codec.decode(bytes(buf))
+        control = self._decode(bytes(buf))
         if type(control) is not tuple or not control or control[0] == Op.FRAGMENT:
             raise ProtocolError(f"malformed fragmented control message {control!r:.100}")
         return control

@@ -101,6 +101,9 @@ class DistOptions:
     #: Encoded messages over this many bytes travel in fragments of it,
     #: interleaved with other senders' messages; 0: never (nor offered).
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
+    #: Offer the tuple-native term format (the ``tuple_arrays`` flag); used
+    #: with a peer that offers it too. Off: this node speaks as one before it.
+    tuple_arrays: bool = True
 
     def __post_init__(self) -> None:
         size = self.fragment_size
@@ -446,6 +449,8 @@ class NetKernel:
         flags: dict[str, Any] = {"hidden": self.options.hidden, "port": self.port}
         if self.options.fragment_size:
             flags["fragments"] = True
+        if self.options.tuple_arrays:
+            flags["tuple_arrays"] = True
         return flags
 
     def connect_failure(self, node: str) -> str | None:
@@ -705,6 +710,7 @@ class NetKernel:
                 fragment_size=self.options.fragment_size or None,
                 sender_of=_sender_of,
                 deliver=self.node.deliver,
+                tuple_arrays=self.options.tuple_arrays,
             )
         except Exception:
             # A bug, not the peer's doing; but whoever waits for this

@@ -42,6 +42,22 @@ class Signals:
         self.abandoned: set[Ref] = set()
         #: Signals dropped for naming a target not on this node.
         self.foreign_dropped = 0
+        # A table from operation to handler: an rpc's SPAWN_REQUEST and DOWN
+        # are not tried against a dozen patterns first.
+        self._handlers: dict[Any, Callable[[Peer, tuple[Any, ...]], None]] = {
+            Op.SEND: self._send,
+            Op.SEND_NAME: self._send_name,
+            Op.LINK: self._link,
+            Op.UNLINK: self._link,
+            Op.EXIT: self._link,
+            Op.LINK_EXIT: self._link,
+            Op.MONITOR: self._monitor,
+            Op.DEMONITOR: self._monitor,
+            Op.DOWN: self._down,
+            Op.SPAWN_REQUEST: self._spawn_request,
+            Op.SPAWN_REPLY: self._spawn_reply_op,
+            Op.NODES: self._nodes,
+        }
 
     @staticmethod
     def _reply(peer: Peer, control: tuple[Any, ...]) -> None:
@@ -51,15 +67,35 @@ class Signals:
 
     def dispatch(self, peer: Peer, control: tuple[Any, ...]) -> None:
         """Carry out a control message ``peer`` sent (ProtocolError if malformed)."""
-        node = self.node
-        here = node.name
+        try:
+            handler = self._handlers[control[0]]
+        except (KeyError, TypeError, IndexError):  # unknown, unhashable or no op at all
+            raise ProtocolError(f"unknown or malformed control message {control!r:.200}") from None
+        handler(peer, control)
+
+    @staticmethod
+    def _malformed(control: tuple[Any, ...]) -> ProtocolError:
+        return ProtocolError(f"unknown or malformed control message {control!r:.200}")
+
+    def _send(self, peer: Peer, control: tuple[Any, ...]) -> None:
         match control:
-            case (Op.SEND, Pid() as to, msg):
-                if not node.deliver(to, msg) and to.node != here:
+            case (_, Pid() as to, msg):
+                if not self.node.deliver(to, msg) and to.node != self.node.name:
                     self._foreign(peer, control, to)
-            case (Op.SEND_NAME, str() as name, msg):
-                node.deliver_named(name, msg)
-            case (Op.LINK | Op.UNLINK | Op.EXIT | Op.LINK_EXIT, _, Pid() as local, *_) if local.node != here:
+            case _:
+                raise self._malformed(control)
+
+    def _send_name(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        match control:
+            case (_, str() as name, msg):
+                self.node.deliver_named(name, msg)
+            case _:
+                raise self._malformed(control)
+
+    def _link(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        node = self.node
+        match control:
+            case (_, _, Pid() as local, *_) if local.node != node.name:
                 self._foreign(peer, control, local)
             case (Op.LINK, Pid() as remote, Pid() as local):
                 if node.link_remote(local, remote):
@@ -74,42 +110,61 @@ class Signals:
             case (Op.LINK_EXIT, Pid() as remote, Pid() as local, reason):
                 peer.links.discard((local, remote))
                 node.link_exit(remote, local, reason)
-            case (Op.MONITOR | Op.DEMONITOR, Pid(), Pid() as target, Ref()) if target.node != here:
+            case _:
+                raise self._malformed(control)
+
+    def _monitor(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        here = self.node.name
+        match control:
+            case (_, Pid(), Pid() as target, Ref()) if target.node != here:
                 self._foreign(peer, control, target)
-            case (Op.MONITOR | Op.DEMONITOR, Pid(), (str(), str() as at) as target, Ref()) if at != here:
+            case (_, Pid(), (str(), str() as at) as target, Ref()) if at != here:
                 self._foreign(peer, control, target)
             case (Op.MONITOR, Pid() as watcher, target, Ref() as ref):
                 self._incoming_monitor(peer, watcher, target, ref)
             case (Op.DEMONITOR, Pid(), _, Ref() as ref):
                 local = peer.monitors_in.pop(ref, None)
                 if local is not None:
-                    node.remove_monitor(local, ref)
-            case (Op.DOWN, Pid() as watcher, Ref(), _, _) if watcher.node != here:
+                    self.node.remove_monitor(local, ref)
+            case _:
+                raise self._malformed(control)
+
+    def _down(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        match control:
+            case (_, Pid() as watcher, Ref(), _, _) if watcher.node != self.node.name:
                 self._foreign(peer, control, watcher)
-            case (Op.DOWN, Pid() as watcher, Ref() as ref, item, reason):
+            case (_, Pid() as watcher, Ref() as ref, item, reason):
                 if peer.monitors_out.pop(ref, None) is None and ref in peer.spawns:
                     self._down_before_reply(peer, ref, item, reason)
                 else:
-                    node.deliver_down(watcher, ref, item, reason)
-            case (
-                Op.SPAWN_REQUEST,
-                Ref() as ref,
-                Pid() as requester,
-                str() as fn,
-                tuple() as args,
-                dict() as opts,
-            ):
+                    self.node.deliver_down(watcher, ref, item, reason)
+            case _:
+                raise self._malformed(control)
+
+    def _spawn_request(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        match control:
+            case (_, Ref() as ref, Pid() as requester, str() as fn, tuple() as args, dict() as opts):
                 self._incoming_spawn(peer, ref, requester, fn, args, opts)
-            case (Op.SPAWN_REPLY, Ref(), Pid() as requester, _) if requester.node != here:
+            case _:
+                raise self._malformed(control)
+
+    def _spawn_reply_op(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        match control:
+            case (_, Ref(), Pid() as requester, _) if requester.node != self.node.name:
                 self._foreign(peer, control, requester)
-            case (Op.SPAWN_REPLY, Ref() as ref, Pid() as requester, result):
+            case (_, Ref() as ref, Pid() as requester, result):
                 self._spawn_reply(peer, ref, requester, result)
-            case (Op.NODES, list() as addresses):
+            case _:
+                raise self._malformed(control)
+
+    def _nodes(self, peer: Peer, control: tuple[Any, ...]) -> None:
+        match control:
+            case (_, list() as addresses):
                 for address in addresses:
                     if type(address) is str:
                         self._join_mesh(address)
             case _:
-                raise ProtocolError(f"unknown or malformed control message {control!r:.200}")
+                raise self._malformed(control)
 
     def _foreign(self, peer: Peer, control: tuple[Any, ...], target: Any) -> None:
         """Drop a signal whose target is not on this node, and count it."""
@@ -257,8 +312,14 @@ def track(peer: Peer, control: tuple[Any, ...]) -> None:
     """Record in ``peer`` what an outgoing signal makes cross its connection
     (or undoes): what must be undone if the connection goes down."""
     match control:
+        # An rpc's two signals first (a request here, a DOWN there); the
+        # operations are distinct, so the order is only the cost of a miss.
         case (Op.SEND | Op.SEND_NAME, *_):
             pass
+        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
+            peer.spawns[ref] = (requester, opts)
+        case (Op.DOWN, _, ref, _, _):
+            peer.monitors_in.pop(ref, None)
         case (Op.LINK, local, remote):
             peer.links.add((local, remote))
         case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
@@ -267,7 +328,3 @@ def track(peer: Peer, control: tuple[Any, ...]) -> None:
             peer.monitors_out[ref] = (watcher, target)
         case (Op.DEMONITOR, _, _, ref):
             peer.monitors_out.pop(ref, None)
-        case (Op.DOWN, _, ref, _, _):
-            peer.monitors_in.pop(ref, None)
-        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
-            peer.spawns[ref] = (requester, opts)
