@@ -365,6 +365,10 @@ async def test_partition_drops_messages_across_and_heal_reconnects(cluster: Clus
         await eventually(lambda: _async_call(n3, nodes_here, lambda ns: n1 not in ns and n2 not in ns))
         # From n1 to n3: the connect attempt fails (cookies differ), the message is lost.
         await rpc.call(n1, send_to, target, (pybeam.self(), "lost"))
+        # The send started a connect attempt with the message queued on it (as
+        # BEAM queues it): wait until that attempt has failed, or a heal that
+        # comes while it is still under way would let it through.
+        assert await rpc.call(n1, pybeam.net.connect, n3) is False
         # n3's own call to n1 fails with NodeDown, which reaches us as n3's error.
         with pytest.raises(rpc.RemoteError, match="NodeDown"):
             await rpc.call(n3, rpc.call, n1, "operator:add", 1, 2)
