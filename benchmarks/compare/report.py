@@ -316,4 +316,11 @@ HOW = [
     "- Wall-clock figures on a shared machine are noisy. `python -m benchmarks.compare.hot_path` "
     "measures pybeam's local hot path against the asyncio floor in one process by CPU time as "
     "well, which other load disturbs far less.",
+    "- Wake-up latency depends on how idle the machine is: whatever waits for another OS "
+    "process or thread (every cross-node figure, and Pykka's threads) is much slower when the"
+    " cores sleep between messages. On 2026-12-02, the same code and machine gave a cross-"
+    "node round-trip p50 of 103 µs for pybeam, 101 for bare asyncio and 80 for BEAM when "
+    "idle, and 34.6, 23.7 and 43.9 µs with two `nice -n 19` busy loops keeping the cores "
+    "awake; Pykka did 47k round trips/s at load 2-3 and 13k when idle. Compare ratios within "
+    "one run, and know what state the machine was in.",
 ]
