@@ -199,35 +199,33 @@ def spawn_request_abandon(ref: Ref) -> bool:
     return isinstance(dist, NetKernel) and dist.abandon_spawn(ref)
 
 
-def _undo_spawn(ref: Ref, pid: Pid | None = None) -> bool:
+def _undo_spawn(ref: Ref) -> bool:
     """The caller gave up on spawn request ``ref`` (timed out, or cancelled):
     stop what it started and leave nothing of it in the caller's mailbox.
 
     Synchronous, so that a cancelled caller can run it before it re-raises.
-    ``pid``: what the request spawned, if its reply has been taken already.
     Returns False if the request was still unanswered (the net kernel kills
     what it started when its reply comes), True if it had been answered.
     """
     me = _me()
-    if pid is None:
-        if spawn_request_abandon(ref):
-            return False  # the reply is still to come: the net kernel kills what it started
-        reply = compile_pattern(("spawn_reply", ref, ANY, ANY))
-        late = next((m for m in me.messages() if reply(m)), None)
-        if late is not None:
-            me.remove_matching(reply)
-            if late[2] != "ok":
-                return True
-            pid = late[3]
-        else:
-            # Answered without a message (reply="error_only"), or already
-            # taken: the monitor, while it is up, names what was spawned.
-            monitors = me.monitors
-            target = monitors.get(ref) if monitors is not None else None
-            if type(target) is not Pid:
-                kernel.demonitor(ref, flush=True)  # a DOWN that came: dropped
-                return True
-            pid = target
+    if spawn_request_abandon(ref):
+        return False  # the reply is still to come: the net kernel kills what it started
+    reply = compile_pattern(("spawn_reply", ref, ANY, ANY))
+    late = next((m for m in me.messages() if reply(m)), None)
+    if late is not None:
+        me.remove_matching(reply)
+        if late[2] != "ok":
+            return True
+        pid = late[3]
+    else:
+        # Answered without a message (reply="error_only"), or already
+        # taken: the monitor, while it is up, names what was spawned.
+        monitors = me.monitors
+        target = monitors.get(ref) if monitors is not None else None
+        if type(target) is not Pid:
+            kernel.demonitor(ref, flush=True)  # a DOWN that came: dropped
+            return True
+        pid = target
     # Unlinked first: the kill must not come back to the caller as a link's exit.
     kernel.unlink(pid)
     kernel.demonitor(ref, flush=True)
