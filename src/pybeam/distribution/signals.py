@@ -70,7 +70,7 @@ class Signals:
         try:
             handler = self._handlers[control[0]]
         except (KeyError, TypeError, IndexError):  # unknown, unhashable or no op at all
-            raise ProtocolError(f"unknown or malformed control message {control!r:.200}") from None
+            raise self._malformed(control) from None
         handler(peer, control)
 
     @staticmethod
