@@ -103,13 +103,6 @@ class Process(Mailbox):
         state = "alive" if self.alive else f"exited {self.reason!r}"
         return f"<Process {self.pid!r} {state}>"
 
-    def clear(self) -> None:
-        """Forget every message, and the pid's shortcut to this process (it has ended)."""
-        # Mailbox.clear's work, without the call: this runs at every exit.
-        self._queue = None
-        self._waiter = self._handed = None
-        self.pid._proc = None
-
     def exit_signal(self, sender: Pid, reason: Any, *, from_link: bool) -> None:
         """React to an exit signal, by BEAM's rules (see the module docstring)."""
         if not self.alive:
