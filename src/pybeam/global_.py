@@ -37,8 +37,8 @@ grants it to one requester at a time, and releases it if the requester
 dies), checks that no
 server knows a holder (a claim counts only if its owner's server, locked
 too, still has it: the others may not have its ``drop`` yet), asks the owner
-to write the claim, and returns once
-every locked server has applied it (acknowledged). Two requesters racing for
+to write the claim, and returns once every locked server has applied it
+(acknowledged). Two requesters racing for
 a name each get a lock on some servers and not others: both release, wait a
 random, growing time and try again, so one of them wins and the other then
 finds the name taken. A lock is per name (OTP's lock is cluster-wide).
@@ -62,8 +62,9 @@ that returned True is visible on every node. Changes made by the owner (a
 holder's death, a resolution) reach the other nodes a message later, so
 ``whereis_name`` on another node may briefly still return a pid that just
 ended, as in OTP; but a registration that follows a holder's death on its
-node (from any node: it locks the owner too) finds the name free. During a partition each side registers on its own; after it
-heals, every node converges on one holder per name.
+node (from any node: it locks the owner too) finds the name free. During a
+partition each side registers on its own; after it heals, every node
+converges on one holder per name.
 """
 
 from __future__ import annotations
