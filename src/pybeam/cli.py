@@ -46,6 +46,7 @@ from typing import Any
 
 from . import __version__, application, interrupt, net, remsh, rpc, top
 from .distribution import epmd
+from .distribution.busy_wait import parse_busy_wait
 from .distribution.cookie import CookieError
 from .distribution.tls import TLSOptions
 from .errors import Exit, NodeDown, PybeamError
@@ -797,6 +798,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _busy_wait(text: str) -> float:
+    try:
+        return parse_busy_wait(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -875,6 +883,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="BYTES",
         help="bytes queued to one peer above which senders wait (default 1 MB, as dist_buf_busy_limit)",
+    )
+    node.add_argument(
+        "--busy-wait",
+        type=_busy_wait,
+        default=None,
+        metavar="SECONDS|LEVEL",
+        help="how long to keep polling after traffic before sleeping, as erl's +sbwt: seconds, or "
+        "none, very_short, short, medium, long, very_long (default: $PYBEAM_BUSY_WAIT or medium)",
     )
     node.add_argument(
         "--app",
@@ -1033,6 +1049,7 @@ async def _serve_node_checked(args: argparse.Namespace) -> int:
             epmd_port=args.epmd_port,
             tls=tls,
             busy_limit=args.busy_limit,
+            busy_wait=args.busy_wait,
         )
     except _START_ERRORS as e:
         return _error("node", f"cannot start node {args.name}: {e}")

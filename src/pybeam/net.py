@@ -22,6 +22,7 @@ from .pattern import ANY, compile_pattern
 from .terms import KILL, NOCONNECTION, Pid, Ref
 
 __all__ = [
+    "busy_wait",
     "connect",
     "connect_failure",
     "disconnect",
@@ -56,6 +57,16 @@ def node_info(node: str) -> dict[str, Any] | None:
     name = parse_address(node)[0]
     dist = current_node().dist
     return dist.connection_info(name) if isinstance(dist, NetKernel) else None
+
+
+def busy_wait() -> dict[str, Any]:
+    """This node's busy waiting after traffic (see :mod:`pybeam.distribution.busy_wait`):
+    ``threshold`` (seconds; 0: off), ``spinning`` (polling now) and ``spins``
+    (loop iterations spent polling so far)."""
+    spinner = _kernel().busy_wait
+    if spinner is None:
+        return {"threshold": 0.0, "spinning": False, "spins": 0}
+    return {"threshold": spinner.threshold, "spinning": spinner.spinning, "spins": spinner.spins}
 
 
 async def connect(node: str) -> bool:

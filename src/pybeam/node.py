@@ -171,6 +171,9 @@ class Node:
     (128 MB) bound what is queued to one peer: see backpressure in
     docs/distribution.md. Messages over ``fragment_size`` bytes encoded (64 KiB;
     0: never) travel in fragments, interleaved with other senders' messages.
+    ``busy_wait`` (seconds, or a level name of erl's ``+sbwt``; ``medium`` or
+    ``$PYBEAM_BUSY_WAIT`` by default) is how long the loop keeps polling after
+    traffic with a peer before it sleeps: see :mod:`pybeam.distribution.busy_wait`.
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class Node:
         busy_limit: int | None = None,
         hard_limit: int | None = None,
         fragment_size: int | None = None,
+        busy_wait: float | str | None = None,
     ) -> None:
         if name is not None:
             check_node_name(name, "name")
@@ -215,6 +219,7 @@ class Node:
             "busy_limit": busy_limit,
             "hard_limit": hard_limit,
             "fragment_size": fragment_size,
+            "busy_wait": busy_wait,
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -58,6 +58,7 @@ from typing import Any, Final, cast
 from .. import codec
 from ..logtext import clip, short
 from ..terms import Pid
+from .busy_wait import BusyWait
 from .framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, FrameWriter, StreamClosed
 from .handshake import PeerInfo
 
@@ -165,6 +166,7 @@ def encode_control(control: tuple[Any, ...], max_frame: int) -> bytes:
 _pack_length = struct.Struct(">I").pack
 #: An empty frame: the tick.
 _TICK: Final = _pack_length(0)
+_TICK_SIZE: Final = len(_TICK)
 
 
 def _array_header(n: int) -> bytes:
@@ -256,6 +258,7 @@ class Connection(asyncio.Protocol):
         sender_of: Callable[[tuple[Any, ...]], Hashable] | None = None,
         deliver: Callable[[Pid, Any], bool] | None = None,
         tuple_arrays: bool = False,
+        busy_wait: BusyWait | None = None,
     ) -> None:
         self.peer = peer
         #: Both sides offered the ``tuple_arrays`` flag: every control message
@@ -335,6 +338,8 @@ class Connection(asyncio.Protocol):
         self._received = False
         self._quiet_ticks = 0
         self.closed = False
+        #: Told of every read and write (not of heartbeats): see :mod:`.busy_wait`.
+        self._poke = busy_wait.poke if busy_wait is not None and busy_wait.threshold else None
 
     def __repr__(self) -> str:
         return f"<Connection to {self.name}{' (closed)' if self.closed else ''}>"
@@ -569,6 +574,8 @@ class Connection(asyncio.Protocol):
 
     def _end_of_iteration(self) -> None:
         self._flush_scheduled = False
+        if self._poke is not None:
+            self._poke()  # a reply may come soon: see busy_wait
         if len(self._out) > 1:
             self._flush()
         elif not self.closed:
@@ -683,6 +690,8 @@ class Connection(asyncio.Protocol):
         if self._early is not None:  # arrived before _begin ran: keep the order
             data = self._early + data
             self._early = None
+        if self._poke is not None and len(data) > _TICK_SIZE:
+            self._poke()  # more may follow soon (a lone heartbeat: no)
         self._bytes_in += len(data)
         self.last_received = self._loop.time()
         self._received = True

@@ -44,6 +44,7 @@ from ..nodename import check_node_name, parse_address
 from ..process import current_process
 from ..terms import Crash, Pid, Ref
 from . import epmd, guard, handshake
+from .busy_wait import BusyWait, busy_wait_from_env, parse_busy_wait
 from .connection import (
     DEFAULT_BUSY_LIMIT,
     DEFAULT_FRAGMENT_SIZE,
@@ -104,8 +105,13 @@ class DistOptions:
     #: Offer the tuple-native term format (the ``tuple_arrays`` flag); used
     #: with a peer that offers it too. Off: this node speaks as one before it.
     tuple_arrays: bool = True
+    #: Seconds (or a level name: ``"medium"``) the loop keeps polling after
+    #: traffic before it sleeps, as BEAM's ``+sbwt``; None: ``$PYBEAM_BUSY_WAIT``
+    #: or ``medium``. See :mod:`pybeam.distribution.busy_wait`.
+    busy_wait: float | str | None = None
 
     def __post_init__(self) -> None:
+        self.busy_wait = busy_wait_from_env() if self.busy_wait is None else parse_busy_wait(self.busy_wait)
         size = self.fragment_size
         if type(size) is not int or not (size == 0 or size >= MIN_FRAGMENT_SIZE):
             raise ValueError(
@@ -224,12 +230,15 @@ class NetKernel:
         self._tls_client = tls.client_context() if tls is not None else None
         #: For the port mapper: the CA check, no hostname check (nodes register over loopback).
         self._tls_epmd = tls.client_context(check_hostname=False) if tls is not None else None
+        #: Set when started (it needs the loop).
+        self.busy_wait: BusyWait | None = None
 
     # -- life cycle -------------------------------------------------------------
 
     async def start(self) -> int:
         """Listen, register with the port mapper; returns the node's creation."""
         opts = self.options
+        self.busy_wait = BusyWait(asyncio.get_running_loop(), float(opts.busy_wait or 0))
         # In a clean context: every accepted connection's task inherits the
         # context the server was started in (see _background).
         host = self.node.name.partition("@")[2]
@@ -305,6 +314,8 @@ class NetKernel:
     async def stop(self) -> None:
         """Close every connection (nodedown everywhere), stop listening, unregister."""
         self._stopping = True
+        if self.busy_wait is not None:
+            self.busy_wait.stop()
         for peer in list(self._peers.values()):
             if peer.conn is not None:
                 peer.conn.close("node stopping")
@@ -711,6 +722,7 @@ class NetKernel:
                 sender_of=_sender_of,
                 deliver=self.node.deliver,
                 tuple_arrays=self.options.tuple_arrays,
+                busy_wait=self.busy_wait,
             )
         except Exception:
             # A bug, not the peer's doing; but whoever waits for this
