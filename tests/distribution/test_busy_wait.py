@@ -11,6 +11,7 @@ environment and ``pybeam node``. What it buys in latency is measured by
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import subprocess
@@ -76,7 +77,7 @@ def test_environment_gives_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_a_poke_keeps_the_loop_polling_then_it_stops_on_its_own() -> None:
     loop = asyncio.get_running_loop()
-    spinner = BusyWait(loop, 0.05)
+    spinner = BusyWait(loop, 0.05, contended=math.inf)
     spinner.poke()
     assert spinner.spinning
     # Nothing else is scheduled: only the spinner makes the loop iterate.
@@ -90,7 +91,8 @@ async def test_a_poke_keeps_the_loop_polling_then_it_stops_on_its_own() -> None:
 
 
 async def test_each_poke_extends_the_spin() -> None:
-    spinner = BusyWait(asyncio.get_running_loop(), 0.05)
+    # (Never cut short for another thread: this test runs beside others.)
+    spinner = BusyWait(asyncio.get_running_loop(), 0.05, contended=math.inf)
     spinner.poke()
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -112,6 +114,30 @@ async def test_off_and_stopped_spinners_never_poll() -> None:
     await eventually(lambda: not stopped.spinning, timeout=10)
     stopped.poke()
     assert not stopped.spinning
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
+async def test_a_spin_gives_up_when_another_thread_wants_the_core() -> None:
+    # A CPU hog pinned to the core this process is pinned to: the spinner's
+    # sched_yield hands it the core for a time slice, and the spinner sleeps
+    # rather than take turns with it (with no such rule it would poll for the
+    # whole second of its threshold, and never count a yield).
+    saved = os.sched_getaffinity(0)
+    core = min(saved)
+    hog = subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"]
+    )
+    try:
+        os.sched_setaffinity(0, {core})
+        spinner = BusyWait(asyncio.get_running_loop(), 1.0)
+        await asyncio.sleep(0.2)  # the hog is running by now
+        spinner.poke()
+        await eventually(lambda: not spinner.spinning, timeout=30)
+        assert spinner.yielded >= 1
+    finally:
+        os.sched_setaffinity(0, saved)
+        hog.kill()
+        hog.wait(timeout=10)
 
 
 async def _spins_after_a_round_trip(peer: str) -> int:
@@ -141,7 +167,7 @@ async def test_traffic_with_a_real_peer_starts_a_spin_and_heartbeats_do_not(epmd
 async def test_zero_turns_it_off_for_a_node(epmd_port: int) -> None:
     name = f"bw_{secrets.token_hex(3)}@127.0.0.1"
     async with pybeam.Node(name, cookie=secrets.token_hex(8), epmd_port=epmd_port, busy_wait="none"):
-        assert net.busy_wait() == {"threshold": 0.0, "spinning": False, "spins": 0}
+        assert net.busy_wait() == {"threshold": 0.0, "spinning": False, "spins": 0, "yielded": 0}
 
 
 async def test_a_bad_value_stops_the_node_from_starting(epmd_port: int) -> None:

@@ -10,7 +10,10 @@ reply arriving soon is handled at once. This is pybeam's counterpart.
 After each read from or write to a connection, the node's event loop keeps
 polling without blocking (one cheap iteration at a time, each giving the CPU
 away with ``sched_yield`` if another thread wants it) until ``threshold``
-seconds pass with no further traffic; then it sleeps as before. An idle node
+seconds pass with no further traffic; then it sleeps as before. If a yield
+did give the core away (it took long), the machine is busy and polling would
+only take CPU from whoever has work, the peer often: the loop sleeps at once,
+until the next traffic. An idle node
 spends nothing; a node in a conversation spends up to ``threshold`` of CPU
 per pause in it. Heartbeats alone do not start a spin.
 
@@ -27,7 +30,7 @@ import os
 import time
 from typing import Final
 
-__all__ = ["DEFAULT_BUSY_WAIT", "LEVELS", "BusyWait", "busy_wait_from_env", "parse_busy_wait"]
+__all__ = ["CONTENDED", "DEFAULT_BUSY_WAIT", "LEVELS", "BusyWait", "busy_wait_from_env", "parse_busy_wait"]
 
 #: BEAM's ``+sbwt`` level names, as the seconds of polling each means here.
 LEVELS: Final = {
@@ -41,6 +44,9 @@ LEVELS: Final = {
 
 #: As BEAM's default, ``medium``.
 DEFAULT_BUSY_WAIT: Final = LEVELS["medium"]
+
+#: A sched_yield that took longer than this gave the core to another thread.
+CONTENDED: Final = 0.000_02
 
 #: Longer than this is not waiting for a reply any more: only burning a core.
 _MAX_BUSY_WAIT: Final = 1.0
@@ -81,12 +87,27 @@ def busy_wait_from_env() -> float:
 
 
 class BusyWait:
-    """Keeps ``loop`` polling for ``threshold`` seconds after the last :meth:`poke`."""
+    """Keeps ``loop`` polling for ``threshold`` seconds after the last :meth:`poke`,
+    unless a ``sched_yield`` takes longer than ``contended`` seconds (another
+    thread wanted the core)."""
 
-    __slots__ = ("_loop", "_poked", "_since", "_stopped", "spinning", "spins", "threshold")
+    __slots__ = (
+        "_contended",
+        "_loop",
+        "_poked",
+        "_since",
+        "_stopped",
+        "spinning",
+        "spins",
+        "threshold",
+        "yielded",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, threshold: float, contended: float = CONTENDED
+    ) -> None:
         self._loop = loop
+        self._contended = contended
         self.threshold = threshold
         self._poked = False
         self._since = 0.0
@@ -95,6 +116,8 @@ class BusyWait:
         self.spinning = False
         #: Loop iterations spent polling with nothing else to do, for observers.
         self.spins = 0
+        #: Spins cut short because another thread wanted the core.
+        self.yielded = 0
 
     def poke(self) -> None:
         """Traffic now: poll for the next ``threshold`` seconds at least."""
@@ -115,7 +138,15 @@ class BusyWait:
             self.spinning = False
             return
         self.spins += 1
+        before = _now()
         _yield()
+        if _now() - before > self._contended:
+            # Another thread had this core meanwhile: the machine is busy, and
+            # polling would only take CPU from whoever has work (the peer,
+            # often). Sleep, as if the threshold had passed.
+            self.spinning = False
+            self.yielded += 1
+            return
         self._loop.call_soon(self._spin)
 
     def stop(self) -> None:
