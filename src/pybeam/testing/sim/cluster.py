@@ -172,6 +172,9 @@ class SimCluster:
             ticktime=self.ticktime,
             epmd_port=EPMD_PORT,
             connect_timeout=self.connect_timeout,
+            # Nothing to gain in virtual time, and a spin's length is real
+            # time: its extra iterations would change the interleaving.
+            busy_wait=0,
         )
 
     async def _boot(self, name: str) -> Node:
