@@ -225,6 +225,10 @@ def _no_sender(control: tuple[Any, ...]) -> Hashable:
     return None
 
 
+#: :meth:`Connection.send`'s default sender: the one ``sender_of`` names.
+_OF_CONTROL: Final[Hashable] = object()
+
+
 Dispatch = Callable[[Any, tuple[Any, ...]], None]
 Closed = Callable[["Connection", str], None]
 
@@ -366,8 +370,12 @@ class Connection(asyncio.Protocol):
 
     # -- sending -----------------------------------------------------------------
 
-    def send(self, control: tuple[Any, ...]) -> None:
+    def send(self, control: tuple[Any, ...], sender: Hashable = _OF_CONTROL) -> None:
         """Queue a control message; it leaves at the end of this loop iteration.
+
+        ``sender``: whose message it is (its order is kept per sender), for a
+        caller that knows it (a DOWN by name, sent while the process that
+        ended is ended from another's context); by default ``sender_of`` says.
 
         Raises :class:`pybeam.codec.EncodeError` if it holds something that
         cannot travel, and :class:`SystemLimit` if it is larger than a frame
@@ -381,7 +389,7 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         if self._lanes or len(data) > self._fragment_above:
-            key = self._sender_of(control)
+            key = self._sender_of(control) if sender is _OF_CONTROL else sender
             if key in self._lanes or len(data) > self._fragment_above:
                 self._to_lane(key, data)
                 return
