@@ -21,7 +21,7 @@ handshake flag) goes to its sender's *lane*, and a pump task sends it as
 :attr:`Op.FRAGMENT` control messages, a few at a time, only as the transport
 empties; other senders' messages go between them. The sender's later signals
 wait in its lane, so order is kept per sender (``sender_of`` says whose a
-control message is). The reader reassembles each stream within the frame
+control message is, unless the caller of :meth:`Connection.send` does). The reader reassembles each stream within the frame
 limit and dispatches the whole message; anything inconsistent closes the
 connection. A connection closed mid-stream loses the message (at most once).
 
@@ -441,7 +441,7 @@ class Connection(asyncio.Protocol):
     def send_encoded(self, data: bytes, sender: Hashable = None) -> None:
         """Queue a control message encoded by :func:`encode_control` (for this
         connection's ``max_frame``): one queued while connecting is encoded once.
-        ``sender``: what :func:`sender_of` gave for it (its order is kept per sender).
+        ``sender``: whose it is, as :meth:`send` takes it (its order is kept per sender).
 
         Queued before the handshake said which format the peer takes, it is in
         the base format: re-encoded here for a peer that takes the tuple-native one."""
