@@ -222,3 +222,20 @@ async def test_a_member_that_ends_while_the_partition_is_made_stays_a_member_and
         await heal([n1, n2])
         await eventually(lambda: full_mesh([me, n1, n2, n3]), what="full mesh after the heal")
     assert_all_exited(c)
+
+
+async def test_a_node_killed_while_partitioned_stays_a_member_until_healed_while_down(cluster: Any) -> None:
+    # As documented: a member that goes down stays one (a restart brings it
+    # back on its side); a heal that names it while it is down takes it out
+    # of the partition, and a restart then brings it back into the healed cluster.
+    me = pybeam.node_name()
+    async with cluster(3) as c:
+        n1, n2, n3 = c.nodes
+        await partition([n1, n2])
+        await kill(c, n1)
+        assert set(partitioned()) == {n1, n2}
+        assert await heal([n1, n2]) == [n1]
+        assert partitioned() == {}
+        await c.restart_node(n1)
+        await eventually(lambda: full_mesh([me, n1, n2, n3]), what="full mesh after the restart")
+    assert_all_exited(c)
