@@ -21,9 +21,9 @@ handshake flag) goes to its sender's *lane*, and a pump task sends it as
 :attr:`Op.FRAGMENT` control messages, a few at a time, only as the transport
 empties; other senders' messages go between them. The sender's later signals
 wait in its lane, so order is kept per sender (``sender_of`` says whose a
-control message is, unless the caller of :meth:`Connection.send` does). The reader reassembles each stream within the frame
-limit and dispatches the whole message; anything inconsistent closes the
-connection. A connection closed mid-stream loses the message (at most once).
+control message is, unless the caller of :meth:`Connection.send` does). The
+reader reassembles each stream within the frame limit and dispatches the
+whole message; anything inconsistent closes the connection. A connection closed mid-stream loses the message (at most once).
 
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
 ``ticktime / 4``, and the peer is declared down when nothing at all arrived in
