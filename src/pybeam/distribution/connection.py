@@ -23,7 +23,8 @@ empties; other senders' messages go between them. The sender's later signals
 wait in its lane, so order is kept per sender (``sender_of`` says whose a
 control message is, unless the caller of :meth:`Connection.send` does). The
 reader reassembles each stream within the frame limit and dispatches the
-whole message; anything inconsistent closes the connection. A connection closed mid-stream loses the message (at most once).
+whole message; anything inconsistent closes the connection. A connection
+closed mid-stream loses the message (at most once).
 
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
 ``ticktime / 4``, and the peer is declared down when nothing at all arrived in
