@@ -291,3 +291,106 @@ async def test_large_messages_one_after_another_each_arrive(cluster: Any) -> Non
         payload = secrets.token_bytes(size)
         pybeam.send(peer, (pybeam.self(), payload))
         assert await receive(timeout=30) == payload
+
+
+#: Several MB: many rounds of the fragment pump, so a signal that skipped the
+#: sender's lane would arrive long before the message's last fragment.
+SEVERAL_MB = b"y" * (8 * 1024 * 1024)
+
+
+async def linking_recorder() -> None:
+    """As watching_recorder; ("link", pid, asker) traps exits and links to pid."""
+    seen: list[Any] = []
+    while True:
+        match await receive():
+            case ("watch", target, Pid() as asker):
+                pybeam.monitor(target)
+                pybeam.send(asker, "watching")
+            case ("link", Pid() as pid, Pid() as asker):
+                pybeam.trap_exit(True)
+                pybeam.link(pid)
+                pybeam.send(asker, "linked")
+            case ("log", Pid() as asker):
+                pybeam.send(asker, ("log", seen))
+            case (tag, *_):
+                seen.append(tag)
+
+
+async def big_sender_that_waits(rec: Pid, told: Pid, name: str | None) -> None:
+    """Register as ``name`` (if any), then on "go" send ``rec`` several MB and
+    wait to be ended by someone else."""
+    if name is not None:
+        pybeam.register(name)
+    pybeam.send(told, "ready")
+    await receive("go", timeout=30)
+    pybeam.send(rec, ("big", SEVERAL_MB))
+    pybeam.send(told, "sent")
+    await receive("never comes")
+
+
+async def crash_linked(to: Pid, told: Pid) -> None:
+    """Link to ``to``, then crash on "crash": the link's exit ends ``to``."""
+    pybeam.link(to)
+    pybeam.send(told, "linked")
+    await receive("crash", timeout=30)
+    raise RuntimeError("crashes on purpose, taking its linked process along")
+
+
+async def _sent_then_ended_by_another(rec: Pid, name: str | None, how: str, setup: Any) -> list[Any]:
+    """Start the big sender (registered as ``name``), let ``setup(pid)`` have
+    the recorder watch it, have it send its large message, end it from another
+    process (``how``: "exit" for exit/2 from this one, "link" for a linked
+    process that crashes), and return what the recorder saw once it saw both."""
+    me = pybeam.self()
+    pid = pybeam.spawn(big_sender_that_waits, rec, me, name)
+    await receive("ready", timeout=30)
+    await setup(pid)
+    if how == "link":
+        crasher = pybeam.spawn(crash_linked, pid, me)
+        await receive("linked", timeout=30)
+    pybeam.send(pid, "go")
+    await receive("sent", timeout=30)
+    # The large message is still being sent in fragments: the sender ends now,
+    # in the context of another process.
+    if how == "exit":
+        pybeam.exit(pid, "kill")
+    else:
+        pybeam.send(crasher, "crash")
+
+    async def both() -> bool:
+        return len(await log_of(rec)) == 2
+
+    await eventually(both, timeout=60)
+    return await log_of(rec)
+
+
+@pytest.mark.parametrize("how", ["exit", "link"])
+async def test_a_down_by_name_of_a_process_ended_by_another_does_not_overtake_its_large_message(
+    cluster: Any, how: str
+) -> None:
+    # The DOWN is sent while the dying process's links and monitors fire,
+    # which runs in whoever ended it (the killer, or the crashed linked
+    # process): its lane must still be the dead process's, behind the message.
+    c = await cluster(1).start()
+    rec = await pybeam.spawn_on(c.nodes[0], linking_recorder)
+    name = f"fragments_ended_{how}"
+
+    async def watch(pid: Pid) -> None:
+        pybeam.send(rec, ("watch", (name, pybeam.node_name()), pybeam.self()))
+        await receive("watching", timeout=30)
+
+    assert await _sent_then_ended_by_another(rec, name, how, watch) == ["big", "DOWN"]
+
+
+@pytest.mark.parametrize("how", ["exit", "link"])
+async def test_a_link_exit_of_a_process_ended_by_another_does_not_overtake_its_large_message(
+    cluster: Any, how: str
+) -> None:
+    c = await cluster(1).start()
+    rec = await pybeam.spawn_on(c.nodes[0], linking_recorder)
+
+    async def link(pid: Pid) -> None:
+        pybeam.send(rec, ("link", pid, pybeam.self()))
+        await receive("linked", timeout=30)
+
+    assert await _sent_then_ended_by_another(rec, None, how, link) == ["big", "EXIT"]

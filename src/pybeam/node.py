@@ -109,8 +109,12 @@ class RemoteRouter(Protocol):
     def demonitor(self, watcher: Pid, target: Pid | tuple[str, str], ref: Ref) -> None:
         """Ask the target's node to drop the monitor ``ref``."""
 
-    def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
-        """Deliver a DOWN for monitor ``ref`` to a watcher on another node."""
+    def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any, sender: Pid | None = None) -> None:
+        """Deliver a DOWN for monitor ``ref`` to a watcher on another node.
+
+        ``sender``: the process that ended (the DOWN must not overtake what
+        it sent before), if ``item`` is not its pid; it need not be the
+        process running now."""
 
 
 class Distribution(RemoteRouter, Protocol):
@@ -559,7 +563,8 @@ class Node:
             watchers, proc.monitored_by = proc.monitored_by, None
             for ref, (watcher, item) in watchers.items():
                 try:
-                    self.deliver_down(watcher, ref, item, reason)
+                    # From pid, whoever runs this (it may be killing pid).
+                    self.deliver_down(watcher, ref, item, reason, pid)
                 except Exception as e:
                     _failed("DOWN", pid, watcher, e)
         if cancel:
@@ -751,14 +756,15 @@ class Node:
         if proc is not None and proc.monitored_by is not None:
             proc.monitored_by.pop(ref, None)
 
-    def deliver_down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
-        """Give ``watcher`` its ``("DOWN", ref, "process", item, reason)``."""
+    def deliver_down(self, watcher: Pid, ref: Ref, item: Any, reason: Any, sender: Pid | None = None) -> None:
+        """Give ``watcher`` its ``("DOWN", ref, "process", item, reason)``
+        (``sender``: the process that ended, if known; see :meth:`RemoteRouter.down`)."""
         proc = self.process(watcher)
         if proc is not None:
             if proc.monitors is not None and proc.monitors.pop(ref, None) is not None:
                 proc.put(("DOWN", ref, "process", item, reason))
         elif watcher.node != self.name and self.remote is not None:
-            self.remote.down(watcher, ref, item, reason)
+            self.remote.down(watcher, ref, item, reason, sender)
 
     # -- registered names -------------------------------------------------------
 

@@ -21,9 +21,10 @@ handshake flag) goes to its sender's *lane*, and a pump task sends it as
 :attr:`Op.FRAGMENT` control messages, a few at a time, only as the transport
 empties; other senders' messages go between them. The sender's later signals
 wait in its lane, so order is kept per sender (``sender_of`` says whose a
-control message is). The reader reassembles each stream within the frame
-limit and dispatches the whole message; anything inconsistent closes the
-connection. A connection closed mid-stream loses the message (at most once).
+control message is, unless the caller of :meth:`Connection.send` does). The
+reader reassembles each stream within the frame limit and dispatches the
+whole message; anything inconsistent closes the connection. A connection
+closed mid-stream loses the message (at most once).
 
 Heartbeats follow ``net_ticktime``: a tick is sent when nothing else was sent for
 ``ticktime / 4``, and the peer is declared down when nothing at all arrived in
@@ -227,6 +228,10 @@ def _no_sender(control: tuple[Any, ...]) -> Hashable:
     return None
 
 
+#: :meth:`Connection.send`'s default sender: the one ``sender_of`` names.
+_OF_CONTROL: Final[Hashable] = object()
+
+
 Dispatch = Callable[[Any, tuple[Any, ...]], None]
 Closed = Callable[["Connection", str], None]
 
@@ -371,8 +376,12 @@ class Connection(asyncio.Protocol):
 
     # -- sending -----------------------------------------------------------------
 
-    def send(self, control: tuple[Any, ...]) -> None:
+    def send(self, control: tuple[Any, ...], sender: Hashable = _OF_CONTROL) -> None:
         """Queue a control message; it leaves at the end of this loop iteration.
+
+        ``sender``: whose message it is (its order is kept per sender), for a
+        caller that knows it (a DOWN by name, sent while the process that
+        ended is ended from another's context); by default ``sender_of`` says.
 
         Raises :class:`pybeam.codec.EncodeError` if it holds something that
         cannot travel, and :class:`SystemLimit` if it is larger than a frame
@@ -386,7 +395,7 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         if self._lanes or len(data) > self._fragment_above:
-            key = self._sender_of(control)
+            key = self._sender_of(control) if sender is _OF_CONTROL else sender
             if key in self._lanes or len(data) > self._fragment_above:
                 self._to_lane(key, data)
                 return
@@ -438,7 +447,7 @@ class Connection(asyncio.Protocol):
     def send_encoded(self, data: bytes, sender: Hashable = None) -> None:
         """Queue a control message encoded by :func:`encode_control` (for this
         connection's ``max_frame``): one queued while connecting is encoded once.
-        ``sender``: what :func:`sender_of` gave for it (its order is kept per sender).
+        ``sender``: whose it is, as :meth:`send` takes it (its order is kept per sender).
 
         Queued before the handshake said which format the peer takes, it is in
         the base format: re-encoded here for a peer that takes the tuple-native one."""

@@ -123,17 +123,18 @@ def _sender_of(control: tuple[Any, ...]) -> Any:
     """Who sends a control message: its order is kept per sender (as BEAM
     keeps it per pair of processes) while a large message is in fragments."""
     op = control[0]
-    if op == Op.SEND or op == Op.SEND_NAME or op == Op.NODES:
+    if op == Op.SEND or op == Op.SEND_NAME:
+        # Sent by the running process (messages carry no sender).
         proc = current_process()
         return None if proc is None else proc.pid
+    if op == Op.NODES:
+        return None  # the net kernel's own, whatever process's signal set the connection up
     if op == Op.DOWN:
-        # The process that ended: the monitored pid, or (a monitor by name)
-        # the process whose end sends it, in whose context that runs.
+        # The process that ended: the monitored pid. A DOWN by name has no
+        # pid in it, and the process that ended need not be the one running
+        # (another may have killed it): NetKernel.down is told whose it is.
         item = control[3]
-        if isinstance(item, Pid):
-            return item
-        proc = current_process()
-        return None if proc is None else proc.pid
+        return item if isinstance(item, Pid) else None
     if op == Op.SPAWN_REQUEST:
         return control[2]
     if op == Op.SPAWN_REPLY:
@@ -907,12 +908,14 @@ class NetKernel:
 
     # -- outgoing signals (the RemoteRouter protocol) ---------------------------------
 
-    def _out(self, node: str, control: tuple[Any, ...]) -> None:
+    def _out(self, node: str, control: tuple[Any, ...], sender: Pid | None = None) -> None:
+        """Send ``control`` to ``node`` (``sender``: whose signal it is, if
+        :func:`_sender_of` cannot tell from the control message)."""
         peer = self._peers.get(node)
         if peer is not None:
             conn = peer.conn
             if conn is not None:
-                self._route(peer, conn, control)
+                self._route(peer, conn, control, sender)
                 return
             # Pending: every signal waits in the queue, in order, as BEAM
             # queues them on a pending connection.
@@ -928,11 +931,14 @@ class NetKernel:
             check_node_name(node)
             peer = Peer(node)
             self._fire(peer, Event.WANTED)
-        peer.queue.append((_sender_of(control), data))
+        peer.queue.append((_sender_of(control) if sender is None else sender, data))
         track(peer, control)
 
-    def _route(self, peer: Peer, conn: Connection, control: tuple[Any, ...]) -> None:
-        conn.send(control)
+    def _route(self, peer: Peer, conn: Connection, control: tuple[Any, ...], sender: Pid | None) -> None:
+        if sender is None:
+            conn.send(control)
+        else:
+            conn.send(control, sender)
         if conn.busy:
             self.node.suspend_sender(conn.drain)
         track(peer, control)
@@ -971,13 +977,15 @@ class NetKernel:
     #: many links and monitors elsewhere is encoded once, not once for each.
     _unsendable: tuple[Any, Exception] | None = None
 
-    def _out_reason(self, node: str, head: tuple[Any, ...], reason: Any, of: Any) -> None:
+    def _out_reason(
+        self, node: str, head: tuple[Any, ...], reason: Any, of: Any, sender: Pid | None = None
+    ) -> None:
         """Send the signal ``head + (reason,)``; if the reason cannot travel,
         the Crash that says so instead (see :func:`_sendable`)."""
         bad = self._unsendable
         if bad is None or bad[0] is not reason:
             try:
-                self._out(node, (*head, reason))
+                self._out(node, (*head, reason), sender)
                 return
             except (codec.EncodeError, SystemLimit) as e:
                 if bad is None:
@@ -989,7 +997,7 @@ class NetKernel:
                     short(of),
                     clip(str(e), 1000),
                 )
-        self._out(node, (*head, _sendable(of, node, bad[1])))
+        self._out(node, (*head, _sendable(of, node, bad[1])), sender)
 
     def _forget_unsendable(self) -> None:
         self._unsendable = None
@@ -1004,8 +1012,10 @@ class NetKernel:
         node = target.node if isinstance(target, Pid) else target[1]
         self._out(node, (Op.DEMONITOR, watcher, target, ref))
 
-    def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any) -> None:
-        self._out_reason(watcher.node, (Op.DOWN, watcher, ref, item), reason, item)
+    def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any, sender: Pid | None = None) -> None:
+        # Behind whatever the process that ended sent before (its lane): the
+        # DOWN is its last signal to the watcher, as BEAM orders them.
+        self._out_reason(watcher.node, (Op.DOWN, watcher, ref, item), reason, item, sender)
 
     def spawn_request(
         self,

@@ -202,14 +202,18 @@ class LocalCluster:
         """Start one more node in the cluster; returns its name once it is
         connected to the manager and to the live nodes it can reach (see
         :meth:`restart_node`)."""
+        from .schism import _lock
+
         if self._log_dir is None:
             await self.start()
-        name = self._launch()
-        try:
-            await self._join(name, refuse=())
-        except BaseException:
-            await self.stop_node(name)
-            raise
+        assert self.manager is not None
+        async with _lock(self.manager):  # a partition or heal of the manager's waits
+            name = self._launch()
+            try:
+                await self._join(name, refuse=())
+            except BaseException:
+                await self.stop_node(name)
+                raise
         return name
 
     async def restart_node(self, node: str, *, refuse: Iterable[str] = ()) -> str:
@@ -234,16 +238,26 @@ class LocalCluster:
         node whose cookie the new incarnation shares (asked by rpc; a node
         that does not answer in a few seconds, a frozen one say, is not
         waited for), not the full mesh.
+
+        A partition or heal made meanwhile by the manager waits until the
+        node has joined (and a restart waits for one under way), so the
+        faults it comes back under are those in force for the whole restart.
         """
-        if self._process(node).poll() is None:
-            raise ClusterError(f"{node} is still running: stop or kill it first")
+        from .schism import _lock
+
+        self._process(node)  # a node of this cluster (so it has a manager)
         refused = sorted(set(refuse) - {node})
-        self._launch(node, cookie=f"RESTART{secrets.token_hex(12)}" if refused else self._cookie_of(node))
-        try:
-            await self._join(node, refuse=refused)
-        except BaseException:
-            await self.stop_node(node)
-            raise
+        assert self.manager is not None
+        async with _lock(self.manager):
+            # Checked holding the lock: two restarts at once start one process.
+            if self._process(node).poll() is None:
+                raise ClusterError(f"{node} is still running: stop or kill it first")
+            self._launch(node, cookie=f"RESTART{secrets.token_hex(12)}" if refused else self._cookie_of(node))
+            try:
+                await self._join(node, refuse=refused)
+            except BaseException:
+                await self.stop_node(node)
+                raise
         return node
 
     async def stop(self) -> None:

@@ -19,11 +19,14 @@ Semantics, as Schism's:
 - :func:`heal` gives the group back the original cookie (the manager's) and
   connects each of its nodes to the others and to every node the manager knows
   of that is not in a partition, the manager included.
-- A node of the group that is down (when partitioned, or later) stays a
-  member: :meth:`LocalCluster.restart_node
+- A node of the group that is down (when partitioned, later, or dying while
+  the partition is made) stays a member: :meth:`LocalCluster.restart_node
   <pybeam.testing.LocalCluster.restart_node>` starts its new incarnation with
   the partition's cookie, so it comes back on its side, reaches only that
   side's nodes (and the manager, if kept), and is healed with the others.
+- A LocalCluster's restart or new node and a partition or heal made by its
+  manager take turns (they hold one lock): a node is never started with a
+  partition's cookie that a heal is taking back, nor partitioned while it boots.
 
 The manager (the node that induced the partition) stays connected to the
 group, as in Elixir's Schism, so that a test can still look at both sides and
@@ -57,6 +60,7 @@ from typing import Any, Final
 from .. import net, rpc
 from ..distribution.net_kernel import NetKernel
 from ..errors import NodeDown, NotDistributed
+from ..functions import function_name
 from ..node import Node, current_node
 from .cluster import run_in_process
 
@@ -169,6 +173,13 @@ def _membership(manager: Node, node: str) -> tuple[str | None, bool]:
     return theirs, theirs == state.cookies.get(manager.name) or node in state.kept
 
 
+def _lock(manager: Node) -> asyncio.Lock:
+    """For :class:`~pybeam.testing.LocalCluster`: what :func:`partition` and
+    :func:`heal` hold while they work, which a node's (re)start holds too, so
+    that neither sees the other half done."""
+    return _state(manager).lock
+
+
 def _rejoined(manager: Node, node: str) -> None:
     """For :class:`~pybeam.testing.LocalCluster`: ``node`` runs again, inside its partition if any."""
     state = _states.get(manager)
@@ -216,13 +227,31 @@ async def _call(node: str, fn: Callable[..., Any], *args: Any) -> Any:
     then has each side try to connect to the other's nodes, with a cookie that
     is refused: a call that comes while such an attempt is in flight waits on
     it and fails with it. The next attempt goes through.
+
+    A node that stops while it runs the call (its processes end with
+    ``shutdown``: a LocalCluster's stop_node, say) is down too: NodeDown.
     """
     for delay in _RETRY_DELAYS:
         try:
-            return await rpc.call(node, fn, *args)
+            return await _call_once(node, fn, *args)
+        except _Stopped:
+            raise  # gone for good: asking again would only meet it stopping
         except NodeDown:
             await asyncio.sleep(delay)
-    return await rpc.call(node, fn, *args)
+    return await _call_once(node, fn, *args)
+
+
+class _Stopped(NodeDown):
+    """The node stopped while it ran the call."""
+
+
+async def _call_once(node: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return await rpc.call(node, fn, *args)
+    except rpc.RpcError as e:
+        if e.reason != "shutdown":
+            raise
+        raise _Stopped(node, f"node {node} stopped while it ran {function_name(fn)}") from None
 
 
 async def _partition(
@@ -265,7 +294,13 @@ async def _partition(
         #    answer goes back on that connection).
         keep = sorted(set(group) | {me})
         for node in remote:
-            await _call(node, _isolate, keep, outside)
+            try:
+                await _call(node, _isolate, keep, outside)
+            except NodeDown:
+                # Died since it took the cookie (killed, say): a member all
+                # the same, as one down when partitioned; the others go on.
+                unreachable.append(node)
+                state.absent.add(node)
     finally:
         reach.forget()
     # 3. The manager cuts itself off: from the group, or from everyone else.
