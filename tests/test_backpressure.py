@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 import pybeam
-from pybeam.testing import free_port
+from pybeam.testing import eventually, free_port
 
 CHUNK = b"x" * (256 * 1024)
 BUSY_LIMIT = 256 * 1024
@@ -107,6 +107,7 @@ async def test_a_sender_past_the_busy_limit_is_suspended_at_its_next_receive_unt
         await pybeam.receive("sent", timeout=30)
         assert busy(node, peer.name)
         pybeam.send(pid, "go")
+        pybeam.send(pid, "again")
         # Its mailbox holds "go", yet it does not take it: it waits for the connection.
         assert await pybeam.receive("received", timeout=1.0, default=None) is None
         peer.thaw()
@@ -137,6 +138,7 @@ async def test_a_sender_of_one_small_message_per_iteration_is_suspended_too(to: 
         await pybeam.receive("sent", timeout=60)
         assert busy(node, peer.name)
         pybeam.send(pid, "go")
+        pybeam.send(pid, "again")
         assert await pybeam.receive("received", timeout=1.0, default=None) is None
         peer.thaw()
         assert await pybeam.receive("received", timeout=60) == "received"
@@ -207,6 +209,31 @@ async def test_a_process_that_kills_another_is_not_suspended_for_the_dead_ones_s
             # The signal did go to the peer (while the connection was busy).
             _, seen = await pybeam.receive(("saw", pybeam.ANY), timeout=60)
             assert seen[0] in ("EXIT", "DOWN") and seen[-1] == "killed", seen
+
+
+async def test_a_timers_message_to_a_busy_connection_does_not_suspend_the_process_that_set_it() -> None:
+    # As BEAM's timers send on their own: the setter is not the sender when it fires.
+    async with frozen_peer(busy_limit=BUSY_LIMIT) as (node, peer):
+        me = pybeam.self()
+        pybeam.spawn(fill, node, peer.name, me)
+        await pybeam.receive("full", timeout=60)
+
+        async def setter() -> None:
+            ref = pybeam.send_after(0.0, ("nobody", peer.name), "from a timer")
+            pybeam.send(me, ("set", ref))
+            assert await pybeam.receive() == "go"  # the timer has fired
+            assert await pybeam.receive() == "again"  # where it would wait if suspended
+            pybeam.send(me, "received")
+
+        pid = pybeam.spawn(setter)
+        _, ref = await pybeam.receive(("set", pybeam.ANY), timeout=30)
+        await eventually(lambda: pybeam.read_timer(ref) is False, 30, what="the timer fires")
+        assert busy(node, peer.name)
+        pybeam.send(pid, "go")
+        pybeam.send(pid, "again")
+        assert await pybeam.receive("received", timeout=30, default=None) == "received", (
+            "the process that set the timer was suspended"
+        )
 
 
 @pytest.mark.parametrize("signal_kind", ["exit", "link", "monitor"])

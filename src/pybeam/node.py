@@ -869,7 +869,10 @@ class Node:
             if self.process(dest) is None:
                 return ref
             self._pid_timers.setdefault(dest, set()).add(ref)
-        handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref)
+        # Fired in no process's context, as BEAM's timers send on their own:
+        # the setter is not the sender (nor suspended if the message meets a
+        # busy connection), and its context is not kept alive by the timer.
+        handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref, context=_Context())
         self._timers[ref] = (handle, dest, msg)
         return ref
 
