@@ -290,7 +290,8 @@ class Node:
         background, as ``init:stop/0`` does: the caller is among the processes
         the stop ends, and waiting for them would wait for itself (a caller in
         an application's tree for its whole shutdown time). :meth:`wait_stopped`
-        waits for the end.
+        waits for the end. :meth:`halt` is the abrupt stop (``erlang:halt/0``);
+        a stop of a halted node waits until the halt is over.
         """
         if not self.running:
             if self._halter is not None:
