@@ -34,7 +34,7 @@ from .logtext import clip
 from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
 from .process import _CO_COROUTINE, Process, _call, _current, _Guard, _is_async_function, _ProcessTask
-from .terms import NOCONNECTION, NOPROC, Pid, Ref
+from .terms import KILLED, NOCONNECTION, NOPROC, Pid, Ref
 
 __all__ = ["Node", "RemoteRouter", "current_node"]
 
@@ -248,6 +248,8 @@ class Node:
         self._stopper: asyncio.Task[None] | None = None
         #: Done when the node has stopped (see :meth:`wait_stopped`).
         self._stopped: asyncio.Future[None] | None = None
+        #: A halt's closing of the distribution, running in the background (see :meth:`halt`).
+        self._halter: asyncio.Task[None] | None = None
         self._ctx_tokens: list[tuple[contextvars.Token[Node | None], contextvars.Token[Process | None]]] = []
 
     def __repr__(self) -> str:
@@ -288,9 +290,12 @@ class Node:
         background, as ``init:stop/0`` does: the caller is among the processes
         the stop ends, and waiting for them would wait for itself (a caller in
         an application's tree for its whole shutdown time). :meth:`wait_stopped`
-        waits for the end.
+        waits for the end. :meth:`halt` is the abrupt stop (``erlang:halt/0``);
+        a stop of a halted node waits until the halt is over.
         """
         if not self.running:
+            if self._halter is not None:
+                await self.wait_stopped()  # halted: its distribution is closing
             return
         caller = _current.get()
         if caller is not None and caller.node is self and not caller.adopted:
@@ -315,8 +320,58 @@ class Node:
             finally:
                 self._stopping = None
                 stopping.set_result(None)
-                if self._stopped is not None and not self._stopped.done():
+                # A halt during the stop says when it is over (see halt).
+                if self._halter is None and self._stopped is not None and not self._stopped.done():
                     self._stopped.set_result(None)
+
+    def halt(self) -> None:
+        """Stop the node abruptly, as ``erlang:halt/0``: every process ends now
+        with reason ``killed`` (no application is stopped, no process gets
+        ``shutdown``), timers are dropped, then the distribution closes and
+        the node unregisters from the port mapper.
+
+        Synchronous, as ``halt/0`` does not return to a process's code: when
+        it returns every process has ended (a caller that is one of them, not
+        a task adopted as one, is cancelled at its next await, as
+        :meth:`stop` from a process returns at once). The distribution closes
+        in the background: :meth:`wait_stopped` (or :meth:`stop`) waits for
+        it. From the outside this is the crash of the OS process (its
+        connections close), except that the dead processes' links and
+        monitors on other nodes get ``killed`` first (BEAM's halt sends them
+        nothing: they get ``noconnection``). Nothing on a node that is not
+        running (stopped, stopping its processes, or halted).
+        """
+        if not self.running:
+            return
+        assert self.loop is not None
+        self.running = False
+        for handle, _, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self._pid_timers.clear()
+        for proc in list(self._procs.values()):
+            self.terminate(proc, KILLED, cancel=not proc.adopted)
+        # Their signals to other nodes are queued: nothing that runs after
+        # this (the caller, if it was a process) reaches another node.
+        self.remote = None
+        # A fresh context: the close is no process's, and not the caller's.
+        halter = self._halter = self.loop.create_task(
+            self._close_after_halt(), name=f"pybeam-halt-{self.name}", context=contextvars.Context()
+        )
+        halter.add_done_callback(self._halted)
+
+    async def _close_after_halt(self) -> None:
+        if self.dist is not None:
+            await self.dist.stop()
+
+    def _halted(self, task: asyncio.Task[None]) -> None:
+        self._halter = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "node %s: closing the distribution after a halt failed", self.name, exc_info=task.exception()
+            )
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     def _stopper_done(self, task: asyncio.Task[None]) -> None:
         self._stopper = None
@@ -815,7 +870,10 @@ class Node:
             if self.process(dest) is None:
                 return ref
             self._pid_timers.setdefault(dest, set()).add(ref)
-        handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref)
+        # Fired in no process's context, as BEAM's timers send on their own:
+        # the setter is not the sender (nor suspended if the message meets a
+        # busy connection), and its context is not kept alive by the timer.
+        handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref, context=_Context())
         self._timers[ref] = (handle, dest, msg)
         return ref
 

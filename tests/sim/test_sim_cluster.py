@@ -143,6 +143,24 @@ def test_a_killed_node_is_noticed_by_tick_timeout_or_at_once_with_a_fin(fin: boo
         assert took >= 0.75 * TICK
 
 
+def test_a_killed_node_is_halted_at_once_and_stops() -> None:
+    # kill is Node.halt on a severed network: its processes are dead when it
+    # returns (killed), and the node then stops as a halted one does.
+    async def main() -> None:
+        async with SimCluster(2, ticktime=TICK) as c:
+            _, b = c.names
+            node = c.node(b)
+            pid = c.spawn(b, sleeper)
+            proc = node.process(pid)
+            assert proc is not None
+            c.kill(b, fin=True)
+            assert not node.running and node.processes() == [] and proc.reason == "killed"
+            await asyncio.wait_for(node.wait_stopped(), 10)
+            assert not c.alive(b)
+
+    sim.run(main)
+
+
 def test_a_restarted_node_is_a_new_incarnation() -> None:
     async def main() -> None:
         async with SimCluster(2, ticktime=TICK) as c:

@@ -940,7 +940,13 @@ class NetKernel:
         else:
             conn.send(control, sender)
         if conn.busy:
-            self.node.suspend_sender(conn.drain)
+            # As BEAM: only a process that sends to a busy channel itself is
+            # suspended. A signal sent on behalf of another (the links,
+            # monitors and DOWNs of a process that whoever runs killed) or
+            # by the net kernel suspends nobody.
+            proc = current_process()
+            if proc is not None and proc.pid == (_sender_of(control) if sender is None else sender):
+                self.node.suspend_sender(conn.drain)
         track(peer, control)
 
     def send(self, to: Pid, msg: Any) -> None:

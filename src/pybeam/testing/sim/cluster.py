@@ -103,7 +103,8 @@ class SimCluster:
         self._epmd: _SimEpmd | None = None
         self._t0 = 0.0
         self._background: set[asyncio.Task[Any]] = set()
-        self._reaping: set[asyncio.Task[Any]] = set()
+        #: Killed nodes whose distribution may still be closing.
+        self._reaping: list[Node] = []
         self._thaws: dict[str, asyncio.TimerHandle] = {}
 
     def __repr__(self) -> str:
@@ -195,8 +196,9 @@ class SimCluster:
 
     async def stop(self) -> None:
         """Stop every node (cleanly) and the port mapper."""
-        if self._reaping:
-            await asyncio.gather(*self._reaping, return_exceptions=True)
+        for node in list(self._reaping):
+            await node.wait_stopped()
+        self._reaping.clear()
         for name in list(self.nodes):
             node = self.nodes.pop(name)
             with contextlib.suppress(Exception):
@@ -317,9 +319,9 @@ class SimCluster:
         self.record("thaw", name)
 
     def kill(self, name: str, *, fin: bool = False) -> None:
-        """Crash ``name``: every process dies at once; its connections vanish
-        (peers notice by their tick timeout; with ``fin`` at once, as when
-        only the OS process dies)."""
+        """Crash ``name``: its connections vanish (peers notice by their tick
+        timeout; with ``fin`` at once, as when only the OS process dies),
+        then it halts (:meth:`pybeam.Node.halt`): every process dies at once."""
         node = self.nodes.pop(name, None)
         if node is None:
             return
@@ -331,15 +333,11 @@ class SimCluster:
         self.loop.thaw(name)
         self.net.crashed(node)
         self.net.sever(name, fin=fin)
-        for pid in node.processes():
-            proc = node.process(pid)
-            if proc is not None:
-                node.terminate(proc, "killed")
-        # What is left (the net kernel's tasks, the mapper registration) goes
-        # in the background: nothing of it can reach another node any more.
-        reaping = self.loop.create_task(node._stop_processes(1.0))
-        self._reaping.add(reaping)
-        reaping.add_done_callback(self._reaping.discard)
+        # Every process dies now; what is left (the net kernel's tasks, the
+        # mapper registration) goes in the background: nothing of it can
+        # reach another node any more.
+        node.halt()
+        self._reaping.append(node)
         self.record("kill", name)
 
     async def restart(self, name: str) -> Node:
