@@ -1,6 +1,7 @@
 """Node.halt, as erlang:halt/0: every process ends at once with ``killed`` (no
-application shutdown, no ``shutdown``), then the distribution closes and the
-node unregisters from the port mapper. Real nodes: the cluster's are OS
+application shutdown, no ``shutdown``; other nodes are sent nothing, and get
+``noconnection``), then the distribution closes and the node unregisters from
+the port mapper. Real nodes: the cluster's are OS
 processes, and the halted node of the in-process tests talks to them over TCP.
 
 Needs the fixtures of pybeam.testing.pytest_plugin (beam_node, cluster). The
@@ -69,16 +70,17 @@ async def watched_from(other: str, target: pybeam.Pid) -> pybeam.Pid:
     return watcher  # type: ignore[no-any-return]
 
 
-async def saw_killed(target: pybeam.Pid) -> None:
-    """The watcher of ``target`` saw its link's exit and its DOWN, both ``killed``."""
+async def saw_noconnection(target: pybeam.Pid) -> None:
+    """The watcher of ``target`` on another node saw its link's exit and its
+    DOWN, both ``noconnection``: a halt sends other nodes nothing."""
     got = {await pybeam.receive((ANY, target, ANY), timeout=30) for _ in range(2)}
-    assert got == {("exit", target, "killed"), ("down", target, "killed")}, got
+    assert got == {("exit", target, "noconnection"), ("down", target, "noconnection")}, got
 
 
 # -- the tests ------------------------------------------------------------------------------------
 
 
-async def test_a_halt_from_one_of_its_processes_ends_a_real_node_with_killed_everywhere(
+async def test_a_halt_from_one_of_its_processes_ends_a_real_node_and_other_nodes_see_noconnection(
     beam_node: pybeam.Node, cluster: Callable[..., LocalCluster]
 ) -> None:
     async with cluster(2) as c:
@@ -92,22 +94,23 @@ async def test_a_halt_from_one_of_its_processes_ends_a_real_node_with_killed_eve
 
         pybeam.send(halter, "halt")
 
-        # The links and monitors on the other nodes get killed, not shutdown
-        # nor noconnection: the exits went out before the connections closed.
-        await saw_killed(target)
+        # The links and monitors on the other nodes get noconnection, as
+        # from BEAM's halt: neither shutdown (a stop) nor killed (no exit
+        # signal leaves a halting node).
+        await saw_noconnection(target)
         assert await pybeam.receive(("DOWN", ref, ANY, ANY, ANY), timeout=30) == (
             "DOWN",
             ref,
             "process",
             target,
-            "killed",
+            "noconnection",
         )
         assert await pybeam.receive(("DOWN", halter_ref, ANY, ANY, ANY), timeout=30) == (
             "DOWN",
             halter_ref,
             "process",
             halter,
-            "killed",
+            "noconnection",
         )
         await pybeam.receive(("nodedown", halted), timeout=30)
         # The node stopped: its OS process (pybeam node waits for that) exits.
@@ -140,7 +143,7 @@ async def test_a_halted_node_is_stopped_its_names_freed_and_a_new_node_takes_its
             assert node.registered() == []
             assert not node.running
             assert not node.is_alive(target) and not node.is_alive(sleeper)
-            await saw_killed(target)
+            await saw_noconnection(target)
             await asyncio.wait_for(node.wait_stopped(), 30)
             await node.stop()  # a stopped node: at once
             node.halt()  # a no-op on a stopped node
@@ -152,7 +155,7 @@ async def test_a_halted_node_is_stopped_its_names_freed_and_a_new_node_takes_its
                 new_target, _ = again.spawn(trapper, ("halt_trapper",))
                 await watched_from(other, new_target)
                 again.halt()
-                await saw_killed(new_target)
+                await saw_noconnection(new_target)
                 await asyncio.wait_for(again.wait_stopped(), 30)
             finally:
                 await again.stop()
@@ -183,12 +186,13 @@ async def test_a_halt_from_a_process_of_an_in_process_node_ends_it_too(
         pybeam.send(halter, "halt")
         await asyncio.wait_for(node.wait_stopped(), 30)
         assert not node.running and node.processes() == []
+        # This test's node is another node to it: noconnection, as from BEAM's halt.
         assert await pybeam.receive(("DOWN", ref, ANY, ANY, ANY), timeout=30) == (
             "DOWN",
             ref,
             "process",
             halter,
-            "killed",
+            "noconnection",
         )
         await asyncio.sleep(0.05)
         assert ran_on == ["before its next await"]  # halt returned to it, and it was cancelled

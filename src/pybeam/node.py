@@ -335,11 +335,10 @@ class Node:
         a task adopted as one, is cancelled at its next await, as
         :meth:`stop` from a process returns at once). The distribution closes
         in the background: :meth:`wait_stopped` (or :meth:`stop`) waits for
-        it. From the outside this is the crash of the OS process (its
-        connections close), except that the dead processes' links and
-        monitors on other nodes get ``killed`` first (BEAM's halt sends them
-        nothing: they get ``noconnection``). Nothing on a node that is not
-        running (stopped, stopping its processes, or halted).
+        it. From the outside this is the crash of the OS process: as BEAM's
+        halt, it sends no exit signal to other nodes, whose links and monitors
+        get ``noconnection`` when the connections close. Nothing on a node
+        that is not running (stopped, stopping its processes, or halted).
         """
         if not self.running:
             return
@@ -349,11 +348,11 @@ class Node:
             handle.cancel()
         self._timers.clear()
         self._pid_timers.clear()
+        # First: the processes' ends send nothing to other nodes (nor does
+        # the caller, if it is one of them, after this), as BEAM's halt.
+        self.remote = None
         for proc in list(self._procs.values()):
             self.terminate(proc, KILLED, cancel=not proc.adopted)
-        # Their signals to other nodes are queued: nothing that runs after
-        # this (the caller, if it was a process) reaches another node.
-        self.remote = None
         # A fresh context: the close is no process's, and not the caller's.
         halter = self._halter = self.loop.create_task(
             self._close_after_halt(), name=f"pybeam-halt-{self.name}", context=contextvars.Context()
