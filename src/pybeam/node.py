@@ -27,6 +27,7 @@ from contextvars import Context as _Context
 from typing import Any, Protocol
 
 from . import process as _process
+from .deadlines import Deadlines
 from .errors import BadArg, NoProc
 from .gc_policy import CHECK_EVERY
 from .gc_policy import check as _gc_check
@@ -807,6 +808,18 @@ class Node:
         handle = self.loop.call_later(max(delay, 0.0), self._fire_timer, ref)
         self._timers[ref] = (handle, dest, msg)
         return ref
+
+    #: The receive timeouts of this node's processes, on its loop (made on first use).
+    _deadlines: Deadlines | None = None
+
+    def receive_deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        """The one timer that wakes this node's receives that time out, on
+        ``loop`` (see :mod:`pybeam.deadlines`)."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            # First use, or the node runs on another loop since it last did.
+            deadlines = self._deadlines = Deadlines(loop)
+        return deadlines
 
     def _forget_timer(self, ref: Ref, dest: Any) -> None:
         if type(dest) is Pid:
