@@ -883,9 +883,22 @@ class Node:
         """Whether ``pid`` is a live local process."""
         return self.process(pid) is not None
 
-    def spawn_function(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Pid:
-        """Start ``fn(*args)`` as a new process (for a peer's spawn request)."""
-        return self.spawn(fn, args)[0]
+    def spawn_function(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        watcher: Pid | None = None,
+        ref: Ref | None = None,
+    ) -> Pid:
+        """Start ``fn(*args)`` as a new process (for a peer's spawn request);
+        with ``watcher`` (a remote pid), monitored by it as ``ref`` from the
+        start, as :meth:`spawn`'s ``monitor`` does for a local one."""
+        pid = self.spawn(fn, args)[0]
+        if watcher is not None and ref is not None:
+            proc = pid._proc
+            assert proc is not None  # set by spawn, and no step has run yet
+            proc.monitored_by = {ref: (watcher, pid)}
+        return pid
 
     def link_remote(self, local: Pid, remote: Pid) -> bool:
         """Record that local process ``local`` is linked to ``remote``; False if it is not alive."""

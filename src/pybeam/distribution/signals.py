@@ -210,19 +210,21 @@ class Signals:
                 self._reply(peer, (Op.SPAWN_REPLY, ref, requester, ("error", why)))
             return
         node = self.node
-        pid = node.spawn_function(fn, args)
-        if not opts.get("reply", True):
-            return  # a cast: nobody waits for the pid, nothing is linked or monitored
-        if _folds(opts) and node.add_monitor(pid, requester, ref, pid) is not None:
-            # The requester wants only an error and the DOWN (an rpc): if the
-            # process ends in its first run, as most rpcs do, its DOWN is the
-            # whole answer (the requester's side takes it as the reply too),
-            # so the reply waits until that first run is over and goes only if
-            # the process still runs. Scheduled after the process's first
-            # step, which spawn_function has just scheduled.
+        if _folds(opts):
+            # The requester wants only an error and the DOWN (an rpc), so the
+            # process is monitored from its spawn. If it ends in its first
+            # run, as most rpcs do, its DOWN is the whole answer (the
+            # requester's side takes it as the reply too), so the reply waits
+            # until that first run is over and goes only if the process still
+            # runs. Scheduled after the process's first step, which
+            # spawn_function has just scheduled.
+            pid = node.spawn_function(fn, args, requester, ref)
             peer.monitors_in[ref] = pid
             asyncio.get_running_loop().call_soon(self._reply_if_alive, peer, ref, requester, pid)
             return
+        pid = node.spawn_function(fn, args)
+        if not opts.get("reply", True):
+            return  # a cast: nobody waits for the pid, nothing is linked or monitored
         self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
         if opts.get("link") and node.link_remote(pid, requester):
             peer.links.add((pid, requester))
