@@ -52,6 +52,29 @@ async def sleep_then_tell(whom: Pid, seconds: float) -> str:
     return "done"
 
 
+class Later:
+    """Not a coroutine, and awaitable: an rpc awaits it as it awaits one."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        yield from asyncio.sleep(0).__await__()
+        return self.value
+
+
+def returns_awaitable(value: Any) -> Later:
+    return Later(value)
+
+
+def returns_coroutine(value: Any) -> Any:
+    return asyncio.sleep(0, value)
+
+
+def returns_plain(value: Any) -> Any:
+    return value
+
+
 async def idle() -> None:
     await pybeam.receive()
 
@@ -160,6 +183,19 @@ async def test_a_process_that_ends_at_once_is_answered_by_its_down_alone(
     assert down[4] == "normal"
 
 
+async def test_an_rpc_process_ends_with_its_result_as_its_exit_reason(
+    raw_peer: tuple[str, RawPeer],
+) -> None:
+    _, peer = raw_peer
+    ref = peer.ref()
+    await peer.send(
+        spawn_request(peer, ref, "pybeam.rpc:_execute", ("operator:add", 2, 3), reply="error_only")
+    )
+    (down,) = await peer.answers(ref)
+    assert down[:3] == (Op.DOWN, peer.me, ref)
+    assert down[4] == ("rpc_return", 5)
+
+
 async def test_a_process_still_running_gets_its_spawn_reply_before_its_down(
     raw_peer: tuple[str, RawPeer],
 ) -> None:
@@ -262,3 +298,14 @@ async def test_a_call_to_this_node_times_out_and_kills_like_any_other() -> None:
     with pytest.raises(rpc.RpcTimeout, match="did not return"):
         await rpc.call(here, sleep_then_tell, me, 0.5, timeout=0.1)
     assert await pybeam.receive(timeout=1.0, default=None) is None
+
+
+@pytest.mark.parametrize("fn", [returns_awaitable, returns_coroutine, returns_plain])
+async def test_a_result_is_awaited_if_awaitable_and_returned_as_is_if_not(
+    cluster: ClusterFactory, fn: Callable[[Any], Any]
+) -> None:
+    async with cluster(1) as c:
+        (node,) = c.nodes
+        for here_or_there in (node, pybeam.node_name()):
+            for value in (7, [1, (2, "x")], {"k": (3, 4.5)}, None):
+                assert await rpc.call(here_or_there, fn, value, timeout=10) == value

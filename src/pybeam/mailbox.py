@@ -20,9 +20,13 @@ import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from itertools import islice
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from .deadlines import FIRED, TIMED_OUT
 from .pattern import Matcher
+
+if TYPE_CHECKING:
+    from .node import Node
 
 __all__ = ["NO_DEFAULT", "Mailbox"]
 
@@ -37,9 +41,6 @@ class _NoDefault:
 #: Marks "no default given": a receive that times out raises TimeoutError.
 NO_DEFAULT: Final = _NoDefault()
 
-_TIMED_OUT: Final = object()
-
-
 _get_running_loop: Final = asyncio.get_running_loop
 
 # The task running now, given the loop: a C call either way (Python 3.11's
@@ -47,11 +48,6 @@ _get_running_loop: Final = asyncio.get_running_loop
 _current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = asyncio.current_task
 if not isinstance(_current_task, types.BuiltinFunctionType):  # pragma: no cover - depends on the version
     _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
-
-
-def _time_out(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_result(_TIMED_OUT)
 
 
 class Mailbox:
@@ -66,6 +62,8 @@ class Mailbox:
     #: only a task of ours gives a handed message back when cancelled.
     task: asyncio.Task[Any] | None
     adopted: bool
+    #: The node (set by Process): its shared timer wakes receives that time out.
+    node: Node
 
     def __init__(self) -> None:
         self._queue: deque[Any] | None = None
@@ -233,30 +231,46 @@ class Mailbox:
         # No local for the task: a cancellation's traceback keeps this frame,
         # and the task keeps the cancellation (a cycle; see pybeam.gc_policy).
         loop = _get_running_loop() if self.task is None else self.task.get_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            fut: asyncio.Future[Any] = loop.create_future()
-            self._waiter = fut
-            self._takes = False
-            handle = None if deadline is None else loop.call_at(deadline, _time_out, fut)
-            try:
-                woke = await fut
-            finally:
-                if self._waiter is fut:
-                    self._waiter = None
-                if handle is not None:
-                    handle.cancel()
-            q = self._queue
-            if matcher is None:
-                if q:
-                    return q.popleft()
-            else:
-                found, msg = self._take(matcher, scanned)
-                if found:
-                    return msg
-                scanned = len(q) if q is not None else 0
-            if woke is _TIMED_OUT:
-                return _expired(default)
+        # The deadline goes to the node's shared timer (see pybeam.deadlines),
+        # once per receive: a wake-up by a message that does not match points
+        # the entry at the next future.
+        deadlines = None
+        deadline = 0.0
+        if timeout is not None:
+            deadlines = self.node.receive_deadlines(loop)
+            deadline = loop.time() + timeout
+        entry: list[Any] | None = None
+        try:
+            while True:
+                fut: asyncio.Future[Any] = loop.create_future()
+                self._waiter = fut
+                self._takes = False
+                if deadlines is not None:
+                    if entry is None:
+                        entry = deadlines.add(deadline, fut)
+                    else:
+                        entry[2] = fut
+                try:
+                    woke = await fut
+                finally:
+                    if self._waiter is fut:
+                        self._waiter = None
+                q = self._queue
+                if matcher is None:
+                    if q:
+                        return q.popleft()
+                else:
+                    found, msg = self._take(matcher, scanned)
+                    if found:
+                        return msg
+                    scanned = len(q) if q is not None else 0
+                # Timed out, or woken by a message that did not match after
+                # the deadline fired (its future was done by then).
+                if woke is TIMED_OUT or (entry is not None and entry[2] is FIRED):
+                    return _expired(default)
+        finally:
+            if entry is not None and deadlines is not None:
+                deadlines.drop(entry)
 
 
 async def _pop(q: deque[Any]) -> Any:

@@ -204,6 +204,18 @@ def spawn_request(
     return ref
 
 
+def _spawn_monitored(node: str, fn_name: str, args: tuple[Any, ...]) -> Ref:
+    """``spawn_request(node, fn_name, *args, monitor=True, reply="error_only")``
+    for rpc, whose ``fn_name`` is a checked name already: to another node,
+    without the general path's argument handling."""
+    check_node_name(node)
+    me = _me()
+    local = me.node
+    if node == local.name:
+        return spawn_request(node, fn_name, *args, monitor=True, reply=ERROR_ONLY)
+    return _kernel(local).spawn_request(me.pid, node, fn_name, args, monitor=True, reply=ERROR_ONLY)
+
+
 def spawn_request_abandon(ref: Ref) -> bool:
     """Give up on a spawn request (``erlang:spawn_request_abandon``): when its
     reply comes, what was spawned is killed and nothing is delivered.

@@ -27,6 +27,7 @@ from contextvars import Context as _Context
 from typing import Any, Protocol
 
 from . import process as _process
+from .deadlines import Deadlines
 from .errors import BadArg, NoProc
 from .gc_policy import CHECK_EVERY
 from .gc_policy import check as _gc_check
@@ -876,6 +877,18 @@ class Node:
         self._timers[ref] = (handle, dest, msg)
         return ref
 
+    #: The receive timeouts of this node's processes, on its loop (made on first use).
+    _deadlines: Deadlines | None = None
+
+    def receive_deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        """The one timer that wakes this node's receives that time out, on
+        ``loop`` (see :mod:`pybeam.deadlines`)."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            # First use, or the node runs on another loop since it last did.
+            deadlines = self._deadlines = Deadlines(loop)
+        return deadlines
+
     def _forget_timer(self, ref: Ref, dest: Any) -> None:
         if type(dest) is Pid:
             refs = self._pid_timers.get(dest)
@@ -938,9 +951,22 @@ class Node:
         """Whether ``pid`` is a live local process."""
         return self.process(pid) is not None
 
-    def spawn_function(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Pid:
-        """Start ``fn(*args)`` as a new process (for a peer's spawn request)."""
-        return self.spawn(fn, args)[0]
+    def spawn_function(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        watcher: Pid | None = None,
+        ref: Ref | None = None,
+    ) -> Pid:
+        """Start ``fn(*args)`` as a new process (for a peer's spawn request);
+        with ``watcher`` (a remote pid), monitored by it as ``ref`` from the
+        start, as :meth:`spawn`'s ``monitor`` does for a local one."""
+        pid = self.spawn(fn, args)[0]
+        if watcher is not None and ref is not None:
+            proc = pid._proc
+            assert proc is not None  # set by spawn, and no step has run yet
+            proc.monitored_by = {ref: (watcher, pid)}
+        return pid
 
     def link_remote(self, local: Pid, remote: Pid) -> bool:
         """Record that local process ``local`` is linked to ``remote``; False if it is not alive."""

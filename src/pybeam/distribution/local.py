@@ -43,8 +43,16 @@ class LocalNode(Protocol):
         """Whether ``pid`` is a live local process."""
         ...
 
-    def spawn_function(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Pid:
-        """Start ``fn(*args)`` as a new process; its pid."""
+    def spawn_function(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        watcher: Pid | None = None,
+        ref: Ref | None = None,
+    ) -> Pid:
+        """Start ``fn(*args)`` as a new process; its pid. With ``watcher`` (a
+        remote pid), the process is monitored by it as ``ref`` from the start
+        (its DOWN names the pid), one call rather than spawn and add_monitor."""
         ...
 
     def exit(self, sender: Pid, target: Pid, reason: Any) -> None:

@@ -134,8 +134,11 @@ class Signals:
             case (_, Pid() as watcher, Ref(), _, _) if watcher.node != self.node.name:
                 self._foreign(peer, control, watcher)
             case (_, Pid() as watcher, Ref() as ref, item, reason):
-                if peer.monitors_out.pop(ref, None) is None and ref in peer.spawns:
-                    self._down_before_reply(peer, ref, item, reason)
+                # One look in spawns (a decoded ref is a new object: each look
+                # is a Python __eq__ call), for the commonest DOWN, an rpc's.
+                entry = None if peer.monitors_out.pop(ref, None) is not None else peer.spawns.pop(ref, None)
+                if entry is not None:
+                    self._down_before_reply(peer, ref, entry, item, reason)
                 else:
                     self.node.deliver_down(watcher, ref, item, reason)
             case _:
@@ -210,19 +213,21 @@ class Signals:
                 self._reply(peer, (Op.SPAWN_REPLY, ref, requester, ("error", why)))
             return
         node = self.node
-        pid = node.spawn_function(fn, args)
-        if not opts.get("reply", True):
-            return  # a cast: nobody waits for the pid, nothing is linked or monitored
-        if _folds(opts) and node.add_monitor(pid, requester, ref, pid) is not None:
-            # The requester wants only an error and the DOWN (an rpc): if the
-            # process ends in its first run, as most rpcs do, its DOWN is the
-            # whole answer (the requester's side takes it as the reply too),
-            # so the reply waits until that first run is over and goes only if
-            # the process still runs. Scheduled after the process's first
-            # step, which spawn_function has just scheduled.
+        if _folds(opts):
+            # The requester wants only an error and the DOWN (an rpc), so the
+            # process is monitored from its spawn. If it ends in its first
+            # run, as most rpcs do, its DOWN is the whole answer (the
+            # requester's side takes it as the reply too), so the reply waits
+            # until that first run is over and goes only if the process still
+            # runs. Scheduled after the process's first step, which
+            # spawn_function has just scheduled.
+            pid = node.spawn_function(fn, args, requester, ref)
             peer.monitors_in[ref] = pid
             asyncio.get_running_loop().call_soon(self._reply_if_alive, peer, ref, requester, pid)
             return
+        pid = node.spawn_function(fn, args)
+        if not opts.get("reply", True):
+            return  # a cast: nobody waits for the pid, nothing is linked or monitored
         self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
         if opts.get("link") and node.link_remote(pid, requester):
             peer.links.add((pid, requester))
@@ -235,15 +240,17 @@ class Signals:
         if self.node.is_alive(pid):
             self._reply(peer, (Op.SPAWN_REPLY, ref, requester, pid))
 
-    def _down_before_reply(self, peer: Peer, ref: Ref, item: Any, reason: Any) -> None:
-        """A DOWN for a spawn request not answered yet: the process ended
-        before its (deferred) reply was due, and the DOWN answers for both.
-        Only for a request that asked for it (:func:`_folds`); any other is a
-        DOWN for no monitor, dropped as :meth:`LocalNode.deliver_down` does."""
-        entry = peer.spawns.get(ref)
-        if entry is None or not _folds(entry[1]):
+    def _down_before_reply(
+        self, peer: Peer, ref: Ref, entry: tuple[Pid, dict[str, Any]], item: Any, reason: Any
+    ) -> None:
+        """A DOWN for a spawn request not answered yet (``entry``, just taken
+        from ``peer.spawns``): the process ended before its (deferred) reply
+        was due, and the DOWN answers for both. Only for a request that asked
+        for it (:func:`_folds`); any other is a DOWN for no monitor, dropped as
+        :meth:`LocalNode.deliver_down` does, and its request still waits."""
+        if not _folds(entry[1]):
+            peer.spawns[ref] = entry
             return
-        del peer.spawns[ref]
         if ref in self.abandoned:
             self.abandoned.discard(ref)  # its requester gave up; it has ended anyway
             return
