@@ -138,3 +138,34 @@ def test_a_node_restarted_on_another_loop_times_out_there() -> None:
 
     for _ in range(2):  # each asyncio.run is a new loop
         assert asyncio.run(life()) >= 0.05 - SLACK
+
+
+async def _answered_then_ends() -> None:
+    await receive(timeout=30)
+
+
+async def test_the_shared_timer_keeps_no_ended_process_alive() -> None:
+    # The timer stays armed for the first deadline (30 s) after the receives
+    # were answered. Armed in the context of the process that set it, it kept
+    # that process (its context's current process) alive until it fired:
+    # past the end of the loop, in a cycle only the collector frees, never
+    # once the gc policy has frozen it.
+    import gc
+
+    from pybeam.process import Process
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = {id(o) for o in gc.get_objects() if isinstance(o, Process) and not o.alive}
+        pids = [spawn(_answered_then_ends) for _ in range(20)]
+        await asyncio.sleep(0)  # each is waiting, its deadline added
+        for pid in pids:
+            send(pid, "answer")
+        while any(pybeam.is_alive(pid) for pid in pids):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        kept = [o for o in gc.get_objects() if isinstance(o, Process) and not o.alive and id(o) not in before]
+    finally:
+        gc.enable()
+    assert kept == []

@@ -20,6 +20,7 @@ loop time as its own ``call_at`` would have been.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 from heapq import heapify, heappop, heappush
 from typing import Any, Final
@@ -88,7 +89,10 @@ class Deadlines:
         if self._handle is not None:
             self._handle.cancel()
         self._at = when
-        self._handle = self.loop.call_at(when, self._fire)
+        # In a context of its own: the one running now is a process's, which
+        # the timer would keep alive until it fires (seconds after the
+        # receive ended), and in a cycle with this object once the loop is gone.
+        self._handle = self.loop.call_at(when, self._fire, context=contextvars.Context())
 
     def _fire(self) -> None:
         self._handle = None

@@ -25,6 +25,7 @@ The threshold is ``busy_wait`` (seconds, or one of BEAM's level names) of
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import os
 import time
@@ -93,6 +94,7 @@ class BusyWait:
 
     __slots__ = (
         "_contended",
+        "_context",
         "_loop",
         "_poked",
         "_since",
@@ -108,6 +110,9 @@ class BusyWait:
     ) -> None:
         self._loop = loop
         self._contended = contended
+        # The spin runs in a context of its own, not in that of the process
+        # whose send poked it (which it would keep alive while it spins).
+        self._context = contextvars.Context()
         self.threshold = threshold
         self._poked = False
         self._since = 0.0
@@ -126,7 +131,7 @@ class BusyWait:
             self.spinning = True
             self._poked = False
             self._since = _now()
-            self._loop.call_soon(self._spin)
+            self._loop.call_soon(self._spin, context=self._context)
 
     def _spin(self) -> None:
         # One call per loop iteration while spinning: the pending callback is
@@ -147,7 +152,7 @@ class BusyWait:
             self.spinning = False
             self.yielded += 1
             return
-        self._loop.call_soon(self._spin)
+        self._loop.call_soon(self._spin, context=self._context)
 
     def stop(self) -> None:
         """Spin no more (the node is stopping)."""
