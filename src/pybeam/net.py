@@ -62,16 +62,16 @@ def node_info(node: str) -> dict[str, Any] | None:
 def busy_wait() -> dict[str, Any]:
     """This node's busy waiting after traffic (see :mod:`pybeam.distribution.busy_wait`):
     ``threshold`` (seconds; 0: off), ``spinning`` (polling now), ``spins``
-    (loop iterations spent polling so far) and ``yielded`` (spins cut short
+    (loop iterations spent polling so far) and ``preempted`` (spins cut short
     because another thread wanted the core)."""
     spinner = _kernel().busy_wait
     if spinner is None:
-        return {"threshold": 0.0, "spinning": False, "spins": 0, "yielded": 0}
+        return {"threshold": 0.0, "spinning": False, "spins": 0, "preempted": 0}
     return {
         "threshold": spinner.threshold,
         "spinning": spinner.spinning,
         "spins": spinner.spins,
-        "yielded": spinner.yielded,
+        "preempted": spinner.preempted,
     }
 
 

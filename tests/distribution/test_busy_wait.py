@@ -117,11 +117,11 @@ async def test_off_and_stopped_spinners_never_poll() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
-async def test_a_spin_gives_up_when_another_thread_wants_the_core() -> None:
-    # A CPU hog pinned to the core this process is pinned to: the spinner's
-    # sched_yield hands it the core for a time slice, and the spinner sleeps
+async def test_a_spin_gives_up_when_the_os_gives_the_core_to_another_thread() -> None:
+    # A CPU hog pinned to the core this process is pinned to: the OS takes
+    # the core from the spinner for a time slice, and the spinner then sleeps
     # rather than take turns with it (with no such rule it would poll for the
-    # whole second of its threshold, and never count a yield).
+    # whole second of its threshold, and never count a preemption).
     saved = os.sched_getaffinity(0)
     core = min(saved)
     hog = subprocess.Popen(
@@ -133,7 +133,7 @@ async def test_a_spin_gives_up_when_another_thread_wants_the_core() -> None:
         await asyncio.sleep(0.2)  # the hog is running by now
         spinner.poke()
         await eventually(lambda: not spinner.spinning, timeout=30)
-        assert spinner.yielded >= 1
+        assert spinner.preempted >= 1
     finally:
         os.sched_setaffinity(0, saved)
         hog.kill()
@@ -167,7 +167,7 @@ async def test_traffic_with_a_real_peer_starts_a_spin_and_heartbeats_do_not(epmd
 async def test_zero_turns_it_off_for_a_node(epmd_port: int) -> None:
     name = f"bw_{secrets.token_hex(3)}@127.0.0.1"
     async with pybeam.Node(name, cookie=secrets.token_hex(8), epmd_port=epmd_port, busy_wait="none"):
-        assert net.busy_wait() == {"threshold": 0.0, "spinning": False, "spins": 0, "yielded": 0}
+        assert net.busy_wait() == {"threshold": 0.0, "spinning": False, "spins": 0, "preempted": 0}
 
 
 async def test_a_bad_value_stops_the_node_from_starting(epmd_port: int) -> None:

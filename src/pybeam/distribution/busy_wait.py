@@ -8,12 +8,15 @@ a while first (the ``+sbwt`` emulator flag, ``medium`` by default), so that a
 reply arriving soon is handled at once. This is pybeam's counterpart.
 
 After each read from or write to a connection, the node's event loop keeps
-polling without blocking (one cheap iteration at a time, each giving the CPU
-away with ``sched_yield`` if another thread wants it) until ``threshold``
-seconds pass with no further traffic; then it sleeps as before. If a yield
-did give the core away (it took long), the machine is busy and polling would
-only take CPU from whoever has work, the peer often: the loop sleeps at once,
-until the next traffic. An idle node
+polling without blocking (one cheap iteration at a time) until ``threshold``
+seconds pass with no further traffic; then it sleeps as before. If the OS
+took the core away meanwhile (the thread spent long off the CPU between two
+polls), the machine is busy and polling would only take CPU from whoever has
+work, the peer often: the loop sleeps at once, and polls for no traffic
+in the next tenth of a second. (It
+does not call ``sched_yield``: a thread that yields stays runnable and waits
+out another's whole time slice, where a sleeping one woken by data gets the
+core back at once.) An idle node
 spends nothing; a node in a conversation spends up to ``threshold`` of CPU
 per pause in it. Heartbeats alone do not start a spin.
 
@@ -31,7 +34,15 @@ import os
 import time
 from typing import Final
 
-__all__ = ["CONTENDED", "DEFAULT_BUSY_WAIT", "LEVELS", "BusyWait", "busy_wait_from_env", "parse_busy_wait"]
+__all__ = [
+    "BACKOFF",
+    "CONTENDED",
+    "DEFAULT_BUSY_WAIT",
+    "LEVELS",
+    "BusyWait",
+    "busy_wait_from_env",
+    "parse_busy_wait",
+]
 
 #: BEAM's ``+sbwt`` level names, as the seconds of polling each means here.
 LEVELS: Final = {
@@ -46,14 +57,18 @@ LEVELS: Final = {
 #: As BEAM's default, ``medium``.
 DEFAULT_BUSY_WAIT: Final = LEVELS["medium"]
 
-#: A sched_yield that took longer than this gave the core to another thread.
-CONTENDED: Final = 0.000_02
+#: Off the CPU for longer than this between two polls: the OS gave the core
+#: to another thread.
+CONTENDED: Final = 0.000_05
+
+#: After such a preemption, no polling for this long.
+BACKOFF: Final = 0.1
 
 #: Longer than this is not waiting for a reply any more: only burning a core.
 _MAX_BUSY_WAIT: Final = 1.0
 
 _now = time.monotonic
-_yield = getattr(os, "sched_yield", lambda: None)
+_cpu = time.thread_time
 
 
 def parse_busy_wait(value: float | str) -> float:
@@ -89,20 +104,23 @@ def busy_wait_from_env() -> float:
 
 class BusyWait:
     """Keeps ``loop`` polling for ``threshold`` seconds after the last :meth:`poke`,
-    unless a ``sched_yield`` takes longer than ``contended`` seconds (another
-    thread wanted the core)."""
+    unless the thread spends more than ``contended`` seconds off the CPU
+    between two polls (the OS gave the core to another thread)."""
 
     __slots__ = (
         "_contended",
         "_context",
+        "_cpu",
         "_loop",
         "_poked",
+        "_quiet_until",
         "_since",
         "_stopped",
+        "_wall",
+        "preempted",
         "spinning",
         "spins",
         "threshold",
-        "yielded",
     )
 
     def __init__(
@@ -121,37 +139,51 @@ class BusyWait:
         self.spinning = False
         #: Loop iterations spent polling with nothing else to do, for observers.
         self.spins = 0
-        #: Spins cut short because another thread wanted the core.
-        self.yielded = 0
+        #: Spins cut short because the OS gave the core to another thread.
+        self.preempted = 0
+        self._wall = 0.0
+        self._cpu = 0.0
+        self._quiet_until = 0.0
 
     def poke(self) -> None:
         """Traffic now: poll for the next ``threshold`` seconds at least."""
         self._poked = True
         if not self.spinning and self.threshold and not self._stopped:
+            now = _now()
+            if now < self._quiet_until:
+                return  # preempted lately: the machine is busy
             self.spinning = True
             self._poked = False
-            self._since = _now()
+            self._since = self._wall = now
+            self._cpu = _cpu()
             self._loop.call_soon(self._spin, context=self._context)
 
     def _spin(self) -> None:
         # One call per loop iteration while spinning: the pending callback is
         # what makes the loop poll (timeout 0) instead of block.
+        now = _now()
+        cpu = _cpu()
         if self._poked:
             self._poked = False
-            self._since = _now()
-        elif _now() - self._since > self.threshold or self._stopped:
+            self._since = now
+        elif now - self._since > self.threshold or self._stopped:
             self.spinning = False
             return
+        elif (now - self._wall) - (cpu - self._cpu) > self._contended:
+            # Since the last iteration this thread spent that long off the
+            # CPU: the OS gave the core to another thread, so the machine is
+            # busy and polling would take CPU from whoever has work (the
+            # peer, often). Sleep, as if the threshold had passed: a sleeping
+            # thread woken by data gets the core back at once.
+            self.spinning = False
+            self.preempted += 1
+            # And for a while after: polling again at once would take the
+            # same turns with the same threads.
+            self._quiet_until = now + BACKOFF
+            return
+        self._wall = now
+        self._cpu = cpu
         self.spins += 1
-        before = _now()
-        _yield()
-        if _now() - before > self._contended:
-            # Another thread had this core meanwhile: the machine is busy, and
-            # polling would only take CPU from whoever has work (the peer,
-            # often). Sleep, as if the threshold had passed.
-            self.spinning = False
-            self.yielded += 1
-            return
         self._loop.call_soon(self._spin, context=self._context)
 
     def stop(self) -> None:
