@@ -12,17 +12,19 @@ polling without blocking (one cheap iteration at a time) until ``threshold``
 seconds pass with no further traffic; then it sleeps as before. If the OS
 took the core away meanwhile (the thread spent long off the CPU between two
 polls), the machine is busy and polling would only take CPU from whoever has
-work, the peer often: the loop sleeps at once, and polls for no traffic
-in the next tenth of a second. (It
-does not call ``sched_yield``: a thread that yields stays runnable and waits
-out another's whole time slice, where a sleeping one woken by data gets the
-core back at once.) An idle node
-spends nothing; a node in a conversation spends up to ``threshold`` of CPU
-per pause in it. Heartbeats alone do not start a spin.
+work, the peer often: the loop sleeps at once, and polls for no traffic in
+the next tenth of a second. (It does not call ``sched_yield``: a thread that
+yields stays runnable and waits out another's whole time slice, where a
+sleeping one woken by data gets the core back at once.) An idle node spends
+nothing; a node in a conversation spends up to ``threshold`` of CPU per pause
+in it. Heartbeats alone do not start a spin.
 
 The threshold is ``busy_wait`` (seconds, or one of BEAM's level names) of
 :class:`pybeam.Node`, ``--busy-wait`` of ``pybeam node``, or
-``$PYBEAM_BUSY_WAIT``; ``0`` or ``"none"`` turns it off.
+``$PYBEAM_BUSY_WAIT``; ``0`` or ``"none"`` (the default) turns it off. Unlike
+BEAM, off by default: it wins on a machine whose cores would otherwise sleep,
+and beside CPU-bound work on the same cores it measured slower as often as
+faster.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ LEVELS: Final = {
     "very_long": 0.005,
 }
 
-#: As BEAM's default, ``medium``.
-DEFAULT_BUSY_WAIT: Final = LEVELS["medium"]
+#: Off. BEAM's default is ``medium``; here, beside CPU-bound work on the same
+#: cores, polling measured slower as often as faster (see docs/distribution.md).
+DEFAULT_BUSY_WAIT: Final = LEVELS["none"]
 
 #: Off the CPU for longer than this between two polls: the OS gave the core
 #: to another thread.

@@ -107,7 +107,7 @@ class DistOptions:
     tuple_arrays: bool = True
     #: Seconds (or a level name: ``"medium"``) the loop keeps polling after
     #: traffic before it sleeps, as BEAM's ``+sbwt``; None: ``$PYBEAM_BUSY_WAIT``
-    #: or ``medium``. See :mod:`pybeam.distribution.busy_wait`.
+    #: or ``none``. See :mod:`pybeam.distribution.busy_wait`.
     busy_wait: float | str | None = None
 
     def __post_init__(self) -> None:
