@@ -142,6 +142,17 @@ CPU_ROUND_TRIPS = 5_000
 CPU_ONE_WAY = 100_000
 
 
+async def _two_nodes() -> tuple[pybeam.Node, pybeam.Node]:
+    """Two started nodes in this process, on this loop, sharing a cookie."""
+    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
+    cookie, tag = secrets.token_hex(8), secrets.token_hex(3)
+    # No busy waiting: in one process nothing waits for another to wake, and
+    # the polling iterations would count as the hot path's CPU.
+    a = await pybeam.Node(f"cpu_a{tag}@127.0.0.1", cookie=cookie, busy_wait=0).start()
+    b = await pybeam.Node(f"cpu_b{tag}@127.0.0.1", cookie=cookie, busy_wait=0).start()
+    return a, b
+
+
 async def cpu_costs() -> tuple[float, float, float]:
     """CPU time per cross-node round trip and per one-way message (both in
     µs, both ends counted), with both nodes in this process on one event loop
@@ -152,12 +163,7 @@ async def cpu_costs() -> tuple[float, float, float]:
     from .compare.floor_server import Server
     from .compare.peer_asyncio import Client
 
-    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
-    cookie, tag = secrets.token_hex(8), secrets.token_hex(3)
-    # No busy waiting: in one process nothing waits for another to wake, and
-    # the polling iterations would count as the hot path's CPU.
-    a = await pybeam.Node(f"cpu_a{tag}@127.0.0.1", cookie=cookie, busy_wait=0).start()
-    b = await pybeam.Node(f"cpu_b{tag}@127.0.0.1", cookie=cookie, busy_wait=0).start()
+    a, b = await _two_nodes()
     try:
         pong, _ = b.spawn(ponger)
         sink_pid, _ = b.spawn(sink)
@@ -230,12 +236,7 @@ async def one_process(kind: str, n: int) -> float:
     ``valgrind --tool=cachegrind --cache-sim=no`` with two values of ``n``:
     the difference of the instruction counts over that of ``n`` is the
     instructions per operation, a figure other load does not disturb."""
-    os.environ.setdefault("PYBEAM_EPMD_PORT", str(free_port()))
-    cookie, tag = secrets.token_hex(8), secrets.token_hex(3)
-    # No busy waiting: in one process nothing waits for another to wake, and
-    # the polling iterations would count as the hot path's CPU.
-    a = await pybeam.Node(f"cpu_a{tag}@127.0.0.1", cookie=cookie, busy_wait=0).start()
-    b = await pybeam.Node(f"cpu_b{tag}@127.0.0.1", cookie=cookie, busy_wait=0).start()
+    a, b = await _two_nodes()
     try:
         pong, _ = b.spawn(ponger)
         sink_pid, _ = b.spawn(sink)
