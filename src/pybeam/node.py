@@ -345,10 +345,7 @@ class Node:
             return
         assert self.loop is not None
         self.running = False
-        for handle, _, _ in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
-        self._pid_timers.clear()
+        self._drop_timers()
         # First: the processes' ends send nothing to other nodes (nor does
         # the caller, if it is one of them, after this), as BEAM's halt.
         self.remote = None
@@ -359,6 +356,13 @@ class Node:
             self._close_after_halt(), name=f"pybeam-halt-{self.name}", context=contextvars.Context()
         )
         halter.add_done_callback(self._halted)
+
+    def _drop_timers(self) -> None:
+        """Cancel every timer (the node is going away: none will fire)."""
+        for handle, _, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self._pid_timers.clear()
 
     async def _close_after_halt(self) -> None:
         if self.dist is not None:
@@ -414,10 +418,7 @@ class Node:
         if not self.running:
             return
         self.running = False
-        for handle, _, _ in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
-        self._pid_timers.clear()
+        self._drop_timers()
         tasks = []
         current = asyncio.current_task()
         for proc in list(self._procs.values()):
