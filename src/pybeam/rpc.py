@@ -103,9 +103,9 @@ async def _execute(fn_name: str, *args: Any) -> None:
 
 def _left_linked(fn_name: str, proc: Process) -> str | None:
     """The start_link trap: a process the function linked to this short-lived
-    one that traps exits (a supervisor, a GenServer) stops when it exits. Say so."""
-    if not proc.links:
-        return None
+    one (``proc``, which has links) that traps exits (a supervisor, a
+    GenServer) stops when it exits. Say so."""
+    assert proc.links is not None
     node = proc.node
     linked = sorted(p for p in proc.links if (other := node.process(p)) is not None and other.trap_exit)
     if not linked:
