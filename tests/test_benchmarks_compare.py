@@ -29,7 +29,7 @@ def _table(text: str) -> dict[str, list[str]]:
 def test_compare_quick_writes_every_row(tmp_path: Path) -> None:
     erlang = all(shutil.which(t) for t in ("erl", "erlc", "epmd"))
     pykka = importlib.util.find_spec("pykka") is not None
-    peers = ["pybeam", "pybeam_spin", "asyncio", "pykka"] + (["erlang"] if erlang else [])
+    peers = ["pybeam", "pybeam_off", "asyncio", "pykka"] + (["erlang"] if erlang else [])
     out = tmp_path / "report.md"
     argv = [sys.executable, "-m", "benchmarks", "compare", "--quick", "--runs", "1", "--scale", "0.02"]
     argv += ["--peers", ",".join(peers), "--live", "0,2000", "--out", str(out)]
@@ -43,7 +43,7 @@ def test_compare_quick_writes_every_row(tmp_path: Path) -> None:
     assert [c.strip() for c in header.strip("|").split("|")][2:] == [
         {
             "pybeam": "pybeam",
-            "pybeam_spin": "pybeam, busy wait medium",
+            "pybeam_off": "pybeam, busy wait off",
             "asyncio": "bare asyncio",
             "pykka": "Pykka",
             "erlang": "Erlang/OTP",
@@ -61,8 +61,8 @@ def test_compare_quick_writes_every_row(tmp_path: Path) -> None:
         assert ("asyncio" in has) == (row.workload != "fanout")
         assert ("pykka" in has) == (row.workload in ("one_way", "ping_pong", "spawn_exit", "memory"))
         # Busy waiting is about waiting for another OS process: network rows only.
-        assert ("pybeam_spin" in has) == (row.workload in ("cross_one_way", "cross_rtt", "rpc"))
-        for peer in ("pybeam_spin", "asyncio", "pykka", "erlang"):
+        assert ("pybeam_off" in has) == (row.workload in ("cross_one_way", "cross_rtt", "rpc"))
+        for peer in ("pybeam_off", "asyncio", "pykka", "erlang"):
             if peer not in cells:
                 continue
             if peer not in has:

@@ -300,10 +300,10 @@ HOW = [
     "task waiting on its own queue; across nodes a 4-byte length + msgpack frame over asyncio TCP "
     "to a server in another OS process (one-way frames leave in batches of 1,024, as a node "
     "batches per loop iteration). No monitors: fan-out n/a.",
-    "- **pybeam, busy wait medium** (`peer_pybeam_spin.py`): the network workloads with "
-    "`PYBEAM_BUSY_WAIT=medium` on both nodes (the loop polls for 200 µs after traffic before "
-    "it sleeps), as BEAM runs by default (`+sbwt medium`); pybeam's default is `none`, as the "
-    "bare-asyncio floor's. It wins on an idle machine and can lose beside CPU-bound work.",
+    "- **pybeam, busy wait off** (`peer_pybeam_off.py`): the network workloads with "
+    "`PYBEAM_BUSY_WAIT=none` on both nodes (the loop sleeps as soon as it has nothing to do, as "
+    "`erl +sbwt none` and the bare-asyncio floor). pybeam's default, as BEAM's, is `medium`: "
+    "the loop polls for 200 µs after traffic before it sleeps, while the machine has an idle core.",
     "- **Pykka** (`peer_pykka.py`): `ThreadingActor`s; one-way is `tell` then one `ask` behind "
     "them, request/response is `ask`, spawn is `start()` + `stop()`. No remoting, no monitors.",
     "- **Thespian** (`peer_thespian.py`): `simpleSystemBase` (one thread, its fastest); `tell`, "

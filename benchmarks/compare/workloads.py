@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Every peer, in the report's column order. pybeam first: the others are compared with it.
-PEERS = ("pybeam", "pybeam_spin", "asyncio", "pykka", "thespian", "erlang")
+PEERS = ("pybeam", "pybeam_off", "asyncio", "pykka", "thespian", "erlang")
 
 PEER_TITLES = {
     "pybeam": "pybeam",
-    "pybeam_spin": "pybeam, busy wait medium",
+    "pybeam_off": "pybeam, busy wait off",
     "asyncio": "bare asyncio",
     "pykka": "Pykka",
     "thespian": "Thespian",
@@ -44,9 +44,9 @@ class Row:
 
 
 LOCAL = ("pybeam", "asyncio", "pykka", "thespian", "erlang")
-#: pybeam_spin: the network workloads again with busy waiting on (only
+#: pybeam_off: the network workloads again with busy waiting off (only
 #: there: nothing local waits for another OS process).
-NETWORK = ("pybeam", "pybeam_spin", "asyncio", "erlang")
+NETWORK = ("pybeam", "pybeam_off", "asyncio", "erlang")
 
 WORKLOADS = (
     Workload("one_way", 1_000_000, 100_000, LOCAL, actor_divisor=10, minimum=2_048),

@@ -890,7 +890,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS|LEVEL",
         help="how long to keep polling after traffic before sleeping, as erl's +sbwt: seconds, or "
-        "none, very_short, short, medium, long, very_long (default: $PYBEAM_BUSY_WAIT or none)",
+        "none, very_short, short, medium, long, very_long (default: $PYBEAM_BUSY_WAIT or medium)",
     )
     node.add_argument(
         "--app",

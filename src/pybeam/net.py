@@ -62,16 +62,18 @@ def node_info(node: str) -> dict[str, Any] | None:
 def busy_wait() -> dict[str, Any]:
     """This node's busy waiting after traffic (see :mod:`pybeam.distribution.busy_wait`):
     ``threshold`` (seconds; 0: off), ``spinning`` (polling now), ``spins``
-    (loop iterations spent polling so far) and ``preempted`` (spins cut short
-    because another thread wanted the core)."""
+    (loop iterations spent polling so far), ``preempted`` (spins cut short
+    because another thread took the core) and ``crowded`` (spins not started
+    or cut short because the machine had no idle core)."""
     spinner = _kernel().busy_wait
     if spinner is None:
-        return {"threshold": 0.0, "spinning": False, "spins": 0, "preempted": 0}
+        return {"threshold": 0.0, "spinning": False, "spins": 0, "preempted": 0, "crowded": 0}
     return {
         "threshold": spinner.threshold,
         "spinning": spinner.spinning,
         "spins": spinner.spins,
         "preempted": spinner.preempted,
+        "crowded": spinner.crowded,
     }
 
 

@@ -176,7 +176,7 @@ class Node:
     (128 MB) bound what is queued to one peer: see backpressure in
     docs/distribution.md. Messages over ``fragment_size`` bytes encoded (64 KiB;
     0: never) travel in fragments, interleaved with other senders' messages.
-    ``busy_wait`` (seconds, or a level name of erl's ``+sbwt``; ``none`` or
+    ``busy_wait`` (seconds, or a level name of erl's ``+sbwt``; ``medium`` or
     ``$PYBEAM_BUSY_WAIT`` by default) is how long the loop keeps polling after
     traffic with a peer before it sleeps: see :mod:`pybeam.distribution.busy_wait`.
     """

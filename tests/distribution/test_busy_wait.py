@@ -23,9 +23,12 @@ import pytest
 import pybeam
 from pybeam import net, rpc
 from pybeam.distribution.busy_wait import (
+    BACKOFF,
+    CROWDED_BACKOFF,
     DEFAULT_BUSY_WAIT,
     LEVELS,
     BusyWait,
+    RunQueue,
     busy_wait_from_env,
     parse_busy_wait,
 )
@@ -37,7 +40,7 @@ def test_levels_are_beams_names_in_increasing_order() -> None:
     assert list(LEVELS) == ["none", "very_short", "short", "medium", "long", "very_long"]
     values = list(LEVELS.values())
     assert values == sorted(values) and values[0] == 0.0
-    assert DEFAULT_BUSY_WAIT == LEVELS["none"] == 0.0
+    assert LEVELS["medium"] == DEFAULT_BUSY_WAIT  # as erl's +sbwt
 
 
 @pytest.mark.parametrize(
@@ -140,11 +143,97 @@ async def test_a_spin_gives_up_when_the_os_gives_the_core_to_another_thread() ->
         hog.wait(timeout=10)
 
 
+def _loadavg(path: Any, runnable: int) -> None:
+    # Written in place (same inode): the gauge keeps its file open.
+    path.write_text(f"0.52 0.58 0.59 {runnable}/187 31337\n")
+
+
+def test_the_run_queue_reads_runnable_threads_from_loadavg(tmp_path: Any) -> None:
+    path = tmp_path / "loadavg"
+    _loadavg(path, 3)
+    gauge = RunQueue(str(path), cores=2)
+    assert gauge.runnable() == 3
+    assert gauge.crowded()  # three threads want two cores
+    assert not RunQueue(str(path), cores=4).crowded()
+    _loadavg(path, 2)
+    assert gauge.runnable() == 2 and not gauge.crowded()  # each look reads it afresh
+    path.write_text("garbage\n")
+    assert gauge.runnable() is None and not gauge.crowded()
+    gauge.close()
+    assert gauge.runnable() is None
+
+
+def test_without_a_run_queue_to_read_the_machine_is_never_crowded(tmp_path: Any) -> None:
+    gauge = RunQueue(str(tmp_path / "no such file"))
+    assert gauge.runnable() is None
+    assert not gauge.crowded()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="needs Linux's /proc/loadavg")
+def test_the_real_run_queue_counts_the_reader() -> None:
+    gauge = RunQueue()
+    assert gauge.cores == os.cpu_count()
+    runnable = gauge.runnable()
+    assert runnable is not None and runnable >= 1  # this thread is running
+    gauge.close()
+
+
+async def test_no_spin_starts_or_goes_on_while_the_machine_is_crowded(tmp_path: Any) -> None:
+    path = tmp_path / "loadavg"
+    _loadavg(path, 1)
+    gauge = RunQueue(str(path), cores=2)
+    spinner = BusyWait(asyncio.get_running_loop(), 1.0, contended=math.inf, run_queue=gauge)
+    spinner.poke()
+    assert spinner.spinning and spinner.crowded == 0
+    await asyncio.sleep(0.01)
+    assert spinner.spinning and spinner.spins > 0
+    # A third thread becomes runnable: the spinner gives the core up long
+    # before its threshold (a second) is out.
+    _loadavg(path, 3)
+    await eventually(lambda: not spinner.spinning, timeout=0.5)
+    assert spinner.crowded == 1
+    # Nor does the next poke start one, once the short pause is over.
+    await asyncio.sleep(0.01)
+    spinner.poke()
+    assert not spinner.spinning and spinner.crowded == 2
+    _loadavg(path, 2)  # a core idle again (this thread and one other)
+    await asyncio.sleep(0.01)
+    spinner.poke()
+    assert spinner.spinning
+    spinner.stop()
+    await eventually(lambda: not spinner.spinning, timeout=10)
+    gauge.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="needs Linux's /proc/loadavg")
+@pytest.mark.skipif((os.cpu_count() or 1) > 32, reason="would start a CPU hog per core")
+async def test_beside_a_cpu_hog_per_core_a_poke_does_not_spin() -> None:
+    cores = os.cpu_count() or 1
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores + 1)]
+    gauge = RunQueue()
+    try:
+        await eventually(lambda: (gauge.runnable() or 0) > cores, timeout=30)
+        spinner = BusyWait(asyncio.get_running_loop(), 1.0, contended=math.inf, run_queue=gauge)
+        spinner.poke()
+        assert not spinner.spinning
+        assert spinner.crowded == 1
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait(timeout=10)
+        gauge.close()
+
+
 async def _spins_after_a_round_trip(peer: str) -> int:
-    """Spin count once a round trip with ``peer`` is done and the spin it started has ended."""
+    """Spins, and spins refused or cut short for a busy machine, once a round
+    trip with ``peer`` is done and the spin it started has ended."""
+    # Past the pause a busy verdict imposes, in which pokes are not looked at.
+    await asyncio.sleep(BACKOFF + CROWDED_BACKOFF)
     assert await rpc.call(peer, "operator:add", 1, 2) == 3
     await eventually(lambda: not net.busy_wait()["spinning"], timeout=10)
-    return int(net.busy_wait()["spins"])
+    seen = net.busy_wait()
+    return int(seen["spins"]) + int(seen["crowded"]) + int(seen["preempted"])
 
 
 async def test_traffic_with_a_real_peer_starts_a_spin_and_heartbeats_do_not(epmd_port: int) -> None:
@@ -157,17 +246,26 @@ async def test_traffic_with_a_real_peer_starts_a_spin_and_heartbeats_do_not(epmd
         assert net.busy_wait()["threshold"] == LEVELS["medium"]
         before = await _spins_after_a_round_trip(peer)
         after = await _spins_after_a_round_trip(peer)
-        assert after > before  # the call's write and its answer's read each poke
+        # The call's write and its answer's read each poke: the loop polls,
+        # or (on a busy machine) finds no idle core and sleeps.
+        assert after > before
         # Ticks go both ways every ticktime / 4: three seconds of them alone.
         await asyncio.sleep(3)
-        assert net.busy_wait()["spins"] == after
+        seen = net.busy_wait()
+        assert seen["spins"] + seen["crowded"] + seen["preempted"] == after
         assert net.node_info(peer) is not None  # and the connection is still up
 
 
 async def test_zero_turns_it_off_for_a_node(epmd_port: int) -> None:
     name = f"bw_{secrets.token_hex(3)}@127.0.0.1"
     async with pybeam.Node(name, cookie=secrets.token_hex(8), epmd_port=epmd_port, busy_wait="none"):
-        assert net.busy_wait() == {"threshold": 0.0, "spinning": False, "spins": 0, "preempted": 0}
+        assert net.busy_wait() == {
+            "threshold": 0.0,
+            "spinning": False,
+            "spins": 0,
+            "preempted": 0,
+            "crowded": 0,
+        }
 
 
 async def test_a_bad_value_stops_the_node_from_starting(epmd_port: int) -> None:

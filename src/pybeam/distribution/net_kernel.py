@@ -44,7 +44,7 @@ from ..nodename import check_node_name, parse_address
 from ..process import current_process
 from ..terms import Crash, Pid, Ref
 from . import epmd, guard, handshake
-from .busy_wait import BusyWait, busy_wait_from_env, parse_busy_wait
+from .busy_wait import BusyWait, busy_wait_from_env, parse_busy_wait, run_queue
 from .connection import (
     DEFAULT_BUSY_LIMIT,
     DEFAULT_FRAGMENT_SIZE,
@@ -107,7 +107,7 @@ class DistOptions:
     tuple_arrays: bool = True
     #: Seconds (or a level name: ``"medium"``) the loop keeps polling after
     #: traffic before it sleeps, as BEAM's ``+sbwt``; None: ``$PYBEAM_BUSY_WAIT``
-    #: or ``none``. See :mod:`pybeam.distribution.busy_wait`.
+    #: or ``medium``. See :mod:`pybeam.distribution.busy_wait`.
     busy_wait: float | str | None = None
 
     def __post_init__(self) -> None:
@@ -239,7 +239,9 @@ class NetKernel:
     async def start(self) -> int:
         """Listen, register with the port mapper; returns the node's creation."""
         opts = self.options
-        self.busy_wait = BusyWait(asyncio.get_running_loop(), float(opts.busy_wait or 0))
+        self.busy_wait = BusyWait(
+            asyncio.get_running_loop(), float(opts.busy_wait or 0), run_queue=run_queue()
+        )
         # In a clean context: every accepted connection's task inherits the
         # context the server was started in (see _background).
         host = self.node.name.partition("@")[2]
