@@ -14,7 +14,7 @@ import pybeam
 from pybeam import Pid, Ref, receive, send, spawn
 from pybeam.errors import BadArg
 from pybeam.mailbox import Mailbox
-from pybeam.process import Process, _Guard
+from pybeam.process import Process
 from pybeam.testing import eventually
 
 
@@ -176,24 +176,25 @@ def _slots(cls: type) -> set[str]:
     return {name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())}
 
 
-async def test_spawn_sets_every_slot_of_its_process_pid_and_guard_as_their_constructors_do() -> None:
-    # Node.spawn builds the three without their __init__ calls: a slot added
+async def test_spawn_sets_every_slot_of_its_process_and_pid_as_their_constructors_do() -> None:
+    # Node.spawn builds the two without their __init__ calls: a slot added
     # to a class and not set there would be missing on every spawned process.
     pid = spawn(_echo_once)
     proc = pybeam.current_node().process(pid)
     assert proc is not None and proc.task is not None
-    guard = proc.task.get_coro()
     made = Process(pybeam.current_node(), Pid(pid.node, 0, pid.creation))
     assert _slots(Process) >= _slots(Mailbox) and _slots(Process)
     for name in sorted(_slots(Process)):
-        assert getattr(proc, name) == getattr(made, name) or name in {"pid", "task"}, name
+        assert getattr(proc, name) == getattr(made, name) or name in {"pid", "task", "_coro"}, name
     assert proc.pid is pid and pid._proc is proc and proc.task is not None
     assert {name: getattr(pid, name) for name in _slots(Pid) - {"_proc"}} == {
         "node": pybeam.node_name(),
         "id": pid.id,
         "creation": pybeam.current_node().creation,
     }
-    assert type(guard) is _Guard and all(hasattr(guard, name) for name in _slots(_Guard))
+    # The process is its task's coroutine, stepping the function's own.
+    coro: Any = proc._coro
+    assert proc.task.get_coro() is proc and coro.cr_code is _echo_once.__code__
     send(pid, (pybeam.self(), "still works"))
     assert await receive(timeout=5) == "still works"
 
