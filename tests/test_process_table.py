@@ -5,13 +5,17 @@ process's start and end keep what the slow paths do."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
+import gc
+import logging
 from typing import Any
 
 import pytest
 
 import pybeam
-from pybeam import Pid, Ref, receive, send, spawn
+from pybeam import ANY, Crash, Pid, Ref, receive, send, spawn
 from pybeam.errors import BadArg
 from pybeam.mailbox import Mailbox
 from pybeam.process import Process
@@ -207,3 +211,83 @@ async def test_make_ref_builds_the_same_ref_as_its_constructor() -> None:
     assert ref == same and hash(ref) == hash(same) and {same: 1}[ref] == 1
     assert all(getattr(ref, name) == getattr(same, name) for name in _slots(Ref))
     assert pybeam.make_ref() != ref
+
+
+# -- a spawned process is its task's coroutine -------------------------------------
+
+
+async def _cancelled_by_someone_else() -> None:
+    # Awaits a future another party cancels: a CancelledError nobody asked
+    # this process's task for, which is a crash like any other.
+    fut = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(fut.cancel)
+    await fut
+
+
+async def _raises_exit() -> None:
+    raise SystemExit(3)
+
+
+async def _crashes() -> None:
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize(
+    "fn, kind",
+    [
+        (_returns_at_once, None),
+        (_crashes, "ValueError"),
+        (_cancelled_by_someone_else, "asyncio.exceptions.CancelledError"),
+        (_raises_exit, "SystemExit"),
+    ],
+)
+async def test_an_ended_process_leaves_nothing_behind(fn: Any, kind: str | None) -> None:
+    # Whatever way it ends, the process leaves the node's tables and no
+    # reference cycle (the task runs the process itself, and the exit
+    # reason's traceback would hold the frame that stepped it): reference
+    # counting alone frees it, with the cyclic collector off.
+    node = pybeam.current_node()
+    pybeam.self()  # the test's own task becomes a process before the count
+    table, names, timers = len(node._procs), len(node._names), len(node._pid_timers)
+    logger = logging.getLogger("pybeam")
+    quiet, logger.disabled = logger.disabled, True  # crash reports kept by the log capture would hold them
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        pids = [spawn(fn) for _ in range(20)]
+        last, ref = pybeam.spawn_monitor(fn)
+        down = await receive(("DOWN", ref, ANY, ANY, ANY), timeout=5)
+        reason = down[4]
+        if kind is None:
+            assert reason == "normal"
+        else:
+            assert isinstance(reason, Crash) and reason.kind == kind
+            # The runtime's own frame that stepped the coroutine is not in the report.
+            assert "process.py" not in reason.traceback, reason.traceback
+        del down, reason
+        await asyncio.sleep(0)  # the tasks' last steps are over
+        assert not any(pybeam.is_alive(p) or p._proc is not None for p in [*pids, last])
+        assert (len(node._procs), len(node._names), len(node._pid_timers)) == (table, names, timers)
+        gc.collect()
+        kept = collections.Counter(type(o).__name__ for o in gc.garbage)
+        assert not [o for o in gc.garbage if isinstance(o, Process)], kept
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        logger.disabled = quiet
+
+
+async def test_asyncio_shows_a_process_task_by_its_function() -> None:
+    # The process stands in for the function's coroutine in its task: the
+    # task's repr and stack are the function's, as with a plain task.
+    pid = spawn(_echo_once)
+    await eventually(lambda: pybeam.process_info(pid)["status"] == "waiting")  # type: ignore[index]
+    proc = pybeam.current_node().process(pid)
+    assert proc is not None and proc.task is not None
+    assert "coro=<_echo_once() running at" in repr(proc.task)
+    assert [f.f_code for f in proc.task.get_stack()] == [_echo_once.__code__]
+    assert pybeam.process_info(pid)["initial_call"].endswith(":_echo_once")  # type: ignore[index]
+    send(pid, (pybeam.self(), "bye"))
+    assert await receive(timeout=5) == "bye"
