@@ -291,3 +291,25 @@ async def test_asyncio_shows_a_process_task_by_its_function() -> None:
     assert pybeam.process_info(pid)["initial_call"].endswith(":_echo_once")  # type: ignore[index]
     send(pid, (pybeam.self(), "bye"))
     assert await receive(timeout=5) == "bye"
+
+
+async def test_a_spawn_with_arguments_its_function_does_not_take_leaves_no_process() -> None:
+    # The call that makes the function's coroutine raises TypeError; the
+    # spawn used to raise it after the process was in the table, left there
+    # alive forever with nothing to run (linked to, or monitored by, the caller).
+    node = pybeam.current_node()
+    me = pybeam.self()
+    before = set(pybeam.processes())
+
+    async def takes_one(x: int) -> None:
+        return None
+
+    with pytest.raises(TypeError):
+        spawn(takes_one)
+    with pytest.raises(TypeError):
+        pybeam.spawn_link(takes_one, 1, 2)
+    with pytest.raises(TypeError):
+        pybeam.spawn_monitor(takes_one)
+    assert set(pybeam.processes()) == before
+    proc = node.process(me)
+    assert proc is not None and not proc.links and not proc.monitors

@@ -504,6 +504,14 @@ class Node:
         monitored by, ``link`` / ``monitor`` (atomically, as spawn_link does)."""
         if not self.running or self.loop is None:
             raise BadArg(f"node {self.name} is not running")
+        # The function's coroutine first: a call with arguments the function
+        # does not take raises here, before there is a process to leave behind.
+        # (Making a coroutine runs none of its code.)
+        code = getattr(fn, "__code__", None)
+        if code is not None and code.co_flags & _CO_COROUTINE:
+            coro = fn(*args)
+        else:
+            coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
         i = self._next_id()
         # Pid(...) and Process(self, pid) without their __init__ calls (a
         # Python call each, a fifth of what spawn costs above a bare task):
@@ -523,6 +531,7 @@ class Node:
         proc.alive = True
         proc.adopted = False
         proc.reductions = 0
+        proc._coro = coro
         self._procs[i] = proc
         if link is not None:
             proc.links = {link.pid}
@@ -551,11 +560,6 @@ class Node:
             _process.tune_gc()
         ctx = _Context()
         ctx.run(_set_current, proc)
-        code = getattr(fn, "__code__", None)
-        if code is not None and code.co_flags & _CO_COROUTINE:
-            proc._coro = fn(*args)
-        else:
-            proc._coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
         proc.task = _ProcessTask(proc, loop=self.loop, context=ctx)
         if not i & _CHECK_MASK:
             # The collector is per interpreter: so is the count that drives it.
