@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.compare.workloads import BY_KEY, rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +92,21 @@ def test_hot_path_prints_both_clocks_for_every_workload() -> None:
     for line, (name, clock) in zip(lines[1:], [(n, c) for n in names for c in ("wall", "cpu")], strict=True):
         assert line.startswith(name) and f" {clock} " in line, line
         assert "x (" in line  # a ratio with its spread
+
+
+def test_instructions_child_runs_every_workload_on_both_sides() -> None:
+    from benchmarks.compare import hot_path, instructions
+
+    for name, *_ in hot_path.PAIRS:
+        for side in ("pybeam", "asyncio"):
+            instructions._child(hot_path._slug(name), side, 100)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_counts_spawn_and_exit_beside_the_floor() -> None:
+    from benchmarks.compare import instructions
+
+    lines = instructions.main(["--only", "spawn-exit", "--n", "500"])
+    assert len(lines) == 2 and lines[1].startswith("spawn-exit"), lines
+    mine, floor = (float(x.replace(",", "")) for x in lines[1].split()[1:3])
+    assert mine > 0 and floor > 0 and lines[1].endswith("x")

@@ -5,16 +5,20 @@ process's start and end keep what the slow paths do."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
+import gc
+import logging
 from typing import Any
 
 import pytest
 
 import pybeam
-from pybeam import Pid, Ref, receive, send, spawn
+from pybeam import ANY, Crash, Pid, Ref, receive, send, spawn
 from pybeam.errors import BadArg
 from pybeam.mailbox import Mailbox
-from pybeam.process import Process, _Guard
+from pybeam.process import Process
 from pybeam.testing import eventually
 
 
@@ -176,24 +180,25 @@ def _slots(cls: type) -> set[str]:
     return {name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())}
 
 
-async def test_spawn_sets_every_slot_of_its_process_pid_and_guard_as_their_constructors_do() -> None:
-    # Node.spawn builds the three without their __init__ calls: a slot added
+async def test_spawn_sets_every_slot_of_its_process_and_pid_as_their_constructors_do() -> None:
+    # Node.spawn builds the two without their __init__ calls: a slot added
     # to a class and not set there would be missing on every spawned process.
     pid = spawn(_echo_once)
     proc = pybeam.current_node().process(pid)
     assert proc is not None and proc.task is not None
-    guard = proc.task.get_coro()
     made = Process(pybeam.current_node(), Pid(pid.node, 0, pid.creation))
     assert _slots(Process) >= _slots(Mailbox) and _slots(Process)
     for name in sorted(_slots(Process)):
-        assert getattr(proc, name) == getattr(made, name) or name in {"pid", "task"}, name
+        assert getattr(proc, name) == getattr(made, name) or name in {"pid", "task", "_coro"}, name
     assert proc.pid is pid and pid._proc is proc and proc.task is not None
     assert {name: getattr(pid, name) for name in _slots(Pid) - {"_proc"}} == {
         "node": pybeam.node_name(),
         "id": pid.id,
         "creation": pybeam.current_node().creation,
     }
-    assert type(guard) is _Guard and all(hasattr(guard, name) for name in _slots(_Guard))
+    # The process is its task's coroutine, stepping the function's own.
+    coro: Any = proc._coro
+    assert proc.task.get_coro() is proc and coro.cr_code is _echo_once.__code__
     send(pid, (pybeam.self(), "still works"))
     assert await receive(timeout=5) == "still works"
 
@@ -206,3 +211,105 @@ async def test_make_ref_builds_the_same_ref_as_its_constructor() -> None:
     assert ref == same and hash(ref) == hash(same) and {same: 1}[ref] == 1
     assert all(getattr(ref, name) == getattr(same, name) for name in _slots(Ref))
     assert pybeam.make_ref() != ref
+
+
+# -- a spawned process is its task's coroutine -------------------------------------
+
+
+async def _cancelled_by_someone_else() -> None:
+    # Awaits a future another party cancels: a CancelledError nobody asked
+    # this process's task for, which is a crash like any other.
+    fut = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(fut.cancel)
+    await fut
+
+
+async def _raises_exit() -> None:
+    raise SystemExit(3)
+
+
+async def _crashes() -> None:
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize(
+    "fn, kind",
+    [
+        (_returns_at_once, None),
+        (_crashes, "ValueError"),
+        (_cancelled_by_someone_else, "asyncio.exceptions.CancelledError"),
+        (_raises_exit, "SystemExit"),
+    ],
+)
+async def test_an_ended_process_leaves_nothing_behind(fn: Any, kind: str | None) -> None:
+    # Whatever way it ends, the process leaves the node's tables and no
+    # reference cycle (the task runs the process itself, and the exit
+    # reason's traceback would hold the frame that stepped it): reference
+    # counting alone frees it, with the cyclic collector off.
+    node = pybeam.current_node()
+    pybeam.self()  # the test's own task becomes a process before the count
+    table, names, timers = len(node._procs), len(node._names), len(node._pid_timers)
+    logger = logging.getLogger("pybeam")
+    quiet, logger.disabled = logger.disabled, True  # crash reports kept by the log capture would hold them
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        pids = [spawn(fn) for _ in range(20)]
+        last, ref = pybeam.spawn_monitor(fn)
+        down = await receive(("DOWN", ref, ANY, ANY, ANY), timeout=5)
+        reason = down[4]
+        if kind is None:
+            assert reason == "normal"
+        else:
+            assert isinstance(reason, Crash) and reason.kind == kind
+            # The runtime's own frame that stepped the coroutine is not in the report.
+            assert "process.py" not in reason.traceback, reason.traceback
+        del down, reason
+        await asyncio.sleep(0)  # the tasks' last steps are over
+        assert not any(pybeam.is_alive(p) or p._proc is not None for p in [*pids, last])
+        assert (len(node._procs), len(node._names), len(node._pid_timers)) == (table, names, timers)
+        gc.collect()
+        kept = collections.Counter(type(o).__name__ for o in gc.garbage)
+        assert not [o for o in gc.garbage if isinstance(o, Process)], kept
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        logger.disabled = quiet
+
+
+async def test_asyncio_shows_a_process_task_by_its_function() -> None:
+    # The process stands in for the function's coroutine in its task: the
+    # task's repr and stack are the function's, as with a plain task.
+    pid = spawn(_echo_once)
+    await eventually(lambda: pybeam.process_info(pid)["status"] == "waiting")  # type: ignore[index]
+    proc = pybeam.current_node().process(pid)
+    assert proc is not None and proc.task is not None
+    assert "coro=<_echo_once() running at" in repr(proc.task)
+    assert [f.f_code for f in proc.task.get_stack()] == [_echo_once.__code__]
+    assert pybeam.process_info(pid)["initial_call"].endswith(":_echo_once")  # type: ignore[index]
+    send(pid, (pybeam.self(), "bye"))
+    assert await receive(timeout=5) == "bye"
+
+
+async def test_a_spawn_with_arguments_its_function_does_not_take_leaves_no_process() -> None:
+    # The call that makes the function's coroutine raises TypeError; the
+    # spawn used to raise it after the process was in the table, left there
+    # alive forever with nothing to run (linked to, or monitored by, the caller).
+    node = pybeam.current_node()
+    me = pybeam.self()
+    before = set(pybeam.processes())
+
+    async def takes_one(x: int) -> None:
+        return None
+
+    with pytest.raises(TypeError):
+        spawn(takes_one)
+    with pytest.raises(TypeError):
+        pybeam.spawn_link(takes_one, 1, 2)
+    with pytest.raises(TypeError):
+        pybeam.spawn_monitor(takes_one)
+    assert set(pybeam.processes()) == before
+    proc = node.process(me)
+    assert proc is not None and not proc.links and not proc.monitors

@@ -364,7 +364,7 @@ def _initial_call(proc: Process) -> str | None:
     if task is None:
         return None
     coro: Any = task.get_coro()
-    inner = getattr(coro, "_coro", coro)  # behind the process's guard
+    inner = getattr(coro, "_coro", coro)  # the function's, which the process steps
     frame = getattr(inner, "cr_frame", None)
     code = getattr(inner, "cr_code", None)
     if code is None:

@@ -34,7 +34,7 @@ from .gc_policy import check as _gc_check
 from .logtext import clip
 from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
-from .process import _CO_COROUTINE, Process, _call, _current, _Guard, _is_async_function, _ProcessTask
+from .process import _CO_COROUTINE, Process, _call, _current, _is_async_function, _ProcessTask
 from .terms import KILLED, NOCONNECTION, NOPROC, Pid, Ref
 
 __all__ = ["Node", "RemoteRouter", "current_node"]
@@ -44,6 +44,9 @@ logger = logging.getLogger("pybeam")
 DEFAULT_NAME = "nonode@nohost"
 _CHECK_MASK = CHECK_EVERY - 1
 _new = object.__new__
+#: Sets the current process (in the new process's context): bound once, as a
+#: bound method made at each spawn would be one more object per spawn.
+_set_current = _current.set
 
 #: What :meth:`Node.stop` sends an application master (see :mod:`pybeam.application`).
 APPLICATION_STOP = "$pybeam_application_stop"
@@ -501,6 +504,14 @@ class Node:
         monitored by, ``link`` / ``monitor`` (atomically, as spawn_link does)."""
         if not self.running or self.loop is None:
             raise BadArg(f"node {self.name} is not running")
+        # The function's coroutine first: a call with arguments the function
+        # does not take raises here, before there is a process to leave behind.
+        # (Making a coroutine runs none of its code.)
+        code = getattr(fn, "__code__", None)
+        if code is not None and code.co_flags & _CO_COROUTINE:
+            coro = fn(*args)
+        else:
+            coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
         i = self._next_id()
         # Pid(...) and Process(self, pid) without their __init__ calls (a
         # Python call each, a fifth of what spawn costs above a bare task):
@@ -520,6 +531,7 @@ class Node:
         proc.alive = True
         proc.adopted = False
         proc.reductions = 0
+        proc._coro = coro
         self._procs[i] = proc
         if link is not None:
             proc.links = {link.pid}
@@ -537,25 +549,18 @@ class Node:
         # of pybeam.process: a call less per spawn). Every exception ends the
         # process with a reason, SystemExit and KeyboardInterrupt included (in
         # a process they end the process, never the node, as exit/1 in BEAM).
-        # The task runs the function's own coroutine behind a small _Guard (no
-        # wrapper frame, to keep idle processes small), in a context where
-        # proc is the current process. The context starts empty: a process
-        # inherits no context variables from its spawner, as a BEAM process
-        # inherits no process dictionary (so that per-process state kept in
-        # one, and the spawner itself, are not shared or kept alive by it).
+        # The task runs the process itself, which steps the function's own
+        # coroutine (no wrapper frame, to keep idle processes small; see
+        # Process.send), in a context where proc is the current process. The
+        # context starts empty: a process inherits no context variables from
+        # its spawner, as a BEAM process inherits no process dictionary (so
+        # that per-process state kept in one, and the spawner itself, are not
+        # shared or kept alive by it).
         if not _process._gc_tuned:
             _process.tune_gc()
         ctx = _Context()
-        ctx.run(_current.set, proc)
-        code = getattr(fn, "__code__", None)
-        if code is not None and code.co_flags & _CO_COROUTINE:
-            coro = fn(*args)
-        else:
-            coro = fn(*args) if code is None and _is_async_function(fn) else _call(fn, args)
-        guard = _new(_Guard)  # _Guard(coro, proc) without the __init__ call
-        guard._coro = coro
-        guard._proc = proc
-        proc.task = _ProcessTask(guard, loop=self.loop, context=ctx)
+        ctx.run(_set_current, proc)
+        proc.task = _ProcessTask(proc, loop=self.loop, context=ctx)
         if not i & _CHECK_MASK:
             # The collector is per interpreter: so is the count that drives it.
             _gc_check(sum(len(node._procs) for node in _bound_nodes))
@@ -588,7 +593,7 @@ class Node:
             self._names.pop(proc.name, None)
             proc.name = None
         # Mailbox.clear's work, and the pid's shortcut to its process, without
-        # the call (this runs at every exit; _Guard.send has the same lines).
+        # the call (this runs at every exit; Process.send has the same lines).
         proc._queue = None
         proc._waiter = proc._handed = None
         pid._proc = None

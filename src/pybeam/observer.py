@@ -36,8 +36,9 @@ def memory(proc: Process) -> int:
     if task is not None:
         size += sys.getsizeof(task)
         coro: Any = task.get_coro()
-        size += sys.getsizeof(coro)
-        inner = getattr(coro, "_coro", None)  # the function's coroutine, behind the process's guard
+        if coro is not proc:  # a spawned process is its task's coroutine (counted above)
+            size += sys.getsizeof(coro)
+        inner = getattr(coro, "_coro", None)  # the function's coroutine, which the process steps
         if inner is not None:
             size += sys.getsizeof(inner)
     return size

@@ -52,10 +52,13 @@ class Process(Mailbox):
     """One process: a mailbox with a pid, links and monitors.
 
     Users hold its :class:`Pid`; only the runtime holds this. It *is* its
-    mailbox (rather than having one) to save an object per process.
+    mailbox (rather than having one) to save an object per process, and, for
+    a process the node spawned, the coroutine its task runs (see "the
+    coroutine" below) for the same reason.
     """
 
     __slots__ = (
+        "_coro",
         "adopted",
         "alive",
         "links",
@@ -98,6 +101,8 @@ class Process(Mailbox):
         #: Times the event loop resumed the process's code (a step of its
         #: task): the closest thing to BEAM's reductions, for ``pybeam top``.
         self.reductions = 0
+        #: The function's own coroutine, which this steps (None if adopted).
+        self._coro: Coroutine[Any, Any, Any] | None = None
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else f"exited {self.reason!r}"
@@ -126,7 +131,7 @@ class Process(Mailbox):
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         """An adopted process's task has finished: exit with the reason its
-        ending gives. (A process's own task ends it from its :class:`_Guard`.)
+        ending gives. (A process's own task ends it from :meth:`send`/:meth:`throw`.)
         """
         # The task's context refers back to this process: break the cycle, so
         # that a finished process is freed at once rather than left to the
@@ -181,6 +186,163 @@ class Process(Mailbox):
         if task is not None and not task.done():
             task.cancel(f"pybeam: process {self.pid!r} exited: {self.reason!r}")
 
+    # -- the coroutine ------------------------------------------------------
+    #
+    # A spawned process's task runs the process itself as its coroutine: it
+    # forwards send/throw to the function's own coroutine, counts reductions,
+    # and turns SystemExit and KeyboardInterrupt into :class:`_Halted`.
+    #
+    # It also ends the process the moment its function returns or raises, as
+    # BEAM does: before any other process runs, the process is dead, its name
+    # free, its links and monitors fired. (A done callback on the task would
+    # do so only one loop iteration later, after the receiver of its last
+    # message may already have run, and costs a scheduled callback per
+    # process.) An exception becomes the exit reason and the task ends without
+    # it (nobody would retrieve it from the task); a CancelledError still
+    # cancels the task.
+    #
+    # The process rather than a wrapping ``async def`` (a coroutine frame per
+    # idle process) or a separate forwarding object (one more object, and one
+    # more for the cyclic collector to walk, per process).
+
+    # send and throw repeat each other on purpose: a shared helper would add
+    # a Python call to every step of every process.
+
+    def send(self, value: Any) -> Any:
+        """Step the function's coroutine (the task calls this)."""
+        self.reductions += 1
+        try:
+            return self._coro.send(value)  # type: ignore[union-attr]
+        except StopIteration:
+            node = self.node
+            if (
+                self.alive
+                and self.links is None
+                and self.monitored_by is None
+                and self.monitors is None
+                and self.name is None
+                and not node._pid_timers
+            ):
+                # It returned, and nobody links to it, monitors it or names
+                # it (most processes): _end(None) and Node.terminate's work
+                # without their two calls.
+                self.task = None
+                self.alive = False
+                self.reason = NORMAL
+                pid = self.pid
+                del node._procs[pid.id]
+                self._queue = None
+                self._waiter = self._handed = None
+                pid._proc = None
+            else:
+                self._end(None)
+            raise
+        except asyncio.CancelledError as e:
+            self._end(e)
+            raise
+        except _HALTING as e:
+            self._end(_halted(e))
+        except BaseException as e:
+            self._end(e)
+        raise StopIteration  # the exception is the exit reason now (and logged)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Throw an exception (a cancellation, usually) into the function's coroutine."""
+        self.reductions += 1
+        coro = self._coro
+        assert coro is not None
+        try:
+            if val is None and tb is None:
+                return coro.throw(typ)
+            return coro.throw(typ, val, tb)
+        except StopIteration:
+            self._end(None)
+            raise
+        except asyncio.CancelledError as e:
+            self._end(e)
+            raise
+        except _HALTING as e:
+            self._end(_halted(e))
+        except BaseException as e:
+            self._end(e)
+        finally:
+            # The exception thrown in (a cancellation, usually) keeps this
+            # frame in its traceback: without this, the frame would hold the
+            # exception and so make a cycle, which only the cyclic GC frees
+            # (never, for objects gc.freeze() has moved out of its reach).
+            typ = val = tb = None
+        raise StopIteration  # the exception is the exit reason now (and logged)
+
+    def _end(self, exc: BaseException | None) -> None:
+        """The function returned (``exc`` None) or raised ``exc``: end the
+        process, and drop what would keep it in a reference cycle, so that
+        reference counting alone frees it (see :mod:`pybeam.gc_policy`)."""
+        proc = self
+        task, proc.task = proc.task, None
+        if exc is not None:
+            # The exception's traceback starts at the step (send or throw)
+            # that caught it, whose frame holds the process: as the exit
+            # reason's, it would make a cycle through the process (and it is
+            # noise in a crash report).
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_frame.f_code in _STEP_CODES:
+                exc.__traceback__ = tb.tb_next
+        if exc is None:
+            if proc.alive:  # ended(None) without the call: it returned
+                proc.node.terminate(proc, NORMAL, False)
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            if proc.alive:
+                if task is not None and task.cancelling():
+                    # Cancelled from outside (the event loop shutting down, say).
+                    proc.node.terminate(proc, KILLED, cancel=False)
+                else:
+                    # A CancelledError nobody asked for (it awaited a future
+                    # someone else cancelled): a crash like any other.
+                    proc.ended(exc)
+        else:
+            proc.ended(exc)
+        # A crash's traceback holds frames (asyncio's among them) that may hold
+        # this process's context; their variables are no part of the exit
+        # reason, whose traceback is already text.
+        reason = proc.reason
+        if type(reason) is Crash and reason.exception is not None:
+            traceback.clear_frames(reason.exception.__traceback__)
+
+    def close(self) -> None:
+        """Close the function's coroutine."""
+        if self._coro is not None:
+            self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        assert self._coro is not None
+        return self._coro.__await__()
+
+    # What asyncio shows of a task's coroutine (its repr, get_stack), read off
+    # the function's. Properties, not a __getattr__: a class with __getattr__
+    # has every attribute lookup on it take a slow path, the task's call of
+    # send at each step among them.
+
+    @property
+    def __name__(self) -> str:
+        return str(getattr(self._coro, "__qualname__", "?"))
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coro, "cr_code", None)
+
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coro, "cr_running", False))
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coro, "cr_await", None)
+
 
 def _is_async_function(fn: Callable[..., Any]) -> bool:
     code = getattr(fn, "__code__", None)
@@ -207,144 +369,11 @@ _HALTING = (SystemExit, KeyboardInterrupt)
 
 
 def _halted(exc: BaseException) -> _Halted:
-    # The guard's own frame is noise in the crash report's traceback.
+    # The step's own frame is noise in the crash report's traceback.
     tb = exc.__traceback__
     if tb is not None:
         exc.__traceback__ = tb.tb_next
     return _Halted(exc)
-
-
-class _Guard(Coroutine[Any, Any, Any]):
-    """The coroutine a process's task runs: the function's own coroutine,
-    with SystemExit and KeyboardInterrupt turned into :class:`_Halted`.
-
-    It also ends the process the moment its function returns or raises, as
-    BEAM does: before any other process runs, the process is dead, its name
-    free, its links and monitors fired. (A done callback on the task would
-    do so only one loop iteration later, after the receiver of its last
-    message may already have run, and costs a scheduled callback per
-    process.) An exception becomes the exit reason and the task ends without
-    it (nobody would retrieve it from the task); a CancelledError still
-    cancels the task.
-
-    A plain object forwarding ``send``/``throw`` rather than a wrapping
-    ``async def``: it costs one small object per process instead of a
-    coroutine frame, which matters for idle processes.
-    """
-
-    __slots__ = ("_coro", "_proc")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], proc: Process) -> None:
-        self._coro = coro
-        self._proc = proc
-
-    # send and throw repeat each other on purpose: a shared helper would add
-    # a Python call to every step of every process.
-
-    def send(self, value: Any) -> Any:
-        self._proc.reductions += 1
-        try:
-            return self._coro.send(value)
-        except StopIteration:
-            proc = self._proc
-            node = proc.node
-            if (
-                proc.alive
-                and proc.links is None
-                and proc.monitored_by is None
-                and proc.monitors is None
-                and proc.name is None
-                and not node._pid_timers
-            ):
-                # It returned, and nobody links to it, monitors it or names
-                # it (most processes): _end(None) and Node.terminate's work
-                # without their two calls.
-                del self._proc
-                proc.task = None
-                proc.alive = False
-                proc.reason = NORMAL
-                pid = proc.pid
-                del node._procs[pid.id]
-                proc._queue = None
-                proc._waiter = proc._handed = None
-                pid._proc = None
-            else:
-                self._end(None)
-            raise
-        except asyncio.CancelledError as e:
-            self._end(e)
-            raise
-        except _HALTING as e:
-            self._end(_halted(e))
-        except BaseException as e:
-            self._end(e)
-        raise StopIteration  # the exception is the exit reason now (and logged)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        self._proc.reductions += 1
-        try:
-            if val is None and tb is None:
-                return self._coro.throw(typ)
-            return self._coro.throw(typ, val, tb)
-        except StopIteration:
-            self._end(None)
-            raise
-        except asyncio.CancelledError as e:
-            self._end(e)
-            raise
-        except _HALTING as e:
-            self._end(_halted(e))
-        except BaseException as e:
-            self._end(e)
-        finally:
-            # The exception thrown in (a cancellation, usually) keeps this
-            # frame in its traceback: without this, the frame would hold the
-            # exception and so make a cycle, which only the cyclic GC frees
-            # (never, for objects gc.freeze() has moved out of its reach).
-            typ = val = tb = None
-        raise StopIteration  # the exception is the exit reason now (and logged)
-
-    def _end(self, exc: BaseException | None) -> None:
-        """The function returned (``exc`` None) or raised ``exc``: end the
-        process, and drop what would keep it in a reference cycle, so that
-        reference counting alone frees it (see :mod:`pybeam.gc_policy`)."""
-        proc = self._proc
-        del self._proc
-        task, proc.task = proc.task, None
-        if exc is None:
-            if proc.alive:  # ended(None) without the call: it returned
-                proc.node.terminate(proc, NORMAL, False)
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            if proc.alive:
-                if task is not None and task.cancelling():
-                    # Cancelled from outside (the event loop shutting down, say).
-                    proc.node.terminate(proc, KILLED, cancel=False)
-                else:
-                    # A CancelledError nobody asked for (it awaited a future
-                    # someone else cancelled): a crash like any other.
-                    proc.ended(exc)
-        else:
-            proc.ended(exc)
-        # A crash's traceback holds frames (asyncio's among them) that may hold
-        # this process's context; their variables are no part of the exit
-        # reason, whose traceback is already text.
-        reason = proc.reason
-        if type(reason) is Crash and reason.exception is not None:
-            traceback.clear_frames(reason.exception.__traceback__)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._coro.__await__()
-
-    def __repr__(self) -> str:
-        return repr(self._coro)
-
-    def __getattr__(self, name: str) -> Any:
-        # cr_code, __qualname__...: what asyncio shows of a task's coroutine.
-        return getattr(self._coro, name)
 
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -381,8 +410,13 @@ class _ProcessTask(asyncio.Task[Any]):
     __slots__ = ()
 
     def cancel(self, msg: Any = None) -> bool:
-        proc = getattr(self.get_coro(), "_proc", None)  # its _Guard's
-        if proc is not None and proc.alive and not self.done():
+        proc = self.get_coro()  # the process itself (see Process.send)
+        if type(proc) is Process and proc.alive and not self.done():
             # The future the task waits on, cleared when it next runs.
             proc.give_back(getattr(self, "_fut_waiter", None))
         return super().cancel(msg)
+
+
+# The task checks that what it runs is a coroutine (once per type, cached).
+Coroutine.register(Process)
+_STEP_CODES = (Process.send.__code__, Process.throw.__code__)

@@ -23,6 +23,7 @@ from contextvars import Context
 from typing import Any, TypeVar
 
 from ...node import Node
+from ...process import Process
 
 __all__ = ["SimDeadlock", "VirtualLoop", "owner_of_task"]
 
@@ -86,9 +87,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         if task in self._owners:
             return self._owners[task]
         # A process's own task is made without loop.create_task (see
-        # pybeam.node.Node.spawn): its guard knows the process, which knows its node.
-        proc = getattr(task.get_coro(), "_proc", None)
-        node = getattr(proc, "node", None)
+        # pybeam.node.Node.spawn): its coroutine is the process, which knows its node.
+        proc = task.get_coro()
+        node = proc.node if type(proc) is Process else None
         return node if isinstance(node, Node) and node.distributed else None
 
     def owner(self) -> Node | None:
