@@ -253,3 +253,23 @@ async def test_bursts_keep_their_order_across_immediate_and_batched_writes(targe
 
     await eventually(all_of_them, timeout=30)
     assert await log_of(target.rec) == [("burst", i) for i in range(2 * n)]
+
+
+async def lone_sender(rec: Pid, n: int) -> None:
+    for i in range(n):
+        pybeam.send(rec, ("lone", i))
+        await asyncio.sleep(0)  # a later loop iteration, mostly with nothing arrived in between
+
+
+async def test_lone_messages_with_no_answer_between_them_all_arrive_in_order(target: Target) -> None:
+    # The first message after an arrival leaves at once; the next one, with
+    # nothing arrived since, waits for the end of its loop iteration, which
+    # the connection schedules then: none may be left behind, none overtaken.
+    n = 500
+    pybeam.spawn(lone_sender, target.rec, n)
+
+    async def all_of_them() -> bool:
+        return len(await log_of(target.rec)) >= n
+
+    await eventually(all_of_them, timeout=30)
+    assert await log_of(target.rec) == [("lone", i) for i in range(n)]

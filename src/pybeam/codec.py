@@ -500,7 +500,12 @@ def _decode_ext(code: int, data: bytes) -> Any:
         pid = _pids.get(data)
         if pid is None:
             id_, creation = _ID.unpack_from(data)
-            pid = Pid(_node_name(data[_ID_SIZE:]), id_, creation)
+            # Pid(node, id_, creation) without the __init__ call: the same slots.
+            pid = _new(Pid)
+            pid.node = _node_name(data[_ID_SIZE:])
+            pid.id = id_
+            pid.creation = creation
+            pid._proc = None
             if len(data) <= _ID_SIZE + _CACHED_NAME_SIZE:
                 if len(_pids) >= _CACHE_LIMIT:
                     _pids.clear()

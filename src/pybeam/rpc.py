@@ -202,9 +202,11 @@ async def call(
     """
     name = _name(fn)
     seconds = check_timeout(timeout)
-    ref = net._spawn_monitored(node, _EXECUTE, (name, *args))
+    me = kernel._me()
+    ref = net._spawn_monitored(node, _EXECUTE, (name, *args), me)
     try:
-        answer = await kernel.receive(_answer(ref), timeout=seconds, default=None)
+        # kernel.receive's work for a predicate and a checked timeout, without its calls.
+        answer = await me.receive(_answer(ref), seconds, None)
     except BaseException:
         net._undo_spawn(ref)
         raise

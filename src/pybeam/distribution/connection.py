@@ -216,6 +216,44 @@ _SPAWN_REQUEST_HEAD: Final = bytes((0x96, Op.SPAWN_REQUEST))
 _opts_encodings: dict[tuple[Any, ...], bytes] = {}
 
 
+def _down_bytes(watcher: Pid, ref: Ref, item: Any, reason: Any) -> bytes:
+    """``codec.encode_native((Op.DOWN, watcher, ref, item, reason))``, put
+    together from the cached encodings of the pids and the ref."""
+    return b"".join(
+        (
+            _DOWN_HEAD,
+            codec.pid_bytes(watcher),
+            codec.ref_bytes(ref),
+            codec.pid_bytes(item) if type(item) is Pid else codec.encode_native(item),
+            codec.encode_native(reason),
+        )
+    )
+
+
+def _spawn_request_bytes(
+    ref: Ref, requester: Pid, fn: str, args: tuple[Any, ...], opts: dict[str, Any]
+) -> bytes:
+    """``codec.encode_native((Op.SPAWN_REQUEST, ref, requester, fn, args, opts))``
+    as :func:`_down_bytes` does it, for ``opts`` with the keys ``link``,
+    ``monitor`` and ``reply`` (the net kernel's), whose encoding is cached."""
+    key = (opts["link"], opts["monitor"], opts["reply"])
+    tail = _opts_encodings.get(key)
+    if tail is None:
+        if len(_opts_encodings) >= 64:
+            _opts_encodings.clear()
+        tail = _opts_encodings[key] = codec.encode_native(opts)
+    return b"".join(
+        (
+            _SPAWN_REQUEST_HEAD,
+            codec.ref_bytes(ref),
+            codec.pid_bytes(requester),
+            # (fn, args) as one tuple of two, less its 1-byte array header.
+            codec.encode_native((fn, args))[1:],
+            tail,
+        )
+    )
+
+
 def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool, BaseException | None, bool]:
     """What the handshake's stream holds and knows: (bytes read past the
     handshake, eof seen, error seen, reading paused). Empties it.
@@ -482,15 +520,7 @@ class Connection(asyncio.Protocol):
         if not self.native:
             self.send((Op.DOWN, watcher, ref, item, reason), _OF_CONTROL if sender is None else sender)
             return
-        data = b"".join(
-            (
-                _DOWN_HEAD,
-                codec.pid_bytes(watcher),
-                codec.ref_bytes(ref),
-                codec.pid_bytes(item) if type(item) is Pid else codec.encode_native(item),
-                codec.encode_native(reason),
-            )
-        )
+        data = _down_bytes(watcher, ref, item, reason)
         if len(data) > self._max_control:
             raise SystemLimit(len(data), self.max_frame)
         self._send_data(data, item if sender is None and type(item) is Pid else sender)
@@ -504,22 +534,7 @@ class Connection(asyncio.Protocol):
         if not self.native:
             self.send((Op.SPAWN_REQUEST, ref, requester, fn, args, opts))
             return
-        key = (opts["link"], opts["monitor"], opts["reply"])
-        tail = _opts_encodings.get(key)
-        if tail is None:
-            if len(_opts_encodings) >= 64:
-                _opts_encodings.clear()
-            tail = _opts_encodings[key] = codec.encode_native(opts)
-        data = b"".join(
-            (
-                _SPAWN_REQUEST_HEAD,
-                codec.ref_bytes(ref),
-                codec.pid_bytes(requester),
-                # (fn, args) as one tuple of two, less its 1-byte array header.
-                codec.encode_native((fn, args))[1:],
-                tail,
-            )
-        )
+        data = _spawn_request_bytes(ref, requester, fn, args, opts)
         if len(data) > self._max_control:
             raise SystemLimit(len(data), self.max_frame)
         self._send_data(data, requester)

@@ -42,6 +42,8 @@ class Signals:
         self.abandoned: set[Ref] = set()
         #: Signals dropped for naming a target not on this node.
         self.foreign_dropped = 0
+        #: The node's event loop, once a spawn request needed it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # A table from operation to handler: an rpc's SPAWN_REQUEST and DOWN
         # are not tried against a dozen patterns first.
         self._handlers: dict[Any, Callable[[Peer, tuple[Any, ...]], None]] = {
@@ -234,7 +236,11 @@ class Signals:
             # spawn_function has just scheduled.
             pid = node.spawn_function(fn, args, requester, ref)
             peer.monitors_in[ref] = pid
-            asyncio.get_running_loop().call_soon(self._reply_if_alive, peer, ref, requester, pid)
+            loop = self._loop
+            if loop is None:
+                # Kept: on Python 3.11 get_running_loop() makes a getpid() system call.
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._reply_if_alive, peer, ref, requester, pid)
             return
         pid = node.spawn_function(fn, args)
         if not opts.get("reply", True):
