@@ -191,6 +191,9 @@ def _encode_crash(crash: Crash) -> bytes:
 def _ext_bytes(code: int, payload: bytes) -> bytes:
     """How msgpack encodes ``ExtType(code, payload)`` (fixext, ext 8, 16 or 32)."""
     n = len(payload)
+    if 16 < n < 0x100 and code in (EXT_PID, EXT_REF):
+        # Ext 8: a pid's or a ref's with a node name of 5 to 243 bytes.
+        return _EXT8_HEADS[code][n] + payload
     head = _FIXEXT_HEADS.get(n)
     if head is None:
         if n < 0x100:
@@ -203,6 +206,10 @@ def _ext_bytes(code: int, payload: bytes) -> bytes:
 
 
 _FIXEXT_HEADS: Final = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}
+#: The ext 8 headers of pids and refs, by payload length.
+_EXT8_HEADS: Final = {
+    code: tuple(bytes((0xC7, n, code)) for n in range(0x100)) for code in (EXT_PID, EXT_REF)
+}
 
 # The ext of each pid encoded lately, keyed by id(pid) and holding the pid (so
 # its id is not reused while cached): a process's pid is sent again and again.

@@ -60,7 +60,7 @@ from .. import codec
 from ..logtext import clip, short
 from ..terms import Pid, Ref
 from .busy_wait import BusyWait
-from .framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, FrameWriter, StreamClosed
+from .framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, FrameError, FrameWriter, StreamClosed
 from .handshake import PeerInfo
 
 __all__ = [
@@ -207,6 +207,9 @@ def _send_head(to: Pid, native: bool) -> bytes:
     heads[id(to)] = (to, head)
     return head
 
+
+#: A frame's length prefix, read (FrameDecoder's, for data_received's shortcut).
+_frame_length: Final = struct.Struct(">I").unpack_from
 
 # What the tuple-native encodings of a DOWN and of a spawn request start
 # with: a fixarray header and the operation (a positive fixint).
@@ -495,10 +498,19 @@ class Connection(asyncio.Protocol):
                 self._to_lane(key, data)
                 return
         if not self._flush_scheduled:
-            if not self._wrote_at_once and not self._buffered and not self._out_size:
-                self._frames.write_now(_single_frame(size + 1, _ONE) + data)
-                # _wrote_at_once_check's body, inlined (the hot path)
-                if self._poke is None and not self._transport.get_write_buffer_size():
+            if not self._wrote_at_once and not self._buffered:
+                # FrameWriter.write_now's work, inlined (the hot path; nothing
+                # is ever queued in this connection's frame writer).
+                transport = self._transport
+                if not transport.is_closing():
+                    frame = _single_frame(size + 1, _ONE) + data
+                    transport.write(frame)
+                    frames = self._frames
+                    frames.bytes_sent += len(frame)
+                    frames.frames_sent += 1
+                    frames.last_write_time = self._loop.time()
+                # _wrote_at_once_check's body, inlined
+                if self._poke is None and not transport.get_write_buffer_size():
                     self._wrote_at_once = True
                 else:
                     self._flush_scheduled = True
@@ -549,10 +561,21 @@ class Connection(asyncio.Protocol):
             self._to_lane(sender, data)
             return
         if not self._flush_scheduled:
-            # As in send().
-            if not self._wrote_at_once and not self._buffered and not self._out_size:
-                self._frames.write_now(_single_frame_of(data))
-                self._wrote_at_once_check()
+            # As in send_message().
+            if not self._wrote_at_once and not self._buffered:
+                transport = self._transport
+                if not transport.is_closing():
+                    frame = _single_frame_of(data)
+                    transport.write(frame)
+                    frames = self._frames
+                    frames.bytes_sent += len(frame)
+                    frames.frames_sent += 1
+                    frames.last_write_time = self._loop.time()
+                if self._poke is None and not transport.get_write_buffer_size():
+                    self._wrote_at_once = True
+                else:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._end_of_iteration)
                 return
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_iteration)
@@ -836,7 +859,20 @@ class Connection(asyncio.Protocol):
         owner = self._owner
         decode = self._decode
         try:
-            for frame in self._decoder.feed(data):
+            # FrameDecoder.feed's commonest case, without the call: exactly
+            # one whole frame, nothing held back (a message, a reply).
+            decoder = self._decoder
+            n = len(data)
+            if (
+                n > HEADER_SIZE
+                and not decoder._buf
+                and (size := _frame_length(data)[0]) + HEADER_SIZE == n
+                and size <= decoder.max_size
+            ):
+                frames: Any = (data[HEADER_SIZE:],)
+            else:
+                frames = decoder.feed(data)
+            for frame in frames:
                 if not frame:
                     continue  # a tick
                 batch = decode(frame)
