@@ -67,6 +67,8 @@ __all__ = [
     "decode_native",
     "encode",
     "encode_native",
+    "pid_bytes",
+    "ref_bytes",
 ]
 
 EXT_TUPLE: Final = 1
@@ -186,24 +188,106 @@ def _encode_crash(crash: Crash) -> bytes:
     return payload
 
 
+def _ext_bytes(code: int, payload: bytes) -> bytes:
+    """How msgpack encodes ``ExtType(code, payload)`` (fixext, ext 8, 16 or 32)."""
+    n = len(payload)
+    if 16 < n < 0x100 and code in (EXT_PID, EXT_REF):
+        # Ext 8: a pid's or a ref's with a node name of 5 to 243 bytes.
+        return _EXT8_HEADS[code][n] + payload
+    head = _FIXEXT_HEADS.get(n)
+    if head is None:
+        if n < 0x100:
+            head = b"\xc7" + n.to_bytes(1, "big")
+        elif n < 0x10000:
+            head = b"\xc8" + n.to_bytes(2, "big")
+        else:
+            head = b"\xc9" + n.to_bytes(4, "big")
+    return head + code.to_bytes(1, "big") + payload
+
+
+_FIXEXT_HEADS: Final = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}
+#: The ext 8 headers of pids and refs, by payload length.
+_EXT8_HEADS: Final = {
+    code: tuple(bytes((0xC7, n, code)) for n in range(0x100)) for code in (EXT_PID, EXT_REF)
+}
+
 # The ext of each pid encoded lately, keyed by id(pid) and holding the pid (so
 # its id is not reused while cached): a process's pid is sent again and again.
 _pid_exts: dict[int, tuple[Pid, Any]] = {}
+# The encoding of each pid encode_native was given alone (a reply address).
+_pid_bytes: dict[int, tuple[Pid, bytes]] = {}
 
 
-def _pid_ext(pid: Pid) -> Any:
+def _pid_encoding(pid: Pid) -> bytes:
     payload = _encode_id(pid)
-    ext = _make_ext(_ExtType, (EXT_PID, payload))
+    data = _ext_bytes(EXT_PID, payload)
+    if len(_pid_bytes) >= _CACHE_LIMIT:
+        _pid_bytes.clear()
+    _pid_bytes[id(pid)] = (pid, data)
+    _comes_back(pid, payload)
+    return data
+
+
+def _pid_entry(pid: Pid) -> tuple[Pid, Any]:
+    payload = _encode_id(pid)
+    entry = (pid, _make_ext(_ExtType, (EXT_PID, payload)))
     if len(_pid_exts) >= _CACHE_LIMIT:
         _pid_exts.clear()
-    _pid_exts[id(pid)] = (pid, ext)
+    _pid_exts[id(pid)] = entry
+    _comes_back(pid, payload)
+    return entry
+
+
+def pid_bytes(pid: Pid) -> bytes:
+    """The encoding of ``pid`` (the same in both formats), cached: for a
+    caller that builds an encoding from parts (a control message's)."""
+    cached = _pid_bytes.get(id(pid))
+    if cached is not None and cached[0] is pid:
+        return cached[1]
+    return _pid_encoding(pid)
+
+
+def ref_bytes(ref: Ref) -> bytes:
+    """The encoding of ``ref`` (the same in both formats), as :func:`pid_bytes`."""
+    entry = _ref_exts.get(id(ref))
+    if entry is None or entry[0] is not ref:
+        entry = _ref_entry(ref)
+    return _ext_bytes(EXT_REF, entry[1][1])
+
+
+def _comes_back(pid: Pid, payload: bytes) -> None:
     if len(payload) <= _ID_SIZE + _CACHED_NAME_SIZE:
         # This very object comes back when the pid does (a reply to it, say):
         # the process table finds it by identity, without Pid.__eq__.
         if len(_pids) >= _CACHE_LIMIT:
             _pids.clear()
         _pids[payload] = pid
-    return ext
+
+
+# The same for refs: a ref this node made comes back in a reply or a DOWN,
+# and one that arrived (a spawn request's, a call's tag) often goes back out
+# in one.
+_ref_exts: dict[int, tuple[Ref, Any]] = {}
+_new: Final = object.__new__
+
+
+def _ref_entry(ref: Ref) -> tuple[Ref, Any]:
+    return _remember_ref(ref, _encode_id(ref))
+
+
+def _remember_ref(ref: Ref, payload: bytes) -> tuple[Ref, Any]:
+    entry = (ref, _make_ext(_ExtType, (EXT_REF, payload)))
+    if len(_ref_exts) >= _CACHE_LIMIT:
+        _ref_exts.clear()
+    _ref_exts[id(ref)] = entry
+    if len(payload) <= _ID_SIZE + _CACHED_NAME_SIZE:
+        # This very object comes back when the ref does: a dict keyed by it
+        # (a spawn request, a monitor) finds it by identity, without
+        # Ref.__eq__ (a Python call), as for pids.
+        if len(_refs) >= _CACHE_LIMIT:
+            _refs.clear()
+        _refs[payload] = ref
+    return entry
 
 
 def _default(value: Any) -> Any:
@@ -215,11 +299,14 @@ def _default(value: Any) -> Any:
         return [_TUPLE_EXT, *value]
     if t is Pid:
         entry = _pid_exts.get(id(value))
-        if entry is not None and entry[0] is value:
-            return entry[1]
-        return _pid_ext(value)
+        if entry is None or entry[0] is not value:
+            entry = _pid_entry(value)
+        return entry[1]
     if t is Ref:
-        return _make_ext(_ExtType, (EXT_REF, _encode_id(value)))
+        ref_entry = _ref_exts.get(id(value))
+        if ref_entry is None or ref_entry[0] is not value:
+            ref_entry = _ref_entry(value)
+        return ref_entry[1]
     if t is int:
         # msgpack hands over the ints that do not fit its 64-bit int family.
         data = value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
@@ -319,6 +406,12 @@ def encode_native(term: Term) -> bytes:
     """Encode ``term`` in the tuple-native format (see the module's doc), for
     a node that offered it; raise EncodeError if it cannot travel."""
     t = type(term)
+    if t is Pid:
+        # A pid alone (a reply address, say): its encoding, cached (pid_bytes inlined).
+        cached = _pid_bytes.get(id(term))
+        if cached is not None and cached[0] is term:
+            return cached[1]
+        return _pid_encoding(term)
     lists = t is list
     deep = False  # whether a list may sit below the second level
     # encode()'s fast path, which also notes whether a list was seen.
@@ -373,6 +466,7 @@ _MARK: Final = object()
 
 _node_names: dict[bytes, str] = {}
 _pids: dict[bytes, Pid] = {}
+_refs: dict[bytes, Ref] = {}
 # Bounds for the caches above, so a peer sending many or long names cannot
 # grow them without limit: longer names are not cached, and a full cache is
 # simply emptied.
@@ -393,6 +487,19 @@ def _node_name(data: bytes) -> str:
     return name
 
 
+def _decode_ref(data: bytes) -> Ref:
+    id_, creation = _ID.unpack_from(data)
+    node = _node_name(data[_ID_SIZE:])
+    # Ref(node, id_, creation) without the __init__ call: the same slots.
+    ref: Ref = _new(Ref)
+    ref.node = node
+    ref.id = id_
+    ref.creation = creation
+    ref._hash = hash((node, id_, creation, "ref"))
+    _remember_ref(ref, data)
+    return ref
+
+
 def _decode_ext(code: int, data: bytes) -> Any:
     if code == EXT_PID:
         # Pids are immutable and a process's pid arrives again and again:
@@ -400,15 +507,20 @@ def _decode_ext(code: int, data: bytes) -> Any:
         pid = _pids.get(data)
         if pid is None:
             id_, creation = _ID.unpack_from(data)
-            pid = Pid(_node_name(data[_ID_SIZE:]), id_, creation)
+            # Pid(node, id_, creation) without the __init__ call: the same slots.
+            pid = _new(Pid)
+            pid.node = _node_name(data[_ID_SIZE:])
+            pid.id = id_
+            pid.creation = creation
+            pid._proc = None
             if len(data) <= _ID_SIZE + _CACHED_NAME_SIZE:
                 if len(_pids) >= _CACHE_LIMIT:
                     _pids.clear()
                 _pids[data] = pid
         return pid
     if code == EXT_REF:
-        id_, creation = _ID.unpack_from(data)
-        return Ref(_node_name(data[_ID_SIZE:]), id_, creation)
+        ref = _refs.get(data)
+        return _decode_ref(data) if ref is None else ref
     if code == EXT_BIGINT:
         if not data:
             raise DecodeError("empty big int payload")
@@ -461,7 +573,9 @@ def _may_hold_timestamp(data: bytes) -> bool:
     # msgpack decodes its timestamp ext (-1) itself without calling ext_hook.
     # It can only be fixext 4, fixext 8 or ext 8 of length 12; data without
     # these byte pairs cannot hold one.
-    return b"\xd6\xff" in data or b"\xd7\xff" in data or b"\xc7\x0c\xff" in data
+    # find(), not ``in``: on Python 3.11 ``bytes in bytes`` first tries the
+    # operand as an int and formats (then clears) a TypeError every time.
+    return data.find(b"\xd6\xff") >= 0 or data.find(b"\xd7\xff") >= 0 or data.find(b"\xc7\x0c\xff") >= 0
 
 
 _TERM_TYPES: Final = _LEAF_TYPES | _CONTAINER_TYPES
@@ -540,6 +654,11 @@ def _native_ext_hook(code: int, data: bytes) -> Any:
         pid = _pids.get(data)
         if pid is not None:
             return pid
+    elif code == EXT_REF:
+        ref = _refs.get(data)
+        if ref is not None:
+            return ref
+        return _decode_ref(data)  # a spawn request's, a call's tag: one per request
     elif code in (EXT_LIST, EXT_TUPLE):
         raise DecodeError(f"ext {code} not where the tuple-native format puts one")
     return _decode_ext(code, data)
@@ -579,7 +698,7 @@ def decode_native(data: bytes | memoryview) -> Term:
     if type(data) is not bytes:
         data = _as_bytes(data)
     try:
-        if _LIST_MARK_BYTES in data:
+        if data.find(_LIST_MARK_BYTES) >= 0:  # not ``in``: see _may_hold_timestamp
             try:
                 hooks = _local.native_hooks
             except AttributeError:

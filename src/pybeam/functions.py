@@ -51,15 +51,28 @@ def resolve_function(name: str) -> Callable[..., Any]:
     already imported is taken from ``sys.modules`` without the import system,
     which costs more than the rest of an rpc's lookup.
     """
-    module_name, sep, qualname = name.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ValueError(f"a function is named 'module:function', got {name!r}")
+    parsed = _parsed.get(name)
+    if parsed is None:
+        module_name, sep, qualname = name.partition(":")
+        if not sep or not module_name or not qualname:
+            raise ValueError(f"a function is named 'module:function', got {name!r}")
+        parsed = (module_name, *qualname.split("."))
+        if len(_parsed) >= _PARSED_LIMIT:
+            _parsed.clear()
+        _parsed[name] = parsed
+    module_name = parsed[0]
     obj: Any = sys.modules.get(module_name)
     if obj is None or getattr(getattr(obj, "__spec__", None), "_initializing", False):
         # Not imported yet, or being imported: the import system's locks apply.
         obj = importlib.import_module(module_name)
-    for part in qualname.split("."):
+    for part in parsed[1:]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"{name} is not callable")
     return obj  # type: ignore[no-any-return]
+
+
+#: Names split into module and attribute path (the names alone, not what
+#: they resolve to: that is looked up afresh every time).
+_parsed: dict[str, tuple[str, ...]] = {}
+_PARSED_LIMIT = 1024

@@ -121,6 +121,15 @@ def send(dest: Any, msg: Any) -> Any:
                 return msg
             target.put(msg)
             return msg
+        if proc is not None:
+            # Another node's pid: to the distribution, as Node.send would,
+            # without that call on every remote send.
+            node = proc.node
+            if dest.node != node.name:
+                remote = node.remote
+                if remote is not None:
+                    remote.send(dest, msg)
+                return msg
     elif type(dest) is str and proc is not None:
         # A registered name of the caller's node (None: Node.send raises).
         target = proc.node._names.get(dest)

@@ -19,6 +19,7 @@ from .kernel import _me, receive
 from .node import Node, current_node
 from .nodename import check_node_name, parse_address
 from .pattern import ANY, compile_pattern
+from .process import Process
 from .terms import KILL, NOCONNECTION, Pid, Ref
 
 __all__ = [
@@ -206,12 +207,14 @@ def spawn_request(
     return ref
 
 
-def _spawn_monitored(node: str, fn_name: str, args: tuple[Any, ...]) -> Ref:
+def _spawn_monitored(node: str, fn_name: str, args: tuple[Any, ...], me: Process | None = None) -> Ref:
     """``spawn_request(node, fn_name, *args, monitor=True, reply="error_only")``
     for rpc, whose ``fn_name`` is a checked name already: to another node,
-    without the general path's argument handling."""
+    without the general path's argument handling. ``me``: the caller's
+    process, if the caller has it already."""
     check_node_name(node)
-    me = _me()
+    if me is None:
+        me = _me()
     local = me.node
     if node == local.name:
         return spawn_request(node, fn_name, *args, monitor=True, reply=ERROR_ONLY)

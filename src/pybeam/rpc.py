@@ -15,6 +15,7 @@ kills the remote process and raises :class:`RpcTimeout`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -120,12 +121,28 @@ def _left_linked(fn_name: str, proc: Process) -> str | None:
 
 _EXECUTE = function_name(_execute)
 
+#: The names of the functions called lately (a program calls a few, again
+#: and again): function_name's checks once per function.
+_names: dict[Any, str] = {}
+_NAMES_LIMIT = 1024
+
 
 def _name(fn: Callable[..., Any] | str) -> str:
     try:
-        return function_name(fn)
+        name = _names.get(fn)
+    except TypeError:  # unhashable (a bound method of an unhashable object, say)
+        name = None
+    if name is not None:
+        return name
+    try:
+        name = function_name(fn)
     except ValueError as e:
         raise BadArg(str(e)) from None
+    if len(_names) >= _NAMES_LIMIT:
+        _names.clear()
+    with contextlib.suppress(TypeError):  # unhashable: not kept
+        _names[fn] = name
+    return name
 
 
 def _outcome(node: str, fn: str, reason: Any) -> Any:
@@ -185,9 +202,11 @@ async def call(
     """
     name = _name(fn)
     seconds = check_timeout(timeout)
-    ref = net._spawn_monitored(node, _EXECUTE, (name, *args))
+    me = kernel._me()
+    ref = net._spawn_monitored(node, _EXECUTE, (name, *args), me)
     try:
-        answer = await kernel.receive(_answer(ref), timeout=seconds, default=None)
+        # kernel.receive's work for a predicate and a checked timeout, without its calls.
+        answer = await me.receive(_answer(ref), seconds, None)
     except BaseException:
         net._undo_spawn(ref)
         raise
@@ -205,7 +224,11 @@ async def call(
         if answer[3] == NOCONNECTION:
             raise net._node_down(node)
         raise RpcError(f"node {node} could not spawn {name}: {answer[3]}")
-    outcome = _outcome(node, name, answer[4])
+    reason = answer[4]
+    if type(reason) is tuple and len(reason) == 2 and reason[0] == "rpc_return":
+        # The commonest outcome, without _outcome's match statement.
+        return reason[1] if expect is None else check_result(f"{name} on {node}", reason[1], expect)
+    outcome = _outcome(node, name, reason)
     if isinstance(outcome, BaseException):
         raise outcome
     return check_result(f"{name} on {node}", outcome, expect)
@@ -219,7 +242,9 @@ def _answer(ref: Ref) -> Callable[[Any], bool]:
         return (
             type(msg) is tuple
             and len(msg) >= 4
-            and msg[1] == ref
+            # The ref sent comes back as this very object (see pybeam.codec):
+            # no Ref.__eq__ call, which ``==`` makes even for the same object.
+            and (msg[1] is ref or msg[1] == ref)
             and ((msg[0] == "DOWN" and len(msg) == 5) or msg[0] == "spawn_reply")
         )
 

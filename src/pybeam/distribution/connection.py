@@ -58,9 +58,9 @@ from typing import Any, Final, cast
 
 from .. import codec
 from ..logtext import clip, short
-from ..terms import Pid
+from ..terms import Pid, Ref
 from .busy_wait import BusyWait
-from .framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, FrameWriter, StreamClosed
+from .framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, FrameError, FrameWriter, StreamClosed
 from .handshake import PeerInfo
 
 __all__ = [
@@ -208,6 +208,55 @@ def _send_head(to: Pid, native: bool) -> bytes:
     return head
 
 
+#: A frame's length prefix, read (FrameDecoder's, for data_received's shortcut).
+_frame_length: Final = struct.Struct(">I").unpack_from
+
+# What the tuple-native encodings of a DOWN and of a spawn request start
+# with: a fixarray header and the operation (a positive fixint).
+_DOWN_HEAD: Final = bytes((0x95, Op.DOWN))
+_SPAWN_REQUEST_HEAD: Final = bytes((0x96, Op.SPAWN_REQUEST))
+#: The encodings of the spawn requests' options the net kernel makes (a few).
+_opts_encodings: dict[tuple[Any, ...], bytes] = {}
+
+
+def _down_bytes(watcher: Pid, ref: Ref, item: Any, reason: Any) -> bytes:
+    """``codec.encode_native((Op.DOWN, watcher, ref, item, reason))``, put
+    together from the cached encodings of the pids and the ref."""
+    return b"".join(
+        (
+            _DOWN_HEAD,
+            codec.pid_bytes(watcher),
+            codec.ref_bytes(ref),
+            codec.pid_bytes(item) if type(item) is Pid else codec.encode_native(item),
+            codec.encode_native(reason),
+        )
+    )
+
+
+def _spawn_request_bytes(
+    ref: Ref, requester: Pid, fn: str, args: tuple[Any, ...], opts: dict[str, Any]
+) -> bytes:
+    """``codec.encode_native((Op.SPAWN_REQUEST, ref, requester, fn, args, opts))``
+    as :func:`_down_bytes` does it, for ``opts`` with the keys ``link``,
+    ``monitor`` and ``reply`` (the net kernel's), whose encoding is cached."""
+    key = (opts["link"], opts["monitor"], opts["reply"])
+    tail = _opts_encodings.get(key)
+    if tail is None:
+        if len(_opts_encodings) >= 64:
+            _opts_encodings.clear()
+        tail = _opts_encodings[key] = codec.encode_native(opts)
+    return b"".join(
+        (
+            _SPAWN_REQUEST_HEAD,
+            codec.ref_bytes(ref),
+            codec.pid_bytes(requester),
+            # (fn, args) as one tuple of two, less its 1-byte array header.
+            codec.encode_native((fn, args))[1:],
+            tail,
+        )
+    )
+
+
 def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool, BaseException | None, bool]:
     """What the handshake's stream holds and knows: (bytes read past the
     handshake, eof seen, error seen, reading paused). Empties it.
@@ -333,6 +382,10 @@ class Connection(asyncio.Protocol):
         #: A flush is due at the end of this loop iteration: whatever is sent
         #: until then is batched (the first message of an iteration leaves at once).
         self._flush_scheduled = False
+        #: A message went out at once and nothing was scheduled after it: the
+        #: next one is batched (and schedules the flush) unless data arrived
+        #: in between (see _wrote_at_once_check).
+        self._wrote_at_once = False
         self._decoder = FrameDecoder(max_frame, allow_empty=True)
         self._bytes_in = 0
         #: What the handshake's reader held past the handshake, until read.
@@ -400,20 +453,33 @@ class Connection(asyncio.Protocol):
                 self._to_lane(key, data)
                 return
         if not self._flush_scheduled:
-            # The first message of this loop iteration: out at once when
-            # nothing waits before it (a round trip costs no iteration);
-            # what follows in this iteration is batched into one frame.
+            # The first message since the last flush or arrival: out at once
+            # when nothing waits before it (a round trip costs no iteration);
+            # what follows is batched into one frame at the end of the iteration.
+            if not self._wrote_at_once and not self._buffered and not self._out_size:
+                self._frames.write_now(_single_frame_of(data))
+                self._wrote_at_once_check()
+                return
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_iteration)
-            if not self._buffered and not self._out_size:
-                self._frames.write_now(_single_frame_of(data))
-                return
         elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size + self._buffered > self.busy_limit:
             self._over_busy_limit()
+
+    def _wrote_at_once_check(self) -> None:
+        """A message was just written at once. If the kernel took all of it
+        (and nobody busy-waits), nothing is left for the end of the iteration:
+        the next message is batched behind it unless data arrives first (the
+        peer's answer, whose own answer goes at once again). Otherwise the end
+        of the iteration accounts for what the transport holds, as for a batch."""
+        if self._poke is None and not self._transport.get_write_buffer_size():
+            self._wrote_at_once = True
+        else:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._end_of_iteration)
 
     def send_message(self, to: Pid, msg: Any) -> None:
         """Queue ``(Op.SEND, to, msg)``, as :meth:`send` does: its hot path
@@ -432,15 +498,91 @@ class Connection(asyncio.Protocol):
                 self._to_lane(key, data)
                 return
         if not self._flush_scheduled:
+            if not self._wrote_at_once and not self._buffered:
+                # FrameWriter.write_now's work, inlined (the hot path; nothing
+                # is ever queued in this connection's frame writer).
+                transport = self._transport
+                if not transport.is_closing():
+                    frame = _single_frame(size + 1, _ONE) + data
+                    transport.write(frame)
+                    frames = self._frames
+                    frames.bytes_sent += len(frame)
+                    frames.frames_sent += 1
+                    frames.last_write_time = self._loop.time()
+                # _wrote_at_once_check's body, inlined
+                if self._poke is None and not transport.get_write_buffer_size():
+                    self._wrote_at_once = True
+                else:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._end_of_iteration)
+                return
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_iteration)
-            if not self._buffered:
-                self._frames.write_now(_single_frame(size + 1, _ONE) + data)
-                return
         elif self._out_size + size > self._max_control or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
         self._out_size += size
+        if self._out_size + self._buffered > self.busy_limit:
+            self._over_busy_limit()
+
+    def send_down(self, watcher: Pid, ref: Ref, item: Any, reason: Any, sender: Hashable) -> None:
+        """Queue ``(Op.DOWN, watcher, ref, item, reason)`` as :meth:`send`
+        does: in the tuple-native format the encoding is put together from
+        the cached ones of the pids and the ref (an rpc's answer)."""
+        if not self.native:
+            self.send((Op.DOWN, watcher, ref, item, reason), _OF_CONTROL if sender is None else sender)
+            return
+        data = _down_bytes(watcher, ref, item, reason)
+        if len(data) > self._max_control:
+            raise SystemLimit(len(data), self.max_frame)
+        self._send_data(data, item if sender is None and type(item) is Pid else sender)
+
+    def send_spawn_request(
+        self, ref: Ref, requester: Pid, fn: str, args: tuple[Any, ...], opts: dict[str, Any]
+    ) -> None:
+        """Queue ``(Op.SPAWN_REQUEST, ref, requester, fn, args, opts)`` as
+        :meth:`send_down` does (``opts`` of the net kernel's making: its
+        encoding is cached)."""
+        if not self.native:
+            self.send((Op.SPAWN_REQUEST, ref, requester, fn, args, opts))
+            return
+        data = _spawn_request_bytes(ref, requester, fn, args, opts)
+        if len(data) > self._max_control:
+            raise SystemLimit(len(data), self.max_frame)
+        self._send_data(data, requester)
+
+    def _send_data(self, data: bytes, sender: Hashable) -> None:
+        """Queue an encoded control message (of this connection's format, at
+        most a frame's worth): :meth:`send` after its encoding."""
+        if self.closed:
+            return
+        # (An empty dict is not looked in: a look hashes the sender, a Python call.)
+        if (self._lanes and sender in self._lanes) or len(data) > self._fragment_above:
+            self._to_lane(sender, data)
+            return
+        if not self._flush_scheduled:
+            # As in send_message().
+            if not self._wrote_at_once and not self._buffered:
+                transport = self._transport
+                if not transport.is_closing():
+                    frame = _single_frame_of(data)
+                    transport.write(frame)
+                    frames = self._frames
+                    frames.bytes_sent += len(frame)
+                    frames.frames_sent += 1
+                    frames.last_write_time = self._loop.time()
+                if self._poke is None and not transport.get_write_buffer_size():
+                    self._wrote_at_once = True
+                else:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._end_of_iteration)
+                return
+            self._flush_scheduled = True
+            self._loop.call_soon(self._end_of_iteration)
+        elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
+            self._flush()
+        self._out.append(data)
+        self._out_size += len(data)
         if self._out_size + self._buffered > self.busy_limit:
             self._over_busy_limit()
 
@@ -465,14 +607,13 @@ class Connection(asyncio.Protocol):
             self._to_lane(sender, data)
             return
         if not self._flush_scheduled:
-            # The first message of this loop iteration: out at once when
-            # nothing waits before it (a round trip costs no iteration);
-            # what follows in this iteration is batched into one frame.
+            # As in send().
+            if not self._wrote_at_once and not self._buffered and not self._out_size:
+                self._frames.write_now(_single_frame_of(data))
+                self._wrote_at_once_check()
+                return
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_iteration)
-            if not self._buffered and not self._out_size:
-                self._frames.write_now(_single_frame_of(data))
-                return
         elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
             self._flush()
         self._out.append(data)
@@ -582,13 +723,20 @@ class Connection(asyncio.Protocol):
         self._out_size += len(data)
 
     def _end_of_iteration(self) -> None:
-        self._flush_scheduled = False
+        self._flush_scheduled = self._wrote_at_once = False
         if self._poke is not None:
             self._poke()  # a reply may come soon: see busy_wait
         if len(self._out) > 1:
             self._flush()
         elif not self.closed:
-            self._check_buffered()  # the message written at once may wait in the transport
+            # The message written at once may wait in the transport:
+            # _check_buffered's body, without its two calls (this runs after
+            # every message of a round trip).
+            buffered = self._buffered = self._transport.get_write_buffer_size()
+            if buffered + self._backlog > self.busy_limit:
+                self._over_busy_limit()
+            elif self.busy:
+                self.busy = False
 
     def _check_buffered(self) -> None:
         buffered = self._buffered = self._frames.buffer_size
@@ -701,6 +849,8 @@ class Connection(asyncio.Protocol):
             self._early = None
         if self._poke is not None and len(data) > _TICK_SIZE:
             self._poke()  # more may follow soon (a lone heartbeat: no)
+        # What this node sends next answers what came: out at once again.
+        self._wrote_at_once = False
         self._bytes_in += len(data)
         self.last_received = self._loop.time()
         self._received = True
@@ -709,7 +859,20 @@ class Connection(asyncio.Protocol):
         owner = self._owner
         decode = self._decode
         try:
-            for frame in self._decoder.feed(data):
+            # FrameDecoder.feed's commonest case, without the call: exactly
+            # one whole frame, nothing held back (a message, a reply).
+            decoder = self._decoder
+            n = len(data)
+            if (
+                n > HEADER_SIZE
+                and not decoder._buf
+                and (size := _frame_length(data)[0]) + HEADER_SIZE == n
+                and size <= decoder.max_size
+            ):
+                frames: Any = (data[HEADER_SIZE:],)
+            else:
+                frames = decoder.feed(data)
+            for frame in frames:
                 if not frame:
                     continue  # a tick
                 batch = decode(frame)

@@ -942,14 +942,17 @@ class NetKernel:
         else:
             conn.send(control, sender)
         if conn.busy:
-            # As BEAM: only a process that sends to a busy channel itself is
-            # suspended. A signal sent on behalf of another (the links,
-            # monitors and DOWNs of a process that whoever runs killed) or
-            # by the net kernel suspends nobody.
-            proc = current_process()
-            if proc is not None and proc.pid == (_sender_of(control) if sender is None else sender):
-                self.node.suspend_sender(conn.drain)
+            self._suspend_if_sender(conn, _sender_of(control) if sender is None else sender)
         track(peer, control)
+
+    def _suspend_if_sender(self, conn: Connection, sender: Any) -> None:
+        # As BEAM: only a process that sends to a busy channel itself is
+        # suspended. A signal sent on behalf of another (the links, monitors
+        # and DOWNs of a process that whoever runs killed) or by the net
+        # kernel suspends nobody.
+        proc = current_process()
+        if proc is not None and proc.pid == sender:
+            self.node.suspend_sender(conn.drain)
 
     def send(self, to: Pid, msg: Any) -> None:
         peer = self._peers.get(to.node)
@@ -1023,6 +1026,21 @@ class NetKernel:
     def down(self, watcher: Pid, ref: Ref, item: Any, reason: Any, sender: Pid | None = None) -> None:
         # Behind whatever the process that ended sent before (its lane): the
         # DOWN is its last signal to the watcher, as BEAM orders them.
+        peer = self._peers.get(watcher.node)
+        conn = None if peer is None else peer.conn
+        bad = self._unsendable
+        if peer is not None and conn is not None and (bad is None or bad[0] is not reason):
+            # An rpc's answer: _route's work, with the DOWN encoded from its
+            # parts. A reason that cannot travel takes the general way below.
+            try:
+                conn.send_down(watcher, ref, item, reason, sender)
+            except (codec.EncodeError, SystemLimit):
+                pass
+            else:
+                if conn.busy:
+                    self._suspend_if_sender(conn, item if sender is None and type(item) is Pid else sender)
+                peer.monitors_in.pop(ref, None)  # track()'s part for a DOWN
+                return
         self._out_reason(watcher.node, (Op.DOWN, watcher, ref, item), reason, item, sender)
 
     def spawn_request(
@@ -1041,8 +1059,18 @@ class NetKernel:
         (nothing with ``reply=False``, only an error with ``"error_only"``).
         A monitor's ref is the request's ref."""
         ref = self.node.make_ref()
-        opts = {"link": link, "monitor": monitor, "reply": reply}
-        self._out(node, (Op.SPAWN_REQUEST, ref, requester, fn, tuple(args), opts))
+        opts: dict[str, Any] = {"link": link, "monitor": monitor, "reply": reply}
+        peer = self._peers.get(node)
+        conn = None if peer is None else peer.conn
+        if peer is None or conn is None:
+            self._out(node, (Op.SPAWN_REQUEST, ref, requester, fn, tuple(args), opts))
+            return ref
+        # _route's work, with the request encoded from its parts (an rpc's).
+        conn.send_spawn_request(ref, requester, fn, tuple(args), opts)
+        if conn.busy:
+            self._suspend_if_sender(conn, requester)
+        if reply:
+            peer.spawns[ref] = (requester, opts)  # track()'s part for a spawn request
         return ref
 
     def abandon_spawn(self, ref: Ref) -> bool:

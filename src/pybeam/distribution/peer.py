@@ -202,7 +202,7 @@ class Peer:
     #: ref -> local target: monitors the peer holds on our processes.
     monitors_in: dict[Any, Any] = field(default_factory=dict)
     #: ref -> (local requester, options): spawn requests awaiting their reply.
-    spawns: dict[Any, tuple[Any, dict[str, bool]]] = field(default_factory=dict)
+    spawns: dict[Any, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     #: Every transition taken, for tests and debugging: (from, event, to).
     history: list[tuple[State, Event, State]] | None = None
 

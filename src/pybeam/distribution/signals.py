@@ -42,6 +42,8 @@ class Signals:
         self.abandoned: set[Ref] = set()
         #: Signals dropped for naming a target not on this node.
         self.foreign_dropped = 0
+        #: The node's event loop, once a spawn request needed it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # A table from operation to handler: an rpc's SPAWN_REQUEST and DOWN
         # are not tried against a dozen patterns first.
         self._handlers: dict[Any, Callable[[Peer, tuple[Any, ...]], None]] = {
@@ -130,26 +132,37 @@ class Signals:
                 raise self._malformed(control)
 
     def _down(self, peer: Peer, control: tuple[Any, ...]) -> None:
-        match control:
-            case (_, Pid() as watcher, Ref(), _, _) if watcher.node != self.node.name:
-                self._foreign(peer, control, watcher)
-            case (_, Pid() as watcher, Ref() as ref, item, reason):
-                # One look in spawns (a decoded ref is a new object: each look
-                # is a Python __eq__ call), for the commonest DOWN, an rpc's.
-                entry = None if peer.monitors_out.pop(ref, None) is not None else peer.spawns.pop(ref, None)
-                if entry is not None:
-                    self._down_before_reply(peer, ref, entry, item, reason)
-                else:
-                    self.node.deliver_down(watcher, ref, item, reason)
-            case _:
-                raise self._malformed(control)
+        # Checked by hand, not by a match statement: an rpc's answer (and
+        # decoded terms are of exact types, so type() is isinstance here).
+        if len(control) != 5 or type(control[1]) is not Pid or type(control[2]) is not Ref:
+            raise self._malformed(control)
+        _, watcher, ref, item, reason = control
+        if watcher.node != self.node.name:
+            self._foreign(peer, control, watcher)
+            return
+        # One look in spawns for the commonest DOWN, an rpc's (a ref this
+        # node sent comes back as the same object: found by identity).
+        # (An empty dict is not looked in: a look hashes the ref, a Python call.)
+        out = peer.monitors_out
+        entry = None if out and out.pop(ref, None) is not None else peer.spawns.pop(ref, None)
+        if entry is not None:
+            self._down_before_reply(peer, ref, entry, item, reason)
+        else:
+            self.node.deliver_down(watcher, ref, item, reason)
 
     def _spawn_request(self, peer: Peer, control: tuple[Any, ...]) -> None:
-        match control:
-            case (_, Ref() as ref, Pid() as requester, str() as fn, tuple() as args, dict() as opts):
-                self._incoming_spawn(peer, ref, requester, fn, args, opts)
-            case _:
-                raise self._malformed(control)
+        # By hand rather than by a match statement, as _down.
+        if (
+            len(control) != 6
+            or type(control[1]) is not Ref
+            or type(control[2]) is not Pid
+            or type(control[3]) is not str
+            or type(control[4]) is not tuple
+            or type(control[5]) is not dict
+        ):
+            raise self._malformed(control)
+        _, ref, requester, fn, args, opts = control
+        self._incoming_spawn(peer, ref, requester, fn, args, opts)
 
     def _spawn_reply_op(self, peer: Peer, control: tuple[Any, ...]) -> None:
         match control:
@@ -223,7 +236,11 @@ class Signals:
             # spawn_function has just scheduled.
             pid = node.spawn_function(fn, args, requester, ref)
             peer.monitors_in[ref] = pid
-            asyncio.get_running_loop().call_soon(self._reply_if_alive, peer, ref, requester, pid)
+            loop = self._loop
+            if loop is None:
+                # Kept: on Python 3.11 get_running_loop() makes a getpid() system call.
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._reply_if_alive, peer, ref, requester, pid)
             return
         pid = node.spawn_function(fn, args)
         if not opts.get("reply", True):
@@ -251,7 +268,7 @@ class Signals:
         if not _folds(entry[1]):
             peer.spawns[ref] = entry
             return
-        if ref in self.abandoned:
+        if self.abandoned and ref in self.abandoned:
             self.abandoned.discard(ref)  # its requester gave up; it has ended anyway
             return
         # To the requester the spawn request names, whoever the peer says.
@@ -303,6 +320,11 @@ class Signals:
                 node.deliver(requester, ("spawn_reply", ref, "error", NOCONNECTION))
 
 
+_SEND: Final = Op.SEND
+_SEND_NAME: Final = Op.SEND_NAME
+_SPAWN_REQUEST: Final = Op.SPAWN_REQUEST
+_DOWN: Final = Op.DOWN
+
 #: A spawn request's ``reply`` option for "only an error" (``{reply, error_only}``).
 ERROR_ONLY: Final = "error_only"
 
@@ -318,15 +340,21 @@ def _folds(opts: dict[str, Any]) -> bool:
 def track(peer: Peer, control: tuple[Any, ...]) -> None:
     """Record in ``peer`` what an outgoing signal makes cross its connection
     (or undoes): what must be undone if the connection goes down."""
+    # An rpc's two signals (a request here, a DOWN there) and messages first,
+    # by hand: a match statement tries its cases one by one.
+    op = control[0]
+    n = len(control)
+    if op in (_SEND, _SEND_NAME):
+        return
+    if op == _SPAWN_REQUEST and n == 6:
+        opts = control[5]
+        if opts.get("reply", True):
+            peer.spawns[control[1]] = (control[2], opts)
+        return
+    if op == _DOWN and n == 5:
+        peer.monitors_in.pop(control[2], None)
+        return
     match control:
-        # An rpc's two signals first (a request here, a DOWN there); the
-        # operations are distinct, so the order is only the cost of a miss.
-        case (Op.SEND | Op.SEND_NAME, *_):
-            pass
-        case (Op.SPAWN_REQUEST, ref, requester, _, _, opts) if opts.get("reply", True):
-            peer.spawns[ref] = (requester, opts)
-        case (Op.DOWN, _, ref, _, _):
-            peer.monitors_in.pop(ref, None)
         case (Op.LINK, local, remote):
             peer.links.add((local, remote))
         case (Op.UNLINK | Op.LINK_EXIT, local, remote, *_):
