@@ -470,13 +470,15 @@ class Connection(asyncio.Protocol):
             self._over_busy_limit()
 
     def _wrote_at_once_check(self) -> None:
-        """A message was just written at once. If the kernel took all of it
-        (and nobody busy-waits), nothing is left for the end of the iteration:
+        """A message was just written at once. If the kernel took all of it,
+        nothing is left for the end of the iteration:
         the next message is batched behind it unless data arrives first (the
         peer's answer, whose own answer goes at once again). Otherwise the end
         of the iteration accounts for what the transport holds, as for a batch."""
-        if self._poke is None and not self._transport.get_write_buffer_size():
+        if not self._transport.get_write_buffer_size():
             self._wrote_at_once = True
+            if self._poke is not None:
+                self._poke()  # a reply may come soon: see busy_wait
         else:
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_iteration)
@@ -510,8 +512,10 @@ class Connection(asyncio.Protocol):
                     frames.frames_sent += 1
                     frames.last_write_time = self._loop.time()
                 # _wrote_at_once_check's body, inlined
-                if self._poke is None and not transport.get_write_buffer_size():
+                if not transport.get_write_buffer_size():
                     self._wrote_at_once = True
+                    if self._poke is not None:
+                        self._poke()
                 else:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._end_of_iteration)
@@ -571,8 +575,10 @@ class Connection(asyncio.Protocol):
                     frames.bytes_sent += len(frame)
                     frames.frames_sent += 1
                     frames.last_write_time = self._loop.time()
-                if self._poke is None and not transport.get_write_buffer_size():
+                if not transport.get_write_buffer_size():
                     self._wrote_at_once = True
+                    if self._poke is not None:
+                        self._poke()
                 else:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._end_of_iteration)
