@@ -9,7 +9,9 @@ must not fall below :data:`MIN_TESTS` (pytest skips folders such as ``dist`` or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import collections
+import gc
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,7 @@ import pytest
 
 import pybeam
 from examples.redis_server import RedisServer
+from pybeam.process import Process
 
 if TYPE_CHECKING:
     from test_cli import Cli
@@ -27,6 +30,9 @@ pytest_plugins = ["pybeam.testing.pytest_plugin"]
 MIN_TESTS = 1274
 
 _TESTS = Path(__file__).parent
+
+#: What the ``cycles`` fixture gives: see there.
+Cycles = Callable[[], tuple[list[Process], collections.Counter[str]]]
 
 
 def _whole_suite(config: pytest.Config) -> bool:
@@ -81,3 +87,25 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
         yield c
     finally:
         c.cleanup()
+
+
+@pytest.fixture
+def cycles() -> Iterator[Cycles]:
+    """The cyclic collector off for the test (reference counting alone frees
+    what it ends), and a function that collects and returns the processes
+    found only in reference cycles, with a count of all it found by type."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def in_cycles() -> tuple[list[Process], collections.Counter[str]]:
+        gc.collect()
+        kept = collections.Counter(type(o).__name__ for o in gc.garbage)
+        return [o for o in gc.garbage if isinstance(o, Process)], kept
+
+    try:
+        yield in_cycles
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

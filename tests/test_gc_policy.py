@@ -5,7 +5,6 @@ the cyclic collector's reach never keeps one that has ended."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import gc
 import logging
 import os
@@ -13,6 +12,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +20,9 @@ import pybeam
 from pybeam import ANY, Pid, gc_policy, receive, send, spawn
 from pybeam.process import Process
 from pybeam.testing import eventually
+
+if TYPE_CHECKING:
+    from conftest import Cycles
 
 # -- how processes end ------------------------------------------------------------------
 
@@ -123,43 +126,30 @@ async def policy() -> AsyncIterator[Callable[..., None]]:
 
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
-async def test_an_ended_process_leaves_no_cycle_for_the_collector(ending: str, quiet_crashes: None) -> None:
+async def test_an_ended_process_leaves_no_cycle_for_the_collector(
+    ending: str, quiet_crashes: None, cycles: Cycles
+) -> None:
     # A cycle through an ended process would be freed only by the cyclic GC,
     # never if it was frozen: each way of ending must leave none.
     make, end = ENDINGS[ending]
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        await _end_all(make, end, 50)
-        gc.collect()
-        kept = collections.Counter(type(o).__name__ for o in gc.garbage)
-        assert not [o for o in gc.garbage if isinstance(o, Process)], kept
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    await _end_all(make, end, 50)
+    left, kept = cycles()
+    assert not left, kept
 
 
-async def test_a_linked_or_monitoring_process_ending_through_a_signal_leaves_no_cycle() -> None:
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        root = spawn(_idle)
-        linked = [spawn(_linked, root) for _ in range(20)]
-        monitoring = [spawn(_monitoring, root) for _ in range(20)]
+async def test_a_linked_or_monitoring_process_ending_through_a_signal_leaves_no_cycle(
+    cycles: Cycles,
+) -> None:
+    root = spawn(_idle)
+    linked = [spawn(_linked, root) for _ in range(20)]
+    monitoring = [spawn(_monitoring, root) for _ in range(20)]
+    await asyncio.sleep(0)
+    pybeam.exit(root, "bad")
+    await eventually(lambda: not any(pybeam.is_alive(p) for p in linked + monitoring), timeout=10)
+    for _ in range(3):
         await asyncio.sleep(0)
-        pybeam.exit(root, "bad")
-        await eventually(lambda: not any(pybeam.is_alive(p) for p in linked + monitoring), timeout=10)
-        for _ in range(3):
-            await asyncio.sleep(0)
-        gc.collect()
-        assert not [o for o in gc.garbage if isinstance(o, Process)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    left, _ = cycles()
+    assert not left
 
 
 # -- the policy ----------------------------------------------------------------------------

@@ -6,11 +6,9 @@ process's start and end keep what the slow paths do."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
-import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,6 +18,9 @@ from pybeam.errors import BadArg
 from pybeam.mailbox import Mailbox
 from pybeam.process import Process
 from pybeam.testing import eventually
+
+if TYPE_CHECKING:
+    from conftest import Cycles
 
 
 async def _echo_once() -> None:
@@ -241,7 +242,7 @@ async def _crashes() -> None:
         (_raises_exit, "SystemExit"),
     ],
 )
-async def test_an_ended_process_leaves_nothing_behind(fn: Any, kind: str | None) -> None:
+async def test_an_ended_process_leaves_nothing_behind(fn: Any, kind: str | None, cycles: Cycles) -> None:
     # Whatever way it ends, the process leaves the node's tables and no
     # reference cycle (the task runs the process itself, and the exit
     # reason's traceback would hold the frame that stepped it): reference
@@ -251,9 +252,6 @@ async def test_an_ended_process_leaves_nothing_behind(fn: Any, kind: str | None)
     table, names, timers = len(node._procs), len(node._names), len(node._pid_timers)
     logger = logging.getLogger("pybeam")
     quiet, logger.disabled = logger.disabled, True  # crash reports kept by the log capture would hold them
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         pids = [spawn(fn) for _ in range(20)]
         last, ref = pybeam.spawn_monitor(fn)
@@ -269,13 +267,9 @@ async def test_an_ended_process_leaves_nothing_behind(fn: Any, kind: str | None)
         await asyncio.sleep(0)  # the tasks' last steps are over
         assert not any(pybeam.is_alive(p) or p._proc is not None for p in [*pids, last])
         assert (len(node._procs), len(node._names), len(node._pid_timers)) == (table, names, timers)
-        gc.collect()
-        kept = collections.Counter(type(o).__name__ for o in gc.garbage)
-        assert not [o for o in gc.garbage if isinstance(o, Process)], kept
+        left, kept = cycles()
+        assert not left, kept
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
         logger.disabled = quiet
 
 
