@@ -138,7 +138,7 @@ class Process(Mailbox):
         # cyclic garbage collector (which then dominates spawn-heavy code).
         self.task = None
         if not self.alive:
-            # Already ended (by its guard, or killed by a signal). Still
+            # Already ended (killed by a signal, say) before its task finished. Still
             # collect how the task ended, or asyncio logs it as never retrieved.
             if not task.cancelled():
                 task.exception()

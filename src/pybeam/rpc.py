@@ -95,8 +95,8 @@ async def _execute(fn_name: str, *args: Any) -> None:
     if proc is not None and proc.alive:
         # What raising Exit(reason) comes to (the process ends with that
         # reason, before any other process runs), without the exception's
-        # cost, a tenth of the callee's work in an rpc: its guard then finds
-        # the process ended.
+        # cost, a tenth of the callee's work in an rpc: the step that ran
+        # this (Process.send) then finds the process ended.
         proc.node.terminate(proc, reason, False)
         return
     raise Exit(reason)
