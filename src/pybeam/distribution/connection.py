@@ -565,23 +565,11 @@ class Connection(asyncio.Protocol):
             self._to_lane(sender, data)
             return
         if not self._flush_scheduled:
-            # As in send_message().
-            if not self._wrote_at_once and not self._buffered:
-                transport = self._transport
-                if not transport.is_closing():
-                    frame = _single_frame_of(data)
-                    transport.write(frame)
-                    frames = self._frames
-                    frames.bytes_sent += len(frame)
-                    frames.frames_sent += 1
-                    frames.last_write_time = self._loop.time()
-                if not transport.get_write_buffer_size():
-                    self._wrote_at_once = True
-                    if self._poke is not None:
-                        self._poke()
-                else:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._end_of_iteration)
+            # As in send() (one such message per rpc, not per message: the
+            # calls send_message inlines are kept).
+            if not self._wrote_at_once and not self._buffered and not self._out_size:
+                self._frames.write_now(_single_frame_of(data))
+                self._wrote_at_once_check()
                 return
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_iteration)
