@@ -18,6 +18,7 @@ from .mailbox import NO_DEFAULT, _current_task, _pop
 from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
+from .scheduler import _DONE, _PENDING, ProcessTask
 from .terms import Pid, Ref
 
 __all__ = [
@@ -113,11 +114,22 @@ def send(dest: Any, msg: Any) -> Any:
                 if q is not None:  # nobody waits, the queue exists
                     q.append(msg)
                     return msg
-            elif target._takes and not w.done():
-                # The process's own task waits for any message: hand it over.
+            elif target._takes and w._state == _PENDING:  # type: ignore[union-attr]
+                # The process's own task waits for any message: hand it over
+                # (Wake.set_result without the call), and run it soon.
                 target._waiter = None
                 target._handed = w
-                w.set_result(msg)
+                w._result = msg  # type: ignore[union-attr]
+                w._state = _DONE  # type: ignore[union-attr]
+                task = w._task  # type: ignore[union-attr]
+                if task is not None and task._fut_waiter is w:
+                    runq = task._runq
+                    if runq._scheduled:
+                        runq._queue.append(task)
+                    else:
+                        runq.ready(task)
+                if w._callbacks is not None:  # type: ignore[union-attr]
+                    w._call_back()  # type: ignore[union-attr]
                 return msg
             target.put(msg)
             return msg
@@ -161,15 +173,15 @@ def _receive(pattern: Any = None, timeout: float | None = None, default: Any = N
         # ... or the process's own task waits for the next message, which
         # Mailbox.put hands to this future (see pybeam.mailbox).
         task = proc.task
-        if task is not None and not proc.adopted:
+        if type(task) is ProcessTask:  # not adopted
             w = proc._waiter
             if w is None or w.done():
                 loop = proc.node.loop
                 if loop is not None and _current_task(loop) is task:
                     proc._handed = None
-                    fut = proc._waiter = loop.create_future()
+                    wake = proc._waiter = task._park()
                     proc._takes = True
-                    return fut
+                    return wake
     if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
         timeout = check_timeout(timeout)  # BadArg, or None for infinity
     if proc is None or (proc.adopted and not proc.alive):

@@ -27,6 +27,7 @@ from .pattern import Matcher
 
 if TYPE_CHECKING:
     from .node import Node
+    from .scheduler import Wake
 
 __all__ = ["NO_DEFAULT", "Mailbox"]
 
@@ -70,10 +71,10 @@ class Mailbox:
         #: The receive waiting: a future to wake it (it then looks in the
         #: queue itself) or, if ``_takes``, the process's own task waiting for
         #: any message, whose result the next message becomes.
-        self._waiter: asyncio.Future[Any] | None = None
+        self._waiter: asyncio.Future[Any] | Wake | None = None
         self._takes = False
         #: The taker last handed a message, until the task has taken it.
-        self._handed: asyncio.Future[Any] | None = None
+        self._handed: asyncio.Future[Any] | Wake | None = None
         self._wait: _WaitAny | None = None
         self.suspended_on = None
 
@@ -186,9 +187,10 @@ class Mailbox:
             if not self.adopted and _current_task(loop) is task:
                 # Our own task (see Node.spawn), which gives back a message
                 # handed to it if cancelled before it resumes: hand off.
-                fut = self._waiter = loop.create_future()
+                wake: Wake = task._park()  # type: ignore[attr-defined]
+                self._waiter = wake
                 self._takes = True
-                return fut
+                return wake
             fut = self._waiter = loop.create_future()
         self._takes = False
         # One waiting object per mailbox, reused: a process waits in one

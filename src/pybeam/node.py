@@ -34,7 +34,8 @@ from .gc_policy import check as _gc_check
 from .logtext import clip
 from .nodename import check_node_name
 from .pattern import ANY, compile_pattern
-from .process import _CO_COROUTINE, Process, _call, _current, _is_async_function, _ProcessTask
+from .process import _CO_COROUTINE, Process, _call, _current, _is_async_function
+from .scheduler import ProcessTask, RunQueue
 from .terms import KILLED, NOCONNECTION, NOPROC, Pid, Ref
 
 __all__ = ["Node", "RemoteRouter", "current_node"]
@@ -231,6 +232,8 @@ class Node:
         }
         self._dist_options = {k: v for k, v in options.items() if v is not None or k == "cookie"}
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Where the loop's processes wait to run (see pybeam.scheduler).
+        self.run_queue: RunQueue | None = None
         self.running = False
         self.remote: RemoteRouter | None = None
         self.dist: Distribution | None = None
@@ -264,6 +267,7 @@ class Node:
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         _bound_nodes.add(self)
         self.loop = loop
+        self.run_queue = RunQueue(loop)
         self.running = True
         self._stopped = loop.create_future()
 
@@ -560,7 +564,7 @@ class Node:
             _process.tune_gc()
         ctx = _Context()
         ctx.run(_set_current, proc)
-        proc.task = _ProcessTask(proc, loop=self.loop, context=ctx)
+        proc.task = ProcessTask(proc, self.run_queue, ctx)  # type: ignore[arg-type]
         if not i & _CHECK_MASK:
             # The collector is per interpreter: so is the count that drives it.
             _gc_check(sum(len(node._procs) for node in _bound_nodes))

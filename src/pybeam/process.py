@@ -401,22 +401,6 @@ def tune_gc() -> None:
     tune_thresholds()
 
 
-class _ProcessTask(asyncio.Task[Any]):
-    """A process's own task: cancelled before it resumed from a ``receive``
-    that a message was handed to, it gives that message back to the mailbox
-    (see :mod:`pybeam.mailbox`), so that cancelling a receive (a timeout
-    around it, say) never loses a message."""
-
-    __slots__ = ()
-
-    def cancel(self, msg: Any = None) -> bool:
-        proc = self.get_coro()  # the process itself (see Process.send)
-        if type(proc) is Process and proc.alive and not self.done():
-            # The future the task waits on, cleared when it next runs.
-            proc.give_back(getattr(self, "_fut_waiter", None))
-        return super().cancel(msg)
-
-
 # The task checks that what it runs is a coroutine (once per type, cached).
 Coroutine.register(Process)
 _STEP_CODES = (Process.send.__code__, Process.throw.__code__)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from ...node import Node
 from ...process import Process
+from ...scheduler import ProcessTask
 
 __all__ = ["SimDeadlock", "VirtualLoop", "owner_of_task"]
 
@@ -52,6 +53,10 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     and ``create_server`` from (see :mod:`pybeam.testing.sim.net`); None
     means the loop refuses both, so nothing can reach a real socket.
     """
+
+    #: Tells pybeam's run queues to make every step of a process a callback of
+    #: its own, which this loop orders (see pybeam.scheduler).
+    interleaves = True
 
     def __init__(self, seed: int | None = 0) -> None:
         super().__init__()
@@ -191,7 +196,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
             obj = handle._args[0]
         if obj is None:
             return None
-        if isinstance(obj, asyncio.Task):
+        if isinstance(obj, (asyncio.Task, ProcessTask)):
             node = self._task_owner(obj)
             return node.name if node is not None else None
         if isinstance(obj, Node):
