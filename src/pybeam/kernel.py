@@ -18,7 +18,7 @@ from .mailbox import NO_DEFAULT, _current_task, _pop
 from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
-from .scheduler import _DONE, _PENDING, ProcessTask
+from .scheduler import _DONE, _IDLE, _PENDING, ProcessTask
 from .terms import Pid, Ref
 
 __all__ = [
@@ -114,22 +114,22 @@ def send(dest: Any, msg: Any) -> Any:
                 if q is not None:  # nobody waits, the queue exists
                     q.append(msg)
                     return msg
-            elif target._takes and w._state == _PENDING:  # type: ignore[union-attr]
+            elif target._takes and w._state == _PENDING:
                 # The process's own task waits for any message: hand it over
                 # (Wake.set_result without the call), and run it soon.
                 target._waiter = None
                 target._handed = w
-                w._result = msg  # type: ignore[union-attr]
-                w._state = _DONE  # type: ignore[union-attr]
-                task = w._task  # type: ignore[union-attr]
+                w._result = msg
+                w._state = _DONE
+                task = w._task
                 if task is not None and task._fut_waiter is w:
                     runq = task._runq
                     if runq._scheduled:
                         runq._queue.append(task)
                     else:
                         runq.ready(task)
-                if w._callbacks is not None:  # type: ignore[union-attr]
-                    w._call_back()  # type: ignore[union-attr]
+                if w._callbacks is not None:
+                    w._call_back()
                 return msg
             target.put(msg)
             return msg
@@ -179,7 +179,13 @@ def _receive(pattern: Any = None, timeout: float | None = None, default: Any = N
                 loop = proc.node.loop
                 if loop is not None and _current_task(loop) is task:
                     proc._handed = None
-                    wake = proc._waiter = task._park()
+                    # ProcessTask._park without the call: the last wake again.
+                    wake = task._wake
+                    if wake is not None and wake._state == _IDLE:
+                        wake._state = _PENDING
+                    else:
+                        wake = task._park()
+                    proc._waiter = wake
                     proc._takes = True
                     return wake
     if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):

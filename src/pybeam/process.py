@@ -22,7 +22,7 @@ import contextvars
 import inspect
 import logging
 import traceback
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .errors import Exit
@@ -186,92 +186,45 @@ class Process(Mailbox):
         if task is not None and not task.done():
             task.cancel(f"pybeam: process {self.pid!r} exited: {self.reason!r}")
 
-    # -- the coroutine ------------------------------------------------------
+    # -- how it ends ----------------------------------------------------------
     #
-    # A spawned process's task runs the process itself as its coroutine: it
-    # forwards send/throw to the function's own coroutine, counts reductions,
-    # and turns SystemExit and KeyboardInterrupt into :class:`_Halted`.
-    #
-    # It also ends the process the moment its function returns or raises, as
-    # BEAM does: before any other process runs, the process is dead, its name
-    # free, its links and monitors fired. (A done callback on the task would
-    # do so only one loop iteration later, after the receiver of its last
-    # message may already have run, and costs a scheduled callback per
-    # process.) An exception becomes the exit reason and the task ends without
-    # it (nobody would retrieve it from the task); a CancelledError still
-    # cancels the task.
-    #
-    # The process rather than a wrapping ``async def`` (a coroutine frame per
-    # idle process) or a separate forwarding object (one more object, and one
-    # more for the cyclic collector to walk, per process).
+    # The process's task (pybeam.scheduler.ProcessTask) steps the function's
+    # coroutine and ends the process the moment it returns or raises, as BEAM
+    # does: before any other process runs, the process is dead, its name
+    # free, its links and monitors fired. An exception becomes the exit
+    # reason (SystemExit and KeyboardInterrupt included: in a process they
+    # end the process, never the node, as exit/1 in BEAM).
 
-    # send and throw repeat each other on purpose: a shared helper would add
-    # a Python call to every step of every process.
-
-    def send(self, value: Any) -> Any:
-        """Step the function's coroutine (the task calls this)."""
-        self.reductions += 1
-        try:
-            return self._coro.send(value)  # type: ignore[union-attr]
-        except StopIteration:
-            node = self.node
-            if (
-                self.alive
-                and self.links is None
-                and self.monitored_by is None
-                and self.monitors is None
-                and self.name is None
-                and not node._pid_timers
-            ):
-                # It returned, and nobody links to it, monitors it or names
-                # it (most processes): _end(None) and Node.terminate's work
-                # without their two calls.
-                self.task = None
-                self.alive = False
-                self.reason = NORMAL
-                pid = self.pid
-                del node._procs[pid.id]
-                self._queue = None
-                self._waiter = self._handed = None
-                pid._proc = None
-            else:
-                self._end(None)
-            raise
-        except asyncio.CancelledError as e:
-            self._end(e)
-            raise
-        except _HALTING as e:
-            self._end(_halted(e))
-        except BaseException as e:
-            self._end(e)
-        raise StopIteration  # the exception is the exit reason now (and logged)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        """Throw an exception (a cancellation, usually) into the function's coroutine."""
-        self.reductions += 1
-        coro = self._coro
-        assert coro is not None
-        try:
-            if val is None and tb is None:
-                return coro.throw(typ)
-            return coro.throw(typ, val, tb)
-        except StopIteration:
+    def returned(self) -> None:
+        """The function has returned: exit ``normal``."""
+        node = self.node
+        if (
+            self.alive
+            and self.links is None
+            and self.monitored_by is None
+            and self.monitors is None
+            and self.name is None
+            and not node._pid_timers
+        ):
+            # Nobody links to it, monitors it or names it (most processes):
+            # _end(None) and Node.terminate's work without their two calls.
+            self.task = None
+            self.alive = False
+            self.reason = NORMAL
+            pid = self.pid
+            del node._procs[pid.id]
+            self._queue = None
+            self._waiter = self._handed = None
+            pid._proc = None
+        else:
             self._end(None)
-            raise
-        except asyncio.CancelledError as e:
-            self._end(e)
-            raise
-        except _HALTING as e:
-            self._end(_halted(e))
-        except BaseException as e:
-            self._end(e)
-        finally:
-            # The exception thrown in (a cancellation, usually) keeps this
-            # frame in its traceback: without this, the frame would hold the
-            # exception and so make a cycle, which only the cyclic GC frees
-            # (never, for objects gc.freeze() has moved out of its reach).
-            typ = val = tb = None
-        raise StopIteration  # the exception is the exit reason now (and logged)
+
+    def raised(self, exc: BaseException) -> None:
+        """The function has raised ``exc`` (its step's own frame already left
+        out of the traceback): exit with the reason that gives."""
+        if isinstance(exc, _HALTING):
+            exc = _Halted(exc)
+        self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
         """The function returned (``exc`` None) or raised ``exc``: end the
@@ -279,14 +232,6 @@ class Process(Mailbox):
         reference counting alone frees it (see :mod:`pybeam.gc_policy`)."""
         proc = self
         task, proc.task = proc.task, None
-        if exc is not None:
-            # The exception's traceback starts at the step (send or throw)
-            # that caught it, whose frame holds the process: as the exit
-            # reason's, it would make a cycle through the process (and it is
-            # noise in a crash report).
-            tb = exc.__traceback__
-            if tb is not None and tb.tb_frame.f_code in _STEP_CODES:
-                exc.__traceback__ = tb.tb_next
         if exc is None:
             if proc.alive:  # ended(None) without the call: it returned
                 proc.node.terminate(proc, NORMAL, False)
@@ -308,40 +253,6 @@ class Process(Mailbox):
         reason = proc.reason
         if type(reason) is Crash and reason.exception is not None:
             traceback.clear_frames(reason.exception.__traceback__)
-
-    def close(self) -> None:
-        """Close the function's coroutine."""
-        if self._coro is not None:
-            self._coro.close()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        assert self._coro is not None
-        return self._coro.__await__()
-
-    # What asyncio shows of a task's coroutine (its repr, get_stack), read off
-    # the function's. Properties, not a __getattr__: a class with __getattr__
-    # has every attribute lookup on it take a slow path, the task's call of
-    # send at each step among them.
-
-    @property
-    def __name__(self) -> str:
-        return str(getattr(self._coro, "__qualname__", "?"))
-
-    @property
-    def cr_code(self) -> Any:
-        return getattr(self._coro, "cr_code", None)
-
-    @property
-    def cr_frame(self) -> Any:
-        return getattr(self._coro, "cr_frame", None)
-
-    @property
-    def cr_running(self) -> bool:
-        return bool(getattr(self._coro, "cr_running", False))
-
-    @property
-    def cr_await(self) -> Any:
-        return getattr(self._coro, "cr_await", None)
 
 
 def _is_async_function(fn: Callable[..., Any]) -> bool:
@@ -368,14 +279,6 @@ class _Halted(Exception):
 _HALTING = (SystemExit, KeyboardInterrupt)
 
 
-def _halted(exc: BaseException) -> _Halted:
-    # The step's own frame is noise in the crash report's traceback.
-    tb = exc.__traceback__
-    if tb is not None:
-        exc.__traceback__ = tb.tb_next
-    return _Halted(exc)
-
-
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     # For a plain function (or one that returns an awaitable): it must run
     # inside the process's task, not in the spawner's.
@@ -399,8 +302,3 @@ def tune_gc() -> None:
     global _gc_tuned
     _gc_tuned = True
     tune_thresholds()
-
-
-# The task checks that what it runs is a coroutine (once per type, cached).
-Coroutine.register(Process)
-_STEP_CODES = (Process.send.__code__, Process.throw.__code__)

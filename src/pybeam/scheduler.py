@@ -49,9 +49,6 @@ _enter_task: Final = asyncio.tasks._enter_task
 _leave_task: Final = asyncio.tasks._leave_task
 _register_task: Final = asyncio.tasks._register_task
 _get_loop: Final = asyncio.futures._get_loop  # type: ignore[attr-defined]
-# Unbound, so that Context.run calls them with the process: no bound method per step.
-_send: Final = Process.send
-_throw: Final = Process.throw
 
 #: The context the loop runs a step's callback in: the step enters the
 #: process's own (entering it here too would enter it twice).
@@ -301,9 +298,9 @@ class ProcessTask(_TaskBase):
 
     # -- asyncio's task API -------------------------------------------------
 
-    def get_coro(self) -> Process:
-        """The process itself, which steps the function's coroutine."""
-        return self._proc
+    def get_coro(self) -> Any:
+        """The coroutine of the process's function."""
+        return self._proc._coro
 
     def get_context(self) -> Context:
         """The context the process runs in."""
@@ -327,7 +324,7 @@ class ProcessTask(_TaskBase):
 
     @property
     def _coro(self) -> Any:
-        # What asyncio's stack helpers read: the function's own coroutine.
+        # What asyncio's repr and stack helpers read.
         return self._proc._coro
 
     def cancelling(self) -> int:
@@ -385,45 +382,52 @@ class ProcessTask(_TaskBase):
 
     def _step(self, _: Any = None) -> None:
         # Called by the run queue, and as the done callback of a future the
-        # process awaits (which it reads itself when it resumes).
+        # process awaits (which it reads itself when it resumes). What
+        # Task.__step does, and what the process's end takes (see
+        # Process.returned and Process.raised), in one Python call.
         if self.done():
             return
         exc = self._exc
         if self._must_cancel:
             self._must_cancel = False
             exc = _CancelledError() if self._cancel_message is None else _CancelledError(self._cancel_message)
+        proc = self._proc
+        coro: Any = proc._coro
         loop = self._runq.loop
         self._fut_waiter = None
+        proc.reductions += 1
         _enter_task(loop, self)
         try:
             if exc is None:
-                result = self._context.run(_send, self._proc, None)
+                result = self._context.run(type(coro).send, coro, None)
             else:
                 self._exc = None
-                result = self._context.run(_throw, self._proc, exc)
+                result = self._context.run(type(coro).throw, coro, exc)
         except StopIteration as e:
             self._drop_wake()
+            proc.returned()
             if self._must_cancel:
                 self._must_cancel = False
                 _Future.cancel(self, msg=self._cancel_message)
             else:
                 _Future.set_result(self, e.value)
-        except _CancelledError:
+        except _CancelledError as e:
             self._drop_wake()
+            _skip_this_frame(e)
+            proc.raised(e)
             _Future.cancel(self)
-        except (KeyboardInterrupt, SystemExit) as e:
-            self._drop_wake()
-            _Future.set_exception(self, e)
-            raise
         except BaseException as e:
+            # The exception is the exit reason now (and logged): the task
+            # ends without it, as nobody would retrieve it from the task.
             self._drop_wake()
-            _Future.set_exception(self, e)
+            _skip_this_frame(e)
+            proc.raised(e)
+            _Future.set_result(self, None)
         else:
             if type(result) is Wake and result._task is self:
                 result._asyncio_future_blocking = False
                 if self._must_cancel:
                     # Cancelled while running: it never waits on the wake.
-                    proc = self._proc
                     if proc._waiter is result:
                         proc._waiter = None
                     result._state = _IDLE
@@ -437,9 +441,10 @@ class ProcessTask(_TaskBase):
             # An exception from the process's code (an exit reason's, kept
             # after the process ended) holds its frames, and through their
             # f_back this one: it must not hold the task (which holds the
-            # process and so the reason) or the exception thrown in, or they
-            # make a cycle that only the cyclic garbage collector frees.
-            self = exc = result = None  # type: ignore[assignment]
+            # process and so the reason), the process, or the exception
+            # thrown in, or they make a cycle that only the cyclic garbage
+            # collector frees.
+            self = proc = coro = exc = result = None  # type: ignore[assignment]
 
     def _drop_wake(self) -> None:
         # The task has ended: it and its wake no longer refer to each other.
@@ -479,6 +484,15 @@ class ProcessTask(_TaskBase):
     def _throw_soon(self, exc: BaseException) -> None:
         self._exc = exc
         self._runq.ready(self)
+
+
+def _skip_this_frame(exc: BaseException) -> None:
+    # The exception's traceback starts at the step that caught it, whose
+    # frame holds the task: as the exit reason's it would make a cycle
+    # through the process (and it is noise in a crash report).
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is _STEP_CODE:
+        exc.__traceback__ = tb.tb_next
 
 
 _STEP_CODE: Final = ProcessTask._step.__code__

@@ -93,7 +93,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
             return self._owners[task]
         # A process's own task is made without loop.create_task (see
         # pybeam.node.Node.spawn): its coroutine is the process, which knows its node.
-        proc = task.get_coro()
+        proc = getattr(task, "_proc", None)  # a ProcessTask's
         node = proc.node if type(proc) is Process else None
         return node if isinstance(node, Node) and node.distributed else None
 
