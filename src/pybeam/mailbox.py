@@ -7,10 +7,10 @@ process waiting for one particular reply in a long mailbox checks each new
 arrival once instead of rescanning the whole queue.
 
 The common case — a process's own task waiting in ``receive()`` for any
-message — is a hand-off: the message becomes the result of the future the
-task waits on, so it never enters the queue and the task resumes without
-running any Python code of ours. A cancellation that races with the hand-off
-gives the message back (see :meth:`Mailbox.give_back`), so no message is lost.
+message — is a hand-off: the message is handed to the wake the task waits on
+(see :mod:`pybeam.scheduler`), so it never enters the queue, and the process
+joins its node's run queue. A cancellation that races with the hand-off gives
+the message back (see :meth:`Mailbox.give_back`), so no message is lost.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class Mailbox:
         """Take the oldest message, waiting for one if there is none.
 
         The common case of :meth:`receive`, kept lean: a message already
-        queued is taken at once; the process's own task waits on the future
+        queued is taken at once; the process's own task waits on the wake
         the next message is handed to; any other task (an adopted process's,
         or one a process started) waits in a small reused object. None of them
         waits in a coroutine frame, which would add a third to an idle process.

@@ -553,9 +553,9 @@ class Node:
         # of pybeam.process: a call less per spawn). Every exception ends the
         # process with a reason, SystemExit and KeyboardInterrupt included (in
         # a process they end the process, never the node, as exit/1 in BEAM).
-        # The task runs the process itself, which steps the function's own
-        # coroutine (no wrapper frame, to keep idle processes small; see
-        # Process.send), in a context where proc is the current process. The
+        # The task (pybeam.scheduler.ProcessTask, which the run queue steps)
+        # steps the function's own coroutine (no wrapper frame, to keep idle
+        # processes small), in a context where proc is the current process. The
         # context starts empty: a process inherits no context variables from
         # its spawner, as a BEAM process inherits no process dictionary (so
         # that per-process state kept in one, and the spawner itself, are not
@@ -597,7 +597,7 @@ class Node:
             self._names.pop(proc.name, None)
             proc.name = None
         # Mailbox.clear's work, and the pid's shortcut to its process, without
-        # the call (this runs at every exit; Process.send has the same lines).
+        # the call (this runs at every exit; Process.returned has the same lines).
         proc._queue = None
         proc._waiter = proc._handed = None
         pid._proc = None

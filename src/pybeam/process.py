@@ -1,9 +1,10 @@
-"""The process: an asyncio task with a pid, a mailbox, links and monitors.
+"""The process: a mailbox with a pid, links and monitors, and a task that runs it.
 
 A process is created by its :class:`~pybeam.node.Node`, which owns the process
 table and routes signals; this module holds what belongs to one process: its
-state, how it reacts to an exit signal (BEAM's rules, below), and the wrapper
-that runs its function and turns the way it ended into an exit reason.
+state, how it reacts to an exit signal (BEAM's rules, below), and how the way
+its function ended becomes its exit reason. Its task, which the node's run
+queue steps, is in :mod:`pybeam.scheduler`.
 
 Exit signals, as BEAM handles them:
 
@@ -52,9 +53,7 @@ class Process(Mailbox):
     """One process: a mailbox with a pid, links and monitors.
 
     Users hold its :class:`Pid`; only the runtime holds this. It *is* its
-    mailbox (rather than having one) to save an object per process, and, for
-    a process the node spawned, the coroutine its task runs (see "the
-    coroutine" below) for the same reason.
+    mailbox (rather than having one) to save an object per process.
     """
 
     __slots__ = (
@@ -131,7 +130,8 @@ class Process(Mailbox):
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         """An adopted process's task has finished: exit with the reason its
-        ending gives. (A process's own task ends it from :meth:`send`/:meth:`throw`.)
+        ending gives. (A spawned process's task ends it from its step: see
+        :meth:`returned` and :meth:`raised`.)
         """
         # The task's context refers back to this process: break the cycle, so
         # that a finished process is freed at once rather than left to the
@@ -263,11 +263,12 @@ def _is_async_function(fn: Callable[..., Any]) -> bool:
 
 
 class _Halted(Exception):
-    """Carries a SystemExit or KeyboardInterrupt out of a process's task.
+    """Carries a SystemExit or KeyboardInterrupt as an exit reason.
 
     asyncio re-raises those two out of the event loop when a task raises
-    them, which would stop the whole node; as an ordinary exception the task
-    just ends, and :meth:`Process.task_done` unwraps it into the reason.
+    them, which would stop the whole node; as an ordinary exception a plain
+    function's wrapper (``_call``) lets the task just end, and
+    :meth:`Process.ended` unwraps it into the reason.
     """
 
     def __init__(self, exc: BaseException) -> None:

@@ -96,7 +96,7 @@ async def _execute(fn_name: str, *args: Any) -> None:
         # What raising Exit(reason) comes to (the process ends with that
         # reason, before any other process runs), without the exception's
         # cost, a tenth of the callee's work in an rpc: the step that ran
-        # this (Process.send) then finds the process ended.
+        # this (ProcessTask._step) then finds the process ended.
         proc.node.terminate(proc, reason, False)
         return
     raise Exit(reason)
