@@ -6,11 +6,12 @@ process and interleaved, four ways of doing the same round trips:
 
 - ``pybeam``: two spawned processes (``benchmarks.local.ping_pong``);
 - ``asyncio``: the floor, a pair of ``asyncio.Queue`` (every hop is an
-  event-loop iteration, as it is for a pybeam process, which is an asyncio task);
+  event-loop iteration);
 - ``run queue``: the ceiling of a scheduler of our own, written in Python:
   two coroutines stepped from a deque, a mailbox and a receive of the
-  fewest lines that work, no links, monitors, timers or exit signals; no
-  event-loop iteration per hop. Any pure-Python runtime with BEAM's
+  fewest lines that work, no links, monitors, timers, exit signals,
+  contexts or ``current_task``. pybeam's run queue (:mod:`pybeam.scheduler`)
+  does this with all of those; any pure-Python runtime with BEAM's
   semantics costs more than this;
 - ``thespian``: Thespian's ``simpleSystemBase`` ``ask`` (when installed).
 
