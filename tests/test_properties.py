@@ -49,6 +49,58 @@ def test_selective_receive_takes_first_match_and_keeps_rest_in_order(
         assert rest == messages[:first] + messages[first + 1 :]
 
 
+@SETTINGS
+@given(
+    backlog=st.integers(min_value=0, max_value=40),
+    arrivals=st.lists(st.lists(st.integers(min_value=0, max_value=9), max_size=6), max_size=6),
+    wanted_value=st.integers(min_value=0, max_value=9),
+)
+def test_a_waiting_selective_receive_takes_the_first_match_among_later_arrivals(
+    backlog: int, arrivals: list[list[int]], wanted_value: int
+) -> None:
+    # The receive has looked at the backlog (none matches) before the arrivals
+    # come, batch by batch, each batch waking it: it looks at the new ones
+    # only (from the tail, when they are the shorter part), takes the first
+    # match, and leaves everything else in arrival order.
+    sent = [m for batch in arrivals for m in batch]
+
+    async def waiter(reply: Pid) -> None:
+        got = await receive(lambda m: m == wanted_value or m == "end")
+        rest = []
+        if got == "end":  # no match came: "end" was the last message
+            got = None
+            while (m := await receive(timeout=0, default=None)) is not None:
+                rest.append(m)
+        else:
+            while (m := await receive()) != "end":
+                rest.append(m)
+        send(reply, (got, rest))
+
+    async def main() -> tuple[Any, list[Any]]:
+        pid = pybeam.spawn(waiter, pybeam.self())
+        for i in range(backlog):
+            send(pid, ("old", i))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for batch in arrivals:
+            for m in batch:
+                send(pid, m)
+            await asyncio.sleep(0)
+        send(pid, "end")
+        result: tuple[Any, list[Any]] = await receive(timeout=5)
+        return result
+
+    got, rest = pybeam.run(main)
+    old = [("old", i) for i in range(backlog)]
+    if wanted_value in sent:
+        first = sent.index(wanted_value)
+        assert got == wanted_value
+        assert rest == old + sent[:first] + sent[first + 1 :]
+    else:
+        assert got is None
+        assert rest == old + sent
+
+
 # -- links and monitors under random kills ------------------------------------
 
 

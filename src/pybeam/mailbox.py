@@ -139,6 +139,18 @@ class Mailbox:
         q = self._queue
         if q is None:
             return False, None
+        n = len(q)
+        if start > n >> 1:
+            # The part not yet looked at is the shorter, at the tail (a
+            # selective receive woken by new arrivals behind a backlog it has
+            # already scanned): a deque indexes, and deletes, from its nearer
+            # end, so each arrival costs O(1) rather than a walk over the backlog.
+            for i in range(start, n):
+                m = q[i]
+                if matcher(m):
+                    del q[i]
+                    return True, m
+            return False, None
         for i, m in enumerate(islice(q, start, None), start):
             if matcher(m):
                 del q[i]
