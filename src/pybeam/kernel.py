@@ -171,7 +171,7 @@ def _receive(pattern: Any = None, timeout: float | None = None, default: Any = N
         if q:
             return _pop(q)
         # ... or the process's own task waits for the next message, which
-        # Mailbox.put hands to this future (see pybeam.mailbox).
+        # Mailbox.put hands to this wake (see pybeam.scheduler).
         task = proc.task
         if type(task) is ProcessTask:  # not adopted
             w = proc._waiter
