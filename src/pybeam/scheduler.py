@@ -164,23 +164,23 @@ class Wake:
             raise _InvalidStateError(f"invalid state: {self!r}")
         self._result = msg
         self._state = _DONE
-        task = self._task
-        if task is not None and task._fut_waiter is self:
-            self._runq.ready(task)
-        if self._callbacks is not None:
-            self._call_back()
+        self._wake_awaiters()
 
     def cancel(self, msg: Any = None) -> bool:
         """Stop waiting: whoever awaits it gets a CancelledError."""
         if self._state != _PENDING:
             return False
         self._state = _CANCELLED
+        self._wake_awaiters()
+        return True
+
+    def _wake_awaiters(self) -> None:
+        # Its process, if it waits on it (to the run queue), and anyone else.
         task = self._task
         if task is not None and task._fut_waiter is self:
             self._runq.ready(task)
         if self._callbacks is not None:
             self._call_back()
-        return True
 
     def add_done_callback(self, fn: Callable[[Any], Any], *, context: Context | None = None) -> None:
         """Call ``fn(self)`` soon after a message is handed to it."""
