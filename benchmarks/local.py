@@ -12,7 +12,7 @@ import tracemalloc
 from typing import Any
 
 import pybeam
-from pybeam import receive, send, spawn
+from pybeam import gen_server, receive, send, spawn
 
 ONE_WAY_MESSAGES = 1_000_000
 PING_PONG_ROUND_TRIPS = 200_000
@@ -162,6 +162,32 @@ async def selective_arrivals(backlog: int, n: int = 20_000) -> float:
     return n / dt
 
 
+class _Echo(gen_server.GenServer):
+    def init(self, arg: Any) -> None:
+        return None
+
+    def handle_call(self, request: Any, from_: Any, state: Any) -> tuple[str, Any, Any]:
+        return ("reply", request, state)
+
+
+async def _caller(n: int, server: pybeam.Pid, reply_to: pybeam.Pid) -> None:
+    t0 = time.perf_counter()
+    for i in range(n):
+        await gen_server.call(server, i)
+    send(reply_to, n / (time.perf_counter() - t0))
+
+
+async def gen_server_calls(n: int = 50_000) -> float:
+    """``gen_server.call`` round trips per second, from a process to a server
+    on the same node (each a monitor, a send, a selective receive with the
+    default timeout, a reply and a demonitor, as in OTP)."""
+    server = await _Echo.start(None)
+    spawn(_caller, n, server, pybeam.self())
+    rate: float = await receive()
+    await gen_server.stop(server)
+    return rate
+
+
 async def main() -> list[tuple[str, float, str, float]]:
     rows = []
     rows.append(("local one-way send (1M msgs)", await one_way(), "msgs/s", 1_500_000.0))
@@ -169,6 +195,7 @@ async def main() -> list[tuple[str, float, str, float]]:
     rows.append(("local ping-pong, pinger is main", await ping_pong_from_main(), "round trips/s", 0.0))
     rows.append(("spawn (run to exit)", await spawn_rate(), "processes/s", 150_000.0))
     rows.append(("memory per idle process", await memory_per_process(), "bytes", 1_500.0))
+    rows.append(("gen_server.call, process to server", await gen_server_calls(), "calls/s", 0.0))
     # The goal: a backlog the receive has already looked at costs its arrivals
     # nothing (at least half the rate without one).
     plain = await selective_arrivals(0)

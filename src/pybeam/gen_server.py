@@ -323,7 +323,11 @@ async def call(
     when it exits before replying.
     """
     check_timeout(timeout)
-    target, node = await _resolve(server)
+    target: Pid | tuple[str, str]
+    if type(server) is Pid:  # _resolve's first case, without a coroutine per call
+        target, node = server, server.node
+    else:
+        target, node = await _resolve(server)
     me = kernel.self()
     if target == me:
         raise GenServerError(f"a process cannot call itself: {server!r} (calling_self)")
@@ -618,7 +622,9 @@ class _Loop:
             n = len(msg)
             if n == 3 and tag == "$gen_call" and type(msg[1]) is tuple and len(msg[1]) == 2:
                 from_ = msg[1]
-                result = await _resolved(mod.handle_call(msg[2], from_, self.state))
+                result = mod.handle_call(msg[2], from_, self.state)
+                if type(result) is not tuple:  # _resolved's work, without a coroutine per call
+                    result = await _resolved(result)
                 match result:
                     case ("reply", value, state):
                         self.state = state
@@ -635,7 +641,8 @@ class _Loop:
                         raise BadReturn("handle_call", result)
                 return
             if n == 2 and tag == "$gen_cast":
-                self.noreply("handle_cast", await _resolved(mod.handle_cast(msg[1], self.state)))
+                result = mod.handle_cast(msg[1], self.state)
+                self.noreply("handle_cast", result if type(result) is tuple else await _resolved(result))
                 return
             if n == 2 and tag == "$gen_stop":
                 raise _Stop(msg[1])

@@ -253,10 +253,13 @@ class Mailbox:
         if timeout is not None:
             deadlines = self.node.receive_deadlines(loop)
             deadline = loop.time() + timeout
+        # The process's own task waits on its wake, which a message (or the
+        # deadline) puts on the run queue; any other task on a loop future.
+        own = not self.adopted and self.task is not None and _current_task(loop) is self.task
         entry: list[Any] | None = None
         try:
             while True:
-                fut: asyncio.Future[Any] = loop.create_future()
+                fut: Any = self.task._park() if own else loop.create_future()  # type: ignore[union-attr]
                 self._waiter = fut
                 self._takes = False
                 if deadlines is not None:

@@ -797,7 +797,7 @@ class Node:
         target = proc.monitors.pop(ref, None) if proc.monitors is not None else None
         if target is not None:
             self._drop_monitor(proc.pid, target, ref)
-        if flush:
+        if flush and proc._queue:  # an empty mailbox has nothing to flush (a call's common case)
             proc.remove_matching(compile_pattern(("DOWN", ref, ANY, ANY, ANY)))
         return target is not None
 
