@@ -216,21 +216,20 @@ async def test_a_receive_awaited_through_gather_and_shield() -> None:
 
 
 async def _receive_cancelled_by_another(reply: Pid) -> None:
-    wake = receive()
-    send(reply, wake)
+    send(reply, "ready")
     try:
-        await wake
+        await receive()
     except asyncio.CancelledError:
         send(reply, "cancelled")
         send(reply, ("then", await receive()))
 
 
 async def test_a_receive_cancelled_by_another_task_raises_in_the_process() -> None:
+    # Anyone holding the wake a process waits on may cancel it, as any future.
     pid = spawn(_receive_cancelled_by_another, pybeam.self())
-    wake = await receive(timeout=5)
-    assert type(wake) is Wake
-    await eventually(lambda: _task(pid)._fut_waiter is wake)
-    assert wake.cancel()
+    assert await receive(timeout=5) == "ready"
+    await eventually(lambda: type(_task(pid)._fut_waiter) is Wake)
+    assert _task(pid)._fut_waiter.cancel()
     assert await receive(timeout=5) == "cancelled"
     send(pid, "after")
     assert await receive(timeout=5) == ("then", "after")
@@ -247,3 +246,19 @@ async def test_a_process_task_shows_its_state_when_done_and_refuses_set_result()
     send(pid, None)
     await asyncio.wait_for(asyncio.shield(task), 5)
     assert "finished" in repr(task)
+
+
+async def _wrapped_receive_cancelled_after_the_hand_off(reply: Pid) -> None:
+    wrapped = asyncio.ensure_future(receive())  # a task of its own awaits the receive
+    await asyncio.sleep(0)  # it runs, and waits on the process's wake
+    send(pybeam.self(), "precious")  # handed to the wake: the wrapping task is due to resume
+    wrapped.cancel()  # ... but is cancelled first
+    try:
+        await wrapped
+    except asyncio.CancelledError:
+        send(reply, ("then", await receive(timeout=5, default="lost")))
+
+
+async def test_a_message_handed_to_a_wrapped_receive_that_is_cancelled_is_given_back() -> None:
+    spawn(_wrapped_receive_cancelled_after_the_hand_off, pybeam.self())
+    assert await receive(timeout=10) == ("then", "precious")

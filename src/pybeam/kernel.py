@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from .arguments import check_delay, check_timeout
 from .errors import BadArg, Exit
-from .mailbox import NO_DEFAULT, _current_task, _pop
+from .mailbox import _DONE, _IDLE, _PENDING, NO_DEFAULT, _current_task, _pop
+from .mailbox import waiting as _waiting
 from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
-from .scheduler import _DONE, _IDLE, _PENDING, ProcessTask
+from .scheduler import ProcessTask
 from .terms import Pid, Ref
 
 __all__ = [
@@ -187,7 +188,7 @@ def _receive(pattern: Any = None, timeout: float | None = None, default: Any = N
                         wake = task._park()
                     proc._waiter = wake
                     proc._takes = True
-                    return wake
+                    return _waiting(wake, proc)
     if timeout is not None and not ((type(timeout) is int or type(timeout) is float) and 0 <= timeout < _INF):
         timeout = check_timeout(timeout)  # BadArg, or None for infinity
     if proc is None or (proc.adopted and not proc.alive):

@@ -35,9 +35,10 @@ from collections.abc import Callable
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Final
 
+from .mailbox import _CANCELLED, _DONE, _IDLE, _PENDING, waiting
 from .process import Process
 
-__all__ = ["BUDGET", "ProcessTask", "RunQueue", "Wake"]
+__all__ = ["BUDGET", "ProcessTask", "RunQueue", "Wake", "waiting"]
 
 #: Steps a run queue takes in one event-loop callback before it yields to the loop.
 BUDGET: Final = 1024
@@ -53,12 +54,6 @@ _get_loop: Final = asyncio.futures._get_loop  # type: ignore[attr-defined]
 #: The context the loop runs a step's callback in: the step enters the
 #: process's own (entering it here too would enter it twice).
 _NO_CONTEXT: Final = Context()
-
-# A wake's states.
-_IDLE: Final = 0  # nobody waits on it: free for the next receive
-_PENDING: Final = 1  # the process (or someone) waits on it for a message
-_DONE: Final = 2  # a message was handed to it, not yet taken
-_CANCELLED: Final = 3
 
 
 class RunQueue:
