@@ -14,8 +14,9 @@ what a hop cost when each process was an asyncio task.
 What a process waits on in ``receive()`` is a :class:`Wake`, reused from
 receive to receive: the next message is handed to it, and the process
 resumes with the message without a future being made, done, or called back.
-Whoever else awaits a wake (``asyncio.wait_for(receive(), 1)`` wraps it)
-sees a future.
+The process's own receive awaits it through a small generator
+(:func:`pybeam.mailbox.waiting`); whoever else awaits it
+(``asyncio.wait_for(receive(), 1)`` wraps the receive in a task) sees a future.
 
 Fairness: a queue runs at most :data:`BUDGET` steps per callback, then lets
 the event loop run (I/O, timers, other tasks) before it goes on, as a BEAM
