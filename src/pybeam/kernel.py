@@ -391,10 +391,9 @@ def _initial_call(proc: Process) -> str | None:
     task = proc.task
     if task is None:
         return None
-    coro: Any = task.get_coro()
-    inner = getattr(coro, "_coro", coro)  # the function's, which the process steps
-    frame = getattr(inner, "cr_frame", None)
-    code = getattr(inner, "cr_code", None)
+    coro: Any = task.get_coro()  # the function's own, for a spawned process's task too
+    frame = getattr(coro, "cr_frame", None)
+    code = getattr(coro, "cr_code", None)
     if code is None:
         return None
     if code is _call.__code__ and frame is not None:
@@ -403,7 +402,7 @@ def _initial_call(proc: Process) -> str | None:
         module = getattr(fn, "__module__", None) or "?"
         return f"{module}:{getattr(fn, '__qualname__', repr(fn))}"
     module = frame.f_globals.get("__name__", "?") if frame is not None else "?"
-    return f"{module}:{getattr(inner, '__qualname__', code.co_qualname)}"
+    return f"{module}:{getattr(coro, '__qualname__', code.co_qualname)}"
 
 
 def _status(proc: Process) -> str:

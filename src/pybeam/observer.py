@@ -35,12 +35,7 @@ def memory(proc: Process) -> int:
     task = proc.task
     if task is not None:
         size += sys.getsizeof(task)
-        coro: Any = task.get_coro()
-        if coro is not proc:  # a spawned process is its task's coroutine (counted above)
-            size += sys.getsizeof(coro)
-        inner = getattr(coro, "_coro", None)  # the function's coroutine, which the process steps
-        if inner is not None:
-            size += sys.getsizeof(inner)
+        size += sys.getsizeof(task.get_coro())  # the function's coroutine
     return size
 
 
