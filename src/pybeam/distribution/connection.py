@@ -441,33 +441,13 @@ class Connection(asyncio.Protocol):
         may be. Queued to a closed connection, it is dropped (as BEAM drops
         messages to a node that went down).
         """
-        # send_encoded's body, inlined: this is the hot path of every message.
         data = self._encode(control)
         if len(data) > self._max_control:
             raise SystemLimit(len(data), self.max_frame)
-        if self.closed:
-            return
-        if self._lanes or len(data) > self._fragment_above:
-            key = self._sender_of(control) if sender is _OF_CONTROL else sender
-            if key in self._lanes or len(data) > self._fragment_above:
-                self._to_lane(key, data)
-                return
-        if not self._flush_scheduled:
-            # The first message since the last flush or arrival: out at once
-            # when nothing waits before it (a round trip costs no iteration);
-            # what follows is batched into one frame at the end of the iteration.
-            if not self._wrote_at_once and not self._buffered and not self._out_size:
-                self._frames.write_now(_single_frame_of(data))
-                self._wrote_at_once_check()
-                return
-            self._flush_scheduled = True
-            self._loop.call_soon(self._end_of_iteration)
-        elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
-            self._flush()
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size + self._buffered > self.busy_limit:
-            self._over_busy_limit()
+        if sender is _OF_CONTROL and (self._lanes or len(data) > self._fragment_above):
+            # Whose it is matters only for a lane (a look hashes it, a Python call).
+            sender = self._sender_of(control)
+        self._send_data(data, sender)
 
     def _wrote_at_once_check(self) -> None:
         """A message was just written at once. If the kernel took all of it,
@@ -557,7 +537,9 @@ class Connection(asyncio.Protocol):
 
     def _send_data(self, data: bytes, sender: Hashable) -> None:
         """Queue an encoded control message (of this connection's format, at
-        most a frame's worth): :meth:`send` after its encoding."""
+        most a frame's worth) of ``sender``'s: what :meth:`send`,
+        :meth:`send_encoded`, :meth:`send_down` and :meth:`send_spawn_request`
+        share (:meth:`send_message`, every message's, inlines it)."""
         if self.closed:
             return
         # (An empty dict is not looked in: a look hashes the sender, a Python call.)
@@ -565,8 +547,9 @@ class Connection(asyncio.Protocol):
             self._to_lane(sender, data)
             return
         if not self._flush_scheduled:
-            # As in send() (one such message per rpc, not per message: the
-            # calls send_message inlines are kept).
+            # The first message since the last flush or arrival: out at once
+            # when nothing waits before it (a round trip costs no iteration);
+            # what follows is batched into one frame at the end of the iteration.
             if not self._wrote_at_once and not self._buffered and not self._out_size:
                 self._frames.write_now(_single_frame_of(data))
                 self._wrote_at_once_check()
@@ -597,23 +580,7 @@ class Connection(asyncio.Protocol):
                 # to a node that went down; said rather than silent.
                 logger.warning("dropped a %d-byte message to %s: over the frame limit", len(data), self.name)
                 return
-        if sender in self._lanes or len(data) > self._fragment_above:
-            self._to_lane(sender, data)
-            return
-        if not self._flush_scheduled:
-            # As in send().
-            if not self._wrote_at_once and not self._buffered and not self._out_size:
-                self._frames.write_now(_single_frame_of(data))
-                self._wrote_at_once_check()
-                return
-            self._flush_scheduled = True
-            self._loop.call_soon(self._end_of_iteration)
-        elif self._out_size + len(data) > self.max_frame - _FRAME_OVERHEAD or len(self._out) > _MAX_BATCH:
-            self._flush()
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size + self._buffered > self.busy_limit:
-            self._over_busy_limit()
+        self._send_data(data, sender)
 
     # -- large messages: fragments ----------------------------------------------
 
