@@ -262,3 +262,24 @@ async def _wrapped_receive_cancelled_after_the_hand_off(reply: Pid) -> None:
 async def test_a_message_handed_to_a_wrapped_receive_that_is_cancelled_is_given_back() -> None:
     spawn(_wrapped_receive_cancelled_after_the_hand_off, pybeam.self())
     assert await receive(timeout=10) == ("then", "precious")
+
+
+async def _echo_one(reply: Pid) -> None:
+    send(reply, ("echo", await receive()))
+
+
+async def test_a_wake_awaited_directly_by_another_task_and_by_its_process_wakes_both() -> None:
+    # Whoever awaits a process's wake as a future gets the message handed to
+    # it; the process waiting on the same wake is woken with it too.
+    pid = spawn(_echo_one, pybeam.self())
+    await eventually(lambda: type(_task(pid)._fut_waiter) is Wake)
+    wake = _task(pid)._fut_waiter
+    awaiting = asyncio.ensure_future(_await(wake))
+    await asyncio.sleep(0)  # it waits on the wake now
+    send(pid, "hello")
+    assert await asyncio.wait_for(awaiting, 5) == "hello"
+    assert await receive(timeout=5) == ("echo", "hello")
+
+
+async def _await(wake: Any) -> Any:
+    return await wake

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Final
 
@@ -213,37 +213,14 @@ class Wake:
         for fn, context in callbacks:
             call_soon(fn, self, context=context)
 
-    # -- awaiting it --------------------------------------------------------
-
-    def __await__(self) -> Any:
-        return self
-
-    def __iter__(self) -> Wake:
-        return self
-
-    def __next__(self) -> Any:
-        state = self._state
-        if state == _PENDING:
+    def __await__(self) -> Generator[Any, None, Any]:
+        # As a future's, for whoever awaits it directly: the process's own
+        # receive awaits it through pybeam.mailbox.waiting, which also puts
+        # it back to use for the next receive.
+        if self._state == _PENDING:
             self._asyncio_future_blocking = True
-            return self
-        if state == _DONE:
-            msg = self._result
-            if self._callbacks is None:
-                # Its process took the message and nobody else holds it: the
-                # next receive waits on it again rather than on a new one.
-                self._state = _IDLE
-                self._result = None
-            raise StopIteration(msg)
-        if state == _CANCELLED:
-            raise _CancelledError()
-        raise RuntimeError("await wasn't used with future")
-
-    def send(self, _: Any) -> Any:
-        return self.__next__()
-
-    # No throw() or close(): an exception thrown into the awaiting coroutine
-    # (a cancellation) is raised right at its await, with no frame of this
-    # object in its traceback to hold the wake and, through it, the task.
+            yield self
+        return self.result()
 
 
 if TYPE_CHECKING:
