@@ -224,7 +224,7 @@ def _pid_encoding(pid: Pid) -> bytes:
     if len(_pid_bytes) >= _CACHE_LIMIT:
         _pid_bytes.clear()
     _pid_bytes[id(pid)] = (pid, data)
-    _comes_back(pid, payload)
+    _comes_back(_pids, payload, pid)
     return data
 
 
@@ -234,7 +234,7 @@ def _pid_entry(pid: Pid) -> tuple[Pid, Any]:
     if len(_pid_exts) >= _CACHE_LIMIT:
         _pid_exts.clear()
     _pid_exts[id(pid)] = entry
-    _comes_back(pid, payload)
+    _comes_back(_pids, payload, pid)
     return entry
 
 
@@ -255,13 +255,15 @@ def ref_bytes(ref: Ref) -> bytes:
     return _ext_bytes(EXT_REF, entry[1][1])
 
 
-def _comes_back(pid: Pid, payload: bytes) -> None:
+def _comes_back(table: dict[bytes, Any], payload: bytes, term: Pid | Ref) -> None:
+    """Decode ``payload`` to this very ``term`` from now on (in ``table``,
+    ``_pids`` or ``_refs``): a pid comes back in a reply to it, a ref in a
+    reply or a DOWN, and the process table or a dict keyed by it then finds
+    it by identity, without ``__eq__`` (a Python call)."""
     if len(payload) <= _ID_SIZE + _CACHED_NAME_SIZE:
-        # This very object comes back when the pid does (a reply to it, say):
-        # the process table finds it by identity, without Pid.__eq__.
-        if len(_pids) >= _CACHE_LIMIT:
-            _pids.clear()
-        _pids[payload] = pid
+        if len(table) >= _CACHE_LIMIT:
+            table.clear()
+        table[payload] = term
 
 
 # The same for refs: a ref this node made comes back in a reply or a DOWN,
@@ -280,13 +282,7 @@ def _remember_ref(ref: Ref, payload: bytes) -> tuple[Ref, Any]:
     if len(_ref_exts) >= _CACHE_LIMIT:
         _ref_exts.clear()
     _ref_exts[id(ref)] = entry
-    if len(payload) <= _ID_SIZE + _CACHED_NAME_SIZE:
-        # This very object comes back when the ref does: a dict keyed by it
-        # (a spawn request, a monitor) finds it by identity, without
-        # Ref.__eq__ (a Python call), as for pids.
-        if len(_refs) >= _CACHE_LIMIT:
-            _refs.clear()
-        _refs[payload] = ref
+    _comes_back(_refs, payload, ref)
     return entry
 
 
@@ -513,10 +509,7 @@ def _decode_ext(code: int, data: bytes) -> Any:
             pid.id = id_
             pid.creation = creation
             pid._proc = None
-            if len(data) <= _ID_SIZE + _CACHED_NAME_SIZE:
-                if len(_pids) >= _CACHE_LIMIT:
-                    _pids.clear()
-                _pids[data] = pid
+            _comes_back(_pids, data, pid)
         return pid
     if code == EXT_REF:
         ref = _refs.get(data)
