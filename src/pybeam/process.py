@@ -166,8 +166,6 @@ class Process(Mailbox):
         if not self.alive:
             return
         reason: Any
-        if type(exc) is _Halted:
-            exc = exc.exc
         if exc is None:
             reason = NORMAL
         elif isinstance(exc, Exit):
@@ -220,10 +218,9 @@ class Process(Mailbox):
             self._end(None)
 
     def raised(self, exc: BaseException) -> None:
-        """The function has raised ``exc`` (its step's own frame already left
-        out of the traceback): exit with the reason that gives."""
-        if isinstance(exc, _HALTING):
-            exc = _Halted(exc)
+        """The function has raised ``exc``, whatever it is (its step's own
+        frame already left out of the traceback): exit with the reason that
+        gives."""
         self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
@@ -262,34 +259,14 @@ def _is_async_function(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-class _Halted(Exception):
-    """Carries a SystemExit or KeyboardInterrupt as an exit reason.
-
-    asyncio re-raises those two out of the event loop when a task raises
-    them, which would stop the whole node; as an ordinary exception a plain
-    function's wrapper (``_call``) lets the task just end, and
-    :meth:`Process.ended` unwraps it into the reason.
-    """
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__()
-        self.exc = exc
-
-
-# What asyncio lets escape from a task's step (the rest it stores in the task).
-_HALTING = (SystemExit, KeyboardInterrupt)
-
-
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     # For a plain function (or one that returns an awaitable): it must run
-    # inside the process's task, not in the spawner's.
-    try:
-        result = fn(*args)
-        if inspect.isawaitable(result):
-            return await result
-        return result
-    except _HALTING as e:
-        raise _Halted(e) from None
+    # inside the process's task, not in the spawner's. Whatever it raises,
+    # SystemExit included, the task's step makes the exit reason.
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
 
 
 _gc_tuned = False

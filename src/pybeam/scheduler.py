@@ -79,9 +79,6 @@ class RunQueue:
             self._scheduled = True
             self.loop.call_soon(self._run)
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
     def _run(self) -> None:
         queue = self._queue
         popleft = queue.popleft
