@@ -229,12 +229,19 @@ def _pid_encoding(pid: Pid) -> bytes:
 
 
 def _pid_entry(pid: Pid) -> tuple[Pid, Any]:
-    payload = _encode_id(pid)
-    entry = (pid, _make_ext(_ExtType, (EXT_PID, payload)))
-    if len(_pid_exts) >= _CACHE_LIMIT:
-        _pid_exts.clear()
-    _pid_exts[id(pid)] = entry
-    _comes_back(_pids, payload, pid)
+    return _remember(pid, EXT_PID, _encode_id(pid), _pid_exts, _pids)
+
+
+def _remember(
+    term: Any, code: int, payload: bytes, exts: dict[int, tuple[Any, Any]], table: dict[bytes, Any]
+) -> tuple[Any, Any]:
+    """Cache ``term``'s ext (in ``exts``, by identity, holding the term so its
+    id is not reused meanwhile) and the term itself for its payload (``table``)."""
+    entry = (term, _make_ext(_ExtType, (code, payload)))
+    if len(exts) >= _CACHE_LIMIT:
+        exts.clear()
+    exts[id(term)] = entry
+    _comes_back(table, payload, term)
     return entry
 
 
@@ -278,12 +285,7 @@ def _ref_entry(ref: Ref) -> tuple[Ref, Any]:
 
 
 def _remember_ref(ref: Ref, payload: bytes) -> tuple[Ref, Any]:
-    entry = (ref, _make_ext(_ExtType, (EXT_REF, payload)))
-    if len(_ref_exts) >= _CACHE_LIMIT:
-        _ref_exts.clear()
-    _ref_exts[id(ref)] = entry
-    _comes_back(_refs, payload, ref)
-    return entry
+    return _remember(ref, EXT_REF, payload, _ref_exts, _refs)
 
 
 def _default(value: Any) -> Any:
