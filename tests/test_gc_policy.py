@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import os
 import subprocess
@@ -249,9 +250,16 @@ async def test_a_churn_of_spawn_and_exit_over_a_frozen_population_does_not_grow_
     finally:
         tracemalloc.stop()
     assert gc_policy.stats()["freezes"] > 0
-    growth = sizes[-1] - sizes[0]
-    # 5 rounds of 2,048 processes: a leak of even 50 bytes each would show.
-    assert growth < 5 * 2048 * 50, f"memory grew by {growth:,} bytes over 5 rounds: {sizes}"
+    # A leak grows every round; a table rebuilt larger (asyncio's set of all
+    # tasks, whose fill depends on the tests before this one: 571 kB once in
+    # a whole-suite run) is a single step that stays. So the typical round's
+    # growth is judged, not the first to last: with 2,048 processes a round,
+    # a leak of even 50 bytes each would show in most rounds.
+    steps = sorted(b - a for a, b in itertools.pairwise(sizes))
+    assert steps[len(steps) // 2] < 2048 * 50, f"memory grew round after round: {sizes}"
+    assert sizes[-1] - sizes[0] < 5 * 2048 * 50 + 1024 * 1024, (
+        f"memory grew by more than a rebuilt table: {sizes}"
+    )
     _kill(population)
 
 

@@ -20,6 +20,7 @@ from .node import current_node
 from .pattern import compile_pattern
 from .process import Process, _call, _current
 from .scheduler import ProcessTask
+from .speedups import speedups
 from .terms import Pid, Ref
 
 __all__ = [
@@ -95,7 +96,7 @@ def spawn_monitor(fn: Callable[..., Any], *args: Any) -> tuple[Pid, Ref]:
     return pid, ref
 
 
-def send(dest: Any, msg: Any) -> Any:
+def _send(dest: Any, msg: Any) -> Any:
     """Send ``msg`` to a pid, a registered name or ``(name, node)``; returns ``msg``.
 
     Sending to a dead pid is not an error (the message is dropped, as in
@@ -210,10 +211,17 @@ if TYPE_CHECKING:
         """Take a message from the caller's mailbox (see :func:`_receive`)."""
         ...
 
-else:
+elif speedups is None:
     receive = _receive
     receive.__name__ = receive.__qualname__ = "receive"
     receive.__signature__ = inspect.signature(lambda pattern=None, *, timeout=None, default=NO_DEFAULT: None)
+else:
+    # The compiled hot path (see pybeam.speedups), which falls back on these.
+    speedups.setup_kernel(send=_send, receive=_receive, current=_current)
+    receive = speedups.receive
+
+#: Send ``msg`` to a pid, a registered name or ``(name, node)`` (see :func:`_send`).
+send: Callable[[Any, Any], Any] = _send if speedups is None else speedups.send
 
 
 def link(pid: Pid) -> None:

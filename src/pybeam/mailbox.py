@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .deadlines import FIRED, TIMED_OUT
 from .pattern import Matcher
+from .speedups import speedups
 
 if TYPE_CHECKING:
     from .node import Node
@@ -297,7 +298,7 @@ class Mailbox:
 
 
 @types.coroutine
-def waiting(wake: Wake, mailbox: Mailbox) -> Generator[Any, None, Any]:
+def _waiting(wake: Wake, mailbox: Mailbox) -> Generator[Any, None, Any]:
     """Await a process's wake from its own task: the message handed to it
     (or, for a selective receive, None once it was woken).
 
@@ -332,9 +333,15 @@ def waiting(wake: Wake, mailbox: Mailbox) -> Generator[Any, None, Any]:
     return wake.result()  # cancelled: raises
 
 
-async def _pop(q: deque[Any]) -> Any:
+async def _pop_coro(q: deque[Any]) -> Any:
     # Cheaper than a done future: a coroutine that returns at once is all C.
     return q.popleft()
+
+
+# The compiled versions, when built (see pybeam.speedups): the same, with no
+# frame (pybeam._speedups.Receiving).
+waiting: Callable[[Wake, Mailbox], Awaitable[Any]] = _waiting if speedups is None else speedups.waiting
+_pop: Callable[[deque[Any]], Awaitable[Any]] = _pop_coro if speedups is None else speedups.popped
 
 
 class _WaitAny:

@@ -36,8 +36,10 @@ from collections.abc import Callable, Generator
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Final
 
-from .mailbox import _CANCELLED, _DONE, _IDLE, _PENDING, waiting
+from .mailbox import _CANCELLED, _DONE, _IDLE, _PENDING, _current_task, waiting
 from .process import Process
+from .speedups import speedups
+from .terms import Pid
 
 __all__ = ["BUDGET", "ProcessTask", "RunQueue", "Wake", "waiting"]
 
@@ -374,34 +376,18 @@ class ProcessTask(_TaskBase):
                 self._exc = None
                 result = self._context.run(type(coro).throw, coro, exc)
         except StopIteration as e:
-            self._drop_wake()
-            proc.returned()
-            if self._must_cancel:
-                self._must_cancel = False
-                _Future.cancel(self, msg=self._cancel_message)
-            else:
-                _Future.set_result(self, e.value)
+            self._returned(e.value)
         except _CancelledError as e:
-            self._drop_wake()
             _skip_this_frame(e)
-            proc.raised(e)
-            _Future.cancel(self)
+            self._cancelled(e)
         except BaseException as e:
-            # The exception is the exit reason now (and logged): the task
-            # ends without it, as nobody would retrieve it from the task.
-            self._drop_wake()
             _skip_this_frame(e)
-            proc.raised(e)
-            _Future.set_result(self, None)
+            self._raised(e)
         else:
             if type(result) is Wake and result._task is self:
                 result._asyncio_future_blocking = False
                 if self._must_cancel:
-                    # Cancelled while running: it never waits on the wake.
-                    if proc._waiter is result:
-                        proc._waiter = None
-                    result._state = _IDLE
-                    self._runq.ready(self)
+                    self._cancel_wait(result)
                 else:
                     self._fut_waiter = result
             else:
@@ -415,6 +401,42 @@ class ProcessTask(_TaskBase):
             # thrown in, or they make a cycle that only the cyclic garbage
             # collector frees.
             self = proc = coro = exc = result = None  # type: ignore[assignment]
+
+    # What ends a step other than a wait on its own wake, for this step and
+    # the compiled one (pybeam._speedups) alike.
+
+    def _returned(self, value: Any) -> None:
+        # The function returned.
+        self._drop_wake()
+        self._proc.returned()
+        if self._must_cancel:
+            self._must_cancel = False
+            _Future.cancel(self, msg=self._cancel_message)
+        else:
+            _Future.set_result(self, value)
+
+    def _cancelled(self, exc: BaseException) -> None:
+        # The function raised CancelledError (its step's frame already left
+        # out of the traceback).
+        self._drop_wake()
+        self._proc.raised(exc)
+        _Future.cancel(self)
+
+    def _raised(self, exc: BaseException) -> None:
+        # The function raised: the exception is the exit reason now (and
+        # logged), and the task ends without it, as nobody would retrieve it
+        # from the task.
+        self._drop_wake()
+        self._proc.raised(exc)
+        _Future.set_result(self, None)
+
+    def _cancel_wait(self, wake: Wake) -> None:
+        # Cancelled while running: the process never waits on its wake.
+        proc = self._proc
+        if proc._waiter is wake:
+            proc._waiter = None
+        wake._state = _IDLE
+        self._runq.ready(self)
 
     def _drop_wake(self) -> None:
         # The task has ended: it and its wake no longer refer to each other.
@@ -466,3 +488,23 @@ def _skip_this_frame(exc: BaseException) -> None:
 
 
 _STEP_CODE: Final = ProcessTask._step.__code__
+
+
+if speedups is not None:
+    # The compiled step and run-queue loop (see pybeam.speedups) take the
+    # place of ProcessTask._step and RunQueue._run, and read these classes'
+    # slots directly.
+    speedups.setup_scheduler(
+        Process=Process,
+        Pid=Pid,
+        ProcessTask=ProcessTask,
+        Wake=Wake,
+        RunQueue=RunQueue,
+        states=(_IDLE, _PENDING, _DONE, _CANCELLED),
+        CancelledError=_CancelledError,
+        enter_task=_enter_task,
+        leave_task=_leave_task,
+        current_task=_current_task,
+        future_done=_Future.done,
+        budget=BUDGET,
+    )

@@ -1,0 +1,124 @@
+"""The compiled hot path (pybeam._speedups, see pybeam.speedups): that it is
+built where it can be, that it is the one in use, and what its frameless
+receive does where a Python generator used to do it. Everything else it does
+the whole suite checks; ``scripts/test`` also runs the runtime's own tests a
+second time with ``PYBEAM_PURE_PYTHON=1``, on the Python code it mirrors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from typing import Any
+
+import pytest
+
+import pybeam
+from pybeam import Pid, kernel, mailbox, receive, scheduler, send, spawn
+from pybeam.speedups import COMPILED, speedups
+
+PURE = os.environ.get("PYBEAM_PURE_PYTHON", "") not in ("", "0")
+
+
+def _has_c_compiler() -> bool:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None
+
+
+@pytest.mark.skipif(PURE, reason="PYBEAM_PURE_PYTHON is set: the Python code runs on purpose")
+def test_the_compiled_hot_path_is_built_and_in_use() -> None:
+    if not COMPILED and _has_c_compiler():
+        pytest.fail(
+            "pybeam._speedups is not built although a C compiler is here: "
+            "`pip install -e .` (or `python setup.py build_ext --inplace`) builds it"
+        )
+    if not COMPILED:
+        pytest.skip("no C compiler: pybeam runs on its Python code")
+    assert speedups is not None
+    assert pybeam.send is speedups.send is kernel.send
+    assert pybeam.receive is speedups.receive
+    assert mailbox.waiting is speedups.waiting
+    # The classes' methods are the compiled ones, bound as methods are.
+    assert type(scheduler.ProcessTask.__dict__["_step"]).__name__ == "method_descriptor"
+    assert type(scheduler.RunQueue.__dict__["_run"]).__name__ == "method_descriptor"
+
+
+def test_pure_python_is_selected_by_the_environment() -> None:
+    code = "from pybeam.speedups import COMPILED; import pybeam; print(COMPILED, pybeam.send.__module__)"
+    env = dict(os.environ, PYBEAM_PURE_PYTHON="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "pybeam.kernel"]
+
+
+async def _receive_in_a_task(reply: Pid) -> None:
+    # The receive is made in the process's own task and awaited by another
+    # one: the wake then behaves as a future that task waits on.
+    r = receive()
+    assert asyncio.iscoroutine(r)
+    t = asyncio.create_task(r)
+    await asyncio.sleep(0)
+    send(reply, "waiting")
+    send(reply, ("got", await t))
+
+
+async def test_a_receive_is_a_coroutine_another_task_can_run() -> None:
+    pid = spawn(_receive_in_a_task, pybeam.self())
+    assert await receive(timeout=5) == "waiting"
+    send(pid, "hello")
+    assert await receive(timeout=5) == ("got", "hello")
+
+
+async def _queued_then_waited(reply: Pid) -> None:
+    send(pybeam.self(), 1)
+    send(pybeam.self(), (2, "two"))
+    got = [await receive(), await receive()]  # both queued: no wait
+    send(reply, "ready")
+    got.append(await receive())  # a wait, handed the message
+    send(reply, got)
+
+
+async def test_queued_and_handed_messages_come_back_as_they_were_sent() -> None:
+    pid = spawn(_queued_then_waited, pybeam.self())
+    assert await receive(timeout=5) == "ready"
+    msg: Any = ("three", [3], None)
+    send(pid, msg)
+    got = await receive(timeout=5)
+    assert got == [1, (2, "two"), msg]
+    assert got[2] is msg  # locally, the very object
+
+
+async def _receive_throw(reply: Pid) -> None:
+    r = receive()
+    # What a coroutine's throw() does to the receive it waits in: the
+    # exception comes out, and the receive is finished.
+    with pytest.raises(ValueError, match="boom"):
+        r.throw(ValueError("boom"))  # type: ignore[attr-defined]
+    r.close()  # type: ignore[attr-defined]
+    send(reply, "threw")
+
+
+@pytest.mark.skipif(not COMPILED, reason="the compiled Receiving only")
+async def test_a_receive_can_be_thrown_into_and_closed() -> None:
+    spawn(_receive_throw, pybeam.self())
+    assert await receive(timeout=5) == "threw"
+
+
+async def _reuse(reply: Pid) -> None:
+    send(pybeam.self(), "x")
+    r = receive()
+    await r
+    try:
+        await r
+    except RuntimeError as e:
+        send(reply, ("error", str(e)))
+    else:
+        send(reply, "reused")
+
+
+@pytest.mark.skipif(not COMPILED, reason="the compiled Receiving only")
+async def test_a_receive_awaited_twice_is_an_error_as_a_coroutine_is() -> None:
+    spawn(_reuse, pybeam.self())
+    assert await receive(timeout=5) == ("error", "cannot reuse already awaited receive")
