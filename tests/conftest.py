@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["pybeam.testing.pytest_plugin"]
 
 #: The suite's size when this was last raised; lower it only with a reason in the commit.
-MIN_TESTS = 1290
+MIN_TESTS = 1300
 
 _TESTS = Path(__file__).parent
 

@@ -7,6 +7,7 @@ second time with ``PYBEAM_PURE_PYTHON=1``, on the Python code it mirrors."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import subprocess
@@ -122,3 +123,82 @@ async def _reuse(reply: Pid) -> None:
 async def test_a_receive_awaited_twice_is_an_error_as_a_coroutine_is() -> None:
     spawn(_reuse, pybeam.self())
     assert await receive(timeout=5) == ("error", "cannot reuse already awaited receive")
+
+
+class _Token:
+    """A message whose references are counted (a refcount leak shows as growth)."""
+
+
+async def _echo(n: int) -> None:
+    for _ in range(n):
+        msg = await receive()
+        send(msg[0], msg[1])
+        del msg
+
+
+async def _count_references(reply: Pid, n: int) -> None:
+    token = _Token()
+    me = pybeam.self()
+    echo = spawn(_echo, 3 * n)
+    before = sys.getrefcount(token)
+    for _ in range(n):  # handed over: the echo waits each time
+        send(echo, (me, token))
+        assert await receive() is token
+    for _ in range(n):  # queued: both sides' messages wait in the mailbox
+        send(echo, (me, token))
+        send(me, token)
+        assert await receive() is token
+        assert await receive() is token
+    for _ in range(n):  # through the Python fallback: a pattern
+        send(echo, (me, token))
+        assert await receive(lambda m: m is token) is token
+    send(reply, sys.getrefcount(token) - before)
+
+
+async def test_the_hot_path_keeps_no_reference_to_what_it_carried() -> None:
+    spawn(_count_references, pybeam.self(), 2000)
+    assert await receive(timeout=30) == 0
+
+
+async def _late_awaits(reply: Pid) -> None:
+    me = pybeam.self()
+    # A message handed over between receive() and its await: the receive
+    # returns it at once (it once waited for a wake-up that never came).
+    r = receive()
+    send(me, "handed")
+    first = await r
+    # A receive made while messages are queued and never awaited takes
+    # nothing: the message stays for the next receive.
+    send(me, "m1")
+    send(me, "m2")
+    dropped = receive()
+    dropped.close()  # type: ignore[attr-defined]
+    send(reply, [first, await receive(), await receive()])
+
+
+async def test_a_receive_takes_its_message_when_awaited_not_when_made() -> None:
+    spawn(_late_awaits, pybeam.self())
+    assert await receive(timeout=5) == ["handed", "m1", "m2"]
+
+
+async def _keywords(reply: Pid) -> None:
+    send(dest=reply, msg="by keyword")
+
+
+async def test_send_and_receive_look_the_same_in_either_code() -> None:
+    from pybeam.functions import function_name
+
+    spawn(_keywords, pybeam.self())
+    assert await receive(timeout=5) == "by keyword"
+    # Another node finds them by these names, whichever code it runs.
+    assert function_name(pybeam.send) == "pybeam.kernel:send"
+    assert function_name(pybeam.receive) == "pybeam.kernel:receive"
+    assert str(inspect.signature(pybeam.receive)) == "(pattern=None, *, timeout=None, default=NO_DEFAULT)"
+    assert list(inspect.signature(pybeam.send).parameters) == ["dest", "msg"]
+    assert pybeam.send.__doc__ and pybeam.send.__doc__.startswith("Send ``msg``")
+
+
+@pytest.mark.skipif(not COMPILED, reason="the compiled waiting only")
+async def test_the_compiled_waiting_takes_a_wake_and_nothing_else() -> None:
+    with pytest.raises(TypeError, match="takes a process's Wake"):
+        mailbox.waiting(asyncio.Future(), None)  # type: ignore[arg-type]

@@ -62,12 +62,13 @@ static Py_ssize_t w_state, w_result, w_task, w_callbacks, w_blocking;
 /* RunQueue */
 static Py_ssize_t q_queue, q_scheduled, q_loop;
 
-static PyTypeObject *PidType, *ProcessTaskType, *WakeType;
+static PyTypeObject *PidType, *ProcessTaskType, *WakeType, *ProcessType, *RunQueueType;
 static PyObject *IDLE, *PENDING, *DONE; /* a wake's states (small ints) */
 static PyObject *CancelledError;
 static PyObject *enter_task, *leave_task, *current_task; /* asyncio's */
 static PyObject *future_done;                            /* asyncio.Future.done */
 static PyObject *deque_append, *deque_popleft;
+static PyTypeObject *DequeType;
 static PyObject *current_process;                        /* the ContextVar */
 static PyObject *send_py, *receive_py;                   /* kernel's Python send and receive */
 static long budget;
@@ -135,28 +136,32 @@ this_process(void)
     if (PyContextVar_Get(current_process, Py_None, &proc) < 0) {
         return NULL;
     }
+    if (proc != Py_None && !PyObject_TypeCheck(proc, ProcessType)) {
+        Py_SETREF(proc, Py_NewRef(Py_None)); /* not ours to read: the Python code decides */
+    }
     return proc;
 }
 
 /* -- Receiving: what receive() returns ----------------------------------- */
 
-/* An awaitable with no frame: either a message already taken from the queue
- * (returned at once), or the wake the process's own task waits on, which it
- * yields to the task's step and whose message it returns when resumed. The
- * compiled pybeam.mailbox.waiting (and its _pop): see that generator for what
- * a cancellation does. */
+/* An awaitable with no frame: either the oldest message of a queue (taken
+ * when it is first resumed, as the coroutine it replaces would), or the wake
+ * the process's own task waits on, which it yields to the task's step and
+ * whose message it returns when resumed. The compiled
+ * pybeam.mailbox._waiting (and _pop_coro): see that generator for what a
+ * cancellation does. */
 typedef struct {
     PyObject_HEAD
-    PyObject *wake;    /* NULL: a message taken already, in value */
+    PyObject *wake;    /* NULL: the message is the queue's oldest */
     PyObject *mailbox;
-    PyObject *value;
+    PyObject *queue;
     int state;         /* 0 not started, 1 waiting on the wake, 2 finished */
 } Receiving;
 
 static PyTypeObject ReceivingType;
 
 static PyObject *
-receiving_new(PyObject *wake, PyObject *mailbox, PyObject *value)
+receiving_new(PyObject *wake, PyObject *mailbox, PyObject *queue)
 {
     Receiving *r = PyObject_GC_New(Receiving, &ReceivingType);
     if (r == NULL) {
@@ -164,7 +169,7 @@ receiving_new(PyObject *wake, PyObject *mailbox, PyObject *value)
     }
     r->wake = Py_XNewRef(wake);
     r->mailbox = Py_XNewRef(mailbox);
-    r->value = Py_XNewRef(value);
+    r->queue = Py_XNewRef(queue);
     r->state = 0;
     PyObject_GC_Track(r);
     return (PyObject *)r;
@@ -175,7 +180,8 @@ receiving_clear(Receiving *r)
 {
     Py_CLEAR(r->wake);
     Py_CLEAR(r->mailbox);
-    Py_CLEAR(r->value);
+    Py_CLEAR(r->queue);
+    r->state = 2; /* finished: nothing left to resume */
     return 0;
 }
 
@@ -184,7 +190,7 @@ receiving_traverse(Receiving *r, visitproc visit, void *arg)
 {
     Py_VISIT(r->wake);
     Py_VISIT(r->mailbox);
-    Py_VISIT(r->value);
+    Py_VISIT(r->queue);
     return 0;
 }
 
@@ -207,19 +213,23 @@ receiving_am_send(Receiving *r, PyObject *arg, PyObject **result)
     }
     PyObject *wake = r->wake;
     if (wake == NULL) {
+        PyObject *q = r->queue;
+        r->queue = NULL;
         r->state = 2;
-        *result = r->value != NULL ? r->value : Py_NewRef(Py_None);
-        r->value = NULL;
-        return PYGEN_RETURN;
+        *result = popleft(q);
+        Py_DECREF(q);
+        return *result != NULL ? PYGEN_RETURN : PYGEN_ERROR;
     }
-    if (r->state == 0) {
-        /* What Future.__await__ does: tells the task to wait on it. */
+    if (r->state == 0 && get(wake, w_state) == PENDING) {
+        /* What Future.__await__ does: tells the task to wait on it. (A
+         * message handed over between receive() and its await has made the
+         * wake done already: nothing to wait for, and nothing would wake it.) */
         set(wake, w_blocking, Py_True);
         r->state = 1;
         *result = Py_NewRef(wake);
         return PYGEN_NEXT;
     }
-    r->state = 2;
+    Py_INCREF(wake); /* receiving_clear() below lets go of it */
     if (get(wake, w_state) == DONE) {
         PyObject *msg = Py_NewRef(get(wake, w_result));
         if (get(wake, w_callbacks) == Py_None) {
@@ -228,12 +238,14 @@ receiving_am_send(Receiving *r, PyObject *arg, PyObject **result)
             set(wake, w_result, Py_None);
         }
         receiving_clear(r);
+        Py_DECREF(wake);
         *result = msg;
         return PYGEN_RETURN;
     }
     /* Cancelled: result() raises. */
-    PyObject *v = PyObject_CallMethodNoArgs(wake, s_result);
     receiving_clear(r);
+    PyObject *v = PyObject_CallMethodNoArgs(wake, s_result);
+    Py_DECREF(wake);
     *result = v;
     return v != NULL ? PYGEN_RETURN : PYGEN_ERROR;
 }
@@ -387,19 +399,21 @@ waiting(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (need_scheduler() < 0) {
         return NULL;
     }
+    if (!Py_IS_TYPE(args[0], WakeType)) {
+        PyErr_Format(PyExc_TypeError, "waiting() takes a process's Wake, not %.100s", Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
     return receiving_new(args[0], args[1], NULL);
 }
 
 static PyObject *
 popped(PyObject *module, PyObject *q)
 {
-    PyObject *msg = popleft(q);
-    if (msg == NULL) {
+    if (!PyObject_TypeCheck(q, DequeType)) {
+        PyErr_Format(PyExc_TypeError, "popped() takes a deque, not %.100s", Py_TYPE(q)->tp_name);
         return NULL;
     }
-    PyObject *r = receiving_new(NULL, NULL, msg);
-    Py_DECREF(msg);
-    return r;
+    return receiving_new(NULL, NULL, q);
 }
 
 /* -- The run queue ---------------------------------------------------------- */
@@ -420,7 +434,7 @@ static inline int
 make_ready(PyObject *task)
 {
     PyObject *runq = get(task, t_runq);
-    if (get(runq, q_scheduled) == Py_True) {
+    if (PyObject_TypeCheck(runq, RunQueueType) && get(runq, q_scheduled) == Py_True) {
         return append(get(runq, q_queue), task);
     }
     return call_method1(runq, s_ready, task);
@@ -438,6 +452,11 @@ step(PyObject *task)
     Py_DECREF(r);
     if (done) {
         Py_RETURN_NONE;
+    }
+    if (!PyObject_TypeCheck(get(task, t_proc), ProcessType) || !PyObject_TypeCheck(get(task, t_runq), RunQueueType) ||
+        !PyContext_CheckExact(get(task, t_context))) {
+        PyErr_SetString(PyExc_TypeError, "a ProcessTask that its __init__ did not set up");
+        return NULL;
     }
     PyObject *exc = Py_NewRef(get(task, t_exc));
     if (get(task, t_must_cancel) == Py_True) {
@@ -522,16 +541,22 @@ step(PyObject *task)
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
-        if (tb != NULL) {
-            PyException_SetTraceback(value, tb);
+        if (value == NULL) {
+            /* Could not be normalized: that error is what to report. */
+            PyErr_Restore(type, value, tb);
         }
-        int cancelled = PyObject_IsInstance(value, CancelledError);
-        if (cancelled >= 0) {
-            ok = PyObject_CallMethodOneArg(task, cancelled ? s_cancelled : s_raised, value);
+        else {
+            if (tb != NULL) {
+                PyException_SetTraceback(value, tb);
+            }
+            int cancelled = PyObject_IsInstance(value, CancelledError);
+            if (cancelled >= 0) {
+                ok = PyObject_CallMethodOneArg(task, cancelled ? s_cancelled : s_raised, value);
+            }
+            Py_XDECREF(type);
+            Py_DECREF(value);
+            Py_XDECREF(tb);
         }
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
     }
     else if (Py_IS_TYPE(result, WakeType) && get(result, w_task) == task) {
         set(result, w_blocking, Py_False);
@@ -545,7 +570,7 @@ step(PyObject *task)
     }
     else {
         PyObject *yargs[3] = {task, result, loop};
-        ok = PyObject_VectorcallMethod(s_yielded, yargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        ok = PyObject_VectorcallMethod(s_yielded, yargs, 3, NULL);
     }
     if (ok == NULL) {
         failed = 1;
@@ -718,6 +743,8 @@ setup_scheduler(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     keep((PyObject **)&PidType, Pid);
+    keep((PyObject **)&ProcessType, Process);
+    keep((PyObject **)&RunQueueType, RunQueue);
     keep((PyObject **)&ProcessTaskType, ProcessTask);
     keep((PyObject **)&WakeType, Wake);
     keep(&IDLE, idle);
@@ -739,21 +766,58 @@ setup_scheduler(PyObject *module, PyObject *args, PyObject *kwargs)
 /* -- send and receive --------------------------------------------------------- */
 
 /* pybeam.send: a local pid's two common cases (a process waiting for any
- * message, or one with a queue) here; anything else in kernel.py's send. */
+ * message, or one with a queue) here; anything else in kernel.py's _send. */
 static PyObject *
-send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+send_local(PyObject *dest, PyObject *msg, PyObject *target)
 {
-    if (nargs != 2 || !ready_kernel) {
-        if (!ready_kernel) {
-            PyErr_SetString(PyExc_RuntimeError, "pybeam._speedups: setup_kernel() was not called");
-            return NULL;
+    PyObject *w = get(target, mb_waiter);
+    if (w == Py_None) {
+        PyObject *q = get(target, mb_queue);
+        if (q != Py_None) {
+            if (append(q, msg) < 0) {
+                return NULL;
+            }
+            return Py_NewRef(msg);
         }
-        return PyObject_Vectorcall(send_py, args, nargs, NULL);
     }
-    PyObject *dest = args[0], *msg = args[1];
-    if (Py_IS_TYPE(dest, PidType)) {
-        PyObject *target = get(dest, pid_proc);
-        if (target != Py_None) {
+    else if (Py_IS_TYPE(w, WakeType) && get(target, mb_takes) == Py_True && get(w, w_state) == PENDING) {
+        /* The process's own task waits for any message: hand it over. */
+        Py_INCREF(w);
+        set(target, mb_waiter, Py_None);
+        set(target, mb_handed, w);
+        set(w, w_result, msg);
+        set(w, w_state, DONE);
+        PyObject *task = get(w, w_task);
+        int rc = 0;
+        if (Py_IS_TYPE(task, ProcessTaskType) && get(task, t_fut_waiter) == w) {
+            Py_INCREF(task);
+            rc = make_ready(task);
+            Py_DECREF(task);
+        }
+        if (rc == 0 && get(w, w_callbacks) != Py_None) {
+            PyObject *r = PyObject_CallMethodNoArgs(w, s_call_back);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(w);
+        return rc < 0 ? NULL : Py_NewRef(msg);
+    }
+    if (call_method1(target, s_put, msg) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(msg);
+}
+
+static PyObject *
+send_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (!ready_kernel) {
+        PyErr_SetString(PyExc_RuntimeError, "pybeam._speedups: setup_kernel() was not called");
+        return NULL;
+    }
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL && Py_IS_TYPE(args[0], PidType)) {
+        PyObject *target = get(args[0], pid_proc);
+        if (target != Py_None && PyObject_TypeCheck(target, ProcessType)) {
             PyObject *proc = this_process();
             if (proc == NULL) {
                 return NULL;
@@ -761,131 +825,204 @@ send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             int local = proc != Py_None && get(target, pr_node) == get(proc, pr_node);
             Py_DECREF(proc);
             if (local) {
-                PyObject *w = get(target, mb_waiter);
-                if (w == Py_None) {
-                    PyObject *q = get(target, mb_queue);
-                    if (q != Py_None) {
-                        if (append(q, msg) < 0) {
-                            return NULL;
-                        }
-                        return Py_NewRef(msg);
-                    }
-                }
-                else if (Py_IS_TYPE(w, WakeType) && get(target, mb_takes) == Py_True && get(w, w_state) == PENDING) {
-                    /* The process's own task waits for any message: hand it over. */
-                    Py_INCREF(w);
-                    set(target, mb_waiter, Py_None);
-                    set(target, mb_handed, w);
-                    set(w, w_result, msg);
-                    set(w, w_state, DONE);
-                    PyObject *task = get(w, w_task);
-                    int rc = 0;
-                    if (task != Py_None && get(task, t_fut_waiter) == w) {
-                        rc = make_ready(task);
-                    }
-                    if (rc == 0 && get(w, w_callbacks) != Py_None) {
-                        PyObject *r = PyObject_CallMethodNoArgs(w, s_call_back);
-                        rc = r == NULL ? -1 : 0;
-                        Py_XDECREF(r);
-                    }
-                    Py_DECREF(w);
-                    return rc < 0 ? NULL : Py_NewRef(msg);
-                }
-                if (call_method1(target, s_put, msg) < 0) {
-                    return NULL;
-                }
-                return Py_NewRef(msg);
+                Py_INCREF(target);
+                PyObject *r = send_local(args[0], args[1], target);
+                Py_DECREF(target);
+                return r;
             }
         }
     }
-    return PyObject_Vectorcall(send_py, args, nargs, NULL);
+    return PyObject_Vectorcall(send_py, args, nargsf, kwnames);
 }
 
 /* pybeam.receive: receive() of any message by a spawned process in its own
- * task here; anything else (a pattern, a timeout) in kernel.py's. */
+ * task here; anything else (a pattern, a timeout) in kernel.py's _receive. */
 static PyObject *
-receive(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+receive_own(PyObject *proc, PyObject *task)
+{
+    PyObject *w = get(proc, mb_waiter);
+    int free = w == Py_None;
+    if (!free) {
+        if (Py_IS_TYPE(w, WakeType)) {
+            free = get(w, w_state) != PENDING;
+        }
+        else {
+            PyObject *r = PyObject_CallMethod(w, "done", NULL);
+            if (r == NULL) {
+                return NULL;
+            }
+            free = r == Py_True;
+            Py_DECREF(r);
+        }
+    }
+    PyObject *runq = get(task, t_runq);
+    if (!free || !PyObject_TypeCheck(runq, RunQueueType)) {
+        return Py_NewRef(Py_None); /* not here: the Python code's case */
+    }
+    PyObject *cur = PyObject_CallOneArg(current_task, get(runq, q_loop));
+    if (cur == NULL) {
+        return NULL;
+    }
+    int own = cur == task;
+    Py_DECREF(cur);
+    if (!own) {
+        return Py_NewRef(Py_None);
+    }
+    set(proc, mb_handed, Py_None);
+    PyObject *wake = get(task, t_wake);
+    if (Py_IS_TYPE(wake, WakeType) && get(wake, w_state) == IDLE) {
+        set(wake, w_state, PENDING);
+        Py_INCREF(wake);
+    }
+    else {
+        wake = PyObject_CallMethodNoArgs(task, s_park);
+        if (wake == NULL) {
+            return NULL;
+        }
+        if (!Py_IS_TYPE(wake, WakeType)) {
+            PyErr_SetString(PyExc_TypeError, "ProcessTask._park() did not give a Wake");
+            Py_DECREF(wake);
+            return NULL;
+        }
+    }
+    set(proc, mb_waiter, wake);
+    set(proc, mb_takes, Py_True);
+    PyObject *r = receiving_new(wake, proc, NULL);
+    Py_DECREF(wake);
+    return r;
+}
+
+static PyObject *
+receive_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     if (!ready_kernel) {
         PyErr_SetString(PyExc_RuntimeError, "pybeam._speedups: setup_kernel() was not called");
         return NULL;
     }
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 0 || kwnames != NULL) {
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
         return PyObject_Vectorcall(receive_py, args, nargsf, kwnames);
     }
     PyObject *proc = this_process();
     if (proc == NULL) {
         return NULL;
     }
-    if (proc == Py_None || get(proc, mb_suspended_on) != Py_None) {
-        Py_DECREF(proc);
-        return PyObject_Vectorcall(receive_py, NULL, 0, NULL);
-    }
-    PyObject *q = get(proc, mb_queue);
-    if (q != Py_None) {
-        Py_ssize_t len;
-        if (deque_len_check(q, &len) == NULL) {
-            Py_DECREF(proc);
-            return NULL;
+    PyObject *r = NULL;
+    int here = 0; /* r is the answer (NULL: an error), or the Python code gives it */
+    if (proc != Py_None && get(proc, mb_suspended_on) == Py_None) {
+        PyObject *q = get(proc, mb_queue);
+        Py_ssize_t len = 0;
+        if (q != Py_None && deque_len_check(q, &len) == NULL) {
+            here = 1;
         }
-        if (len > 0) {
-            Py_DECREF(proc);
-            return popped(NULL, q);
+        else if (len > 0) {
+            r = receiving_new(NULL, NULL, q);
+            here = 1;
         }
-    }
-    PyObject *task = get(proc, pr_task);
-    if (Py_IS_TYPE(task, ProcessTaskType)) {
-        PyObject *w = get(proc, mb_waiter);
-        int free = w == Py_None;
-        if (!free) {
-            if (Py_IS_TYPE(w, WakeType)) {
-                free = get(w, w_state) != PENDING;
-            }
-            else {
-                PyObject *r = PyObject_CallMethod(w, "done", NULL);
-                if (r == NULL) {
-                    Py_DECREF(proc);
-                    return NULL;
-                }
-                free = r == Py_True;
-                Py_DECREF(r);
-            }
-        }
-        if (free) {
-            PyObject *loop = get(get(task, t_runq), q_loop);
-            PyObject *cur = PyObject_CallOneArg(current_task, loop);
-            if (cur == NULL) {
-                Py_DECREF(proc);
-                return NULL;
-            }
-            int own = cur == task;
-            Py_DECREF(cur);
-            if (own) {
-                set(proc, mb_handed, Py_None);
-                PyObject *wake = get(task, t_wake);
-                if (wake != Py_None && get(wake, w_state) == IDLE) {
-                    set(wake, w_state, PENDING);
-                    Py_INCREF(wake);
+        else {
+            PyObject *task = get(proc, pr_task);
+            if (Py_IS_TYPE(task, ProcessTaskType)) {
+                Py_INCREF(task);
+                r = receive_own(proc, task);
+                Py_DECREF(task);
+                if (r == Py_None) {
+                    Py_CLEAR(r);
                 }
                 else {
-                    wake = PyObject_CallMethodNoArgs(task, s_park);
-                    if (wake == NULL) {
-                        Py_DECREF(proc);
-                        return NULL;
-                    }
+                    here = 1;
                 }
-                set(proc, mb_waiter, wake);
-                set(proc, mb_takes, Py_True);
-                PyObject *r = receiving_new(wake, proc, NULL);
-                Py_DECREF(wake);
-                Py_DECREF(proc);
-                return r;
             }
         }
     }
     Py_DECREF(proc);
+    if (here) {
+        return r;
+    }
     return PyObject_Vectorcall(receive_py, NULL, 0, NULL);
+}
+
+/* -- Function: send and receive as module attributes ------------------------- */
+
+/* A C function that, unlike a builtin, has a __dict__: kernel.py gives it its
+ * Python counterpart's name, module, docstring and signature (receive's
+ * default, NO_DEFAULT, cannot be written in a builtin's text signature), so
+ * that help(), inspect.signature() and functions crossing to another node
+ * by name ("pybeam.kernel:send") see what they see in the Python code. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *dict;
+} Function;
+
+static int
+function_traverse(Function *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->dict);
+    return 0;
+}
+
+static int
+function_clear(Function *f)
+{
+    Py_CLEAR(f->dict);
+    return 0;
+}
+
+static void
+function_dealloc(Function *f)
+{
+    PyObject_GC_UnTrack(f);
+    function_clear(f);
+    PyObject_GC_Del(f);
+}
+
+static PyObject *
+function_repr(Function *f)
+{
+    PyObject *name = f->dict != NULL ? PyDict_GetItemString(f->dict, "__qualname__") : NULL;
+    if (name != NULL) {
+        return PyUnicode_FromFormat("<function %S>", name);
+    }
+    return PyUnicode_FromFormat("<pybeam._speedups.Function at %p>", f);
+}
+
+static PyGetSetDef function_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FunctionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pybeam._speedups.Function",
+    .tp_doc = "A compiled function of pybeam's hot path.",
+    .tp_basicsize = sizeof(Function),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_dealloc = (destructor)function_dealloc,
+    .tp_traverse = (traverseproc)function_traverse,
+    .tp_clear = (inquiry)function_clear,
+    .tp_repr = (reprfunc)function_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Function, vectorcall),
+    .tp_dictoffset = offsetof(Function, dict),
+    .tp_getattro = PyObject_GenericGetAttr,
+    .tp_setattro = PyObject_GenericSetAttr,
+    .tp_getset = function_getset,
+};
+
+static PyObject *
+function_new(vectorcallfunc vectorcall, const char *name)
+{
+    Function *f = PyObject_GC_New(Function, &FunctionType);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->vectorcall = vectorcall;
+    f->dict = Py_BuildValue("{ss}", "__name__", name);
+    if (f->dict == NULL) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    PyObject_GC_Track(f);
+    return (PyObject *)f;
 }
 
 static PyObject *
@@ -914,20 +1051,7 @@ static PyMethodDef module_methods[] = {
     {"waiting", (PyCFunction)(void (*)(void))waiting, METH_FASTCALL,
      "waiting($module, wake, mailbox, /)\n--\n\nAwait a process's wake from its own task (pybeam.mailbox.waiting)."},
     {"popped", (PyCFunction)popped, METH_O,
-     "popped($module, queue, /)\n--\n\nAn awaitable of the queue's oldest message, taken now."},
-    {"send", (PyCFunction)(void (*)(void))send, METH_FASTCALL,
-     "send($module, dest, msg, /)\n--\n\n"
-     "Send ``msg`` to a pid, a registered name or ``(name, node)``; returns ``msg``.\n\n"
-     "Sending to a dead pid is not an error (the message is dropped, as in\n"
-     "BEAM); sending to a name nobody registered raises :class:`BadArg`."},
-    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL | METH_KEYWORDS,
-     "receive($module, /, pattern=None, *, timeout=None, default=NO_DEFAULT)\n--\n\n"
-     "Take a message from the caller's mailbox: ``msg = await receive()``.\n\n"
-     "With ``pattern`` (a predicate or a pattern, see :mod:`pybeam.pattern`) it\n"
-     "takes the first message that matches and leaves the others in order.\n"
-     "``timeout`` is in seconds (0 polls); when it passes, ``default`` is\n"
-     "returned, or ``TimeoutError`` raised if no default was given. A timeout\n"
-     "that is not None or a number >= 0 is a :class:`BadArg`."},
+     "popped($module, queue, /)\n--\n\nAn awaitable of the queue's oldest message, taken when it is awaited."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -939,6 +1063,18 @@ static struct PyModuleDef speedups_module = {
     .m_methods = module_methods,
 };
 
+/* PyModule_Add (Python 3.13) for older Pythons: adds obj, a new reference. */
+static int
+add_new(PyObject *m, const char *name, PyObject *obj)
+{
+    if (obj == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, name, obj);
+    Py_DECREF(obj);
+    return rc;
+}
+
 #define INTERN(var, text)                                  \
     do {                                                   \
         if ((var = PyUnicode_InternFromString(text)) == NULL) \
@@ -948,7 +1084,7 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&ReceivingType) < 0) {
+    if (PyType_Ready(&ReceivingType) < 0 || PyType_Ready(&FunctionType) < 0) {
         return NULL;
     }
     if ((ONE = PyLong_FromLong(1)) == NULL) {
@@ -980,7 +1116,7 @@ PyInit__speedups(void)
     }
     deque_append = PyObject_GetAttrString(deque, "append");
     deque_popleft = PyObject_GetAttrString(deque, "popleft");
-    Py_DECREF(deque);
+    DequeType = (PyTypeObject *)deque; /* kept */
     if (deque_append == NULL || deque_popleft == NULL) {
         return NULL;
     }
@@ -988,7 +1124,10 @@ PyInit__speedups(void)
     if (m == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(m, "Receiving", (PyObject *)&ReceivingType) < 0) {
+    if (PyModule_AddObjectRef(m, "Receiving", (PyObject *)&ReceivingType) < 0 ||
+        PyModule_AddObjectRef(m, "Function", (PyObject *)&FunctionType) < 0 ||
+        add_new(m, "send", function_new(send_vectorcall, "send")) < 0 ||
+        add_new(m, "receive", function_new(receive_vectorcall, "receive")) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,6 +8,7 @@ test process is one: it can send, receive, link and monitor like any other.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, overload
@@ -96,7 +97,7 @@ def spawn_monitor(fn: Callable[..., Any], *args: Any) -> tuple[Pid, Ref]:
     return pid, ref
 
 
-def _send(dest: Any, msg: Any) -> Any:
+def send(dest: Any, msg: Any) -> Any:
     """Send ``msg`` to a pid, a registered name or ``(name, node)``; returns ``msg``.
 
     Sending to a dead pid is not an error (the message is dropped, as in
@@ -211,17 +212,21 @@ if TYPE_CHECKING:
         """Take a message from the caller's mailbox (see :func:`_receive`)."""
         ...
 
-elif speedups is None:
+else:
     receive = _receive
     receive.__name__ = receive.__qualname__ = "receive"
     receive.__signature__ = inspect.signature(lambda pattern=None, *, timeout=None, default=NO_DEFAULT: None)
-else:
-    # The compiled hot path (see pybeam.speedups), which falls back on these.
-    speedups.setup_kernel(send=_send, receive=_receive, current=_current)
-    receive = speedups.receive
 
-#: Send ``msg`` to a pid, a registered name or ``(name, node)`` (see :func:`_send`).
-send: Callable[[Any, Any], Any] = _send if speedups is None else speedups.send
+_send = send  # the Python code, which the compiled send falls back on
+
+if not TYPE_CHECKING and speedups is not None:
+    # The compiled hot path (see pybeam.speedups) falls back on the Python
+    # code, and shows its names, docstrings and signatures: to help(), to
+    # inspect, and to another node, which finds "pybeam.kernel:send" by name
+    # whichever code it runs.
+    speedups.setup_kernel(send=_send, receive=_receive, current=_current)
+    receive = functools.update_wrapper(speedups.receive, _receive)
+    send = functools.update_wrapper(speedups.send, _send)
 
 
 def link(pid: Pid) -> None:

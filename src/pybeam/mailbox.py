@@ -308,21 +308,24 @@ def _waiting(wake: Wake, mailbox: Mailbox) -> Generator[Any, None, Any]:
     wake's own ``__await__``. Whoever else awaits it (``asyncio.wait_for``
     wraps it in a task) sees the wake, a future, yielded to its task.
     """
-    wake._asyncio_future_blocking = True
-    try:
-        yield wake
-    except asyncio.CancelledError:
-        # Cancelled after a message was handed over, before it was taken
-        # (the process's own task gives it back in ProcessTask.cancel;
-        # this is for a task that wraps the receive): not lost.
-        if wake._state == _DONE:
-            mailbox.give_back(wake)
-            wake._result = None
-        # This frame stays in the cancellation's traceback, which an exit
-        # reason may keep (a TimeoutError's context): it must not hold the
-        # process, or they make a cycle only the cyclic collector frees.
-        wake = mailbox = None  # type: ignore[assignment]
-        raise
+    if wake._state == _PENDING:
+        # (A message handed over between receive() and its await has made
+        # the wake done already: nothing to wait for, and nothing would wake it.)
+        wake._asyncio_future_blocking = True
+        try:
+            yield wake
+        except asyncio.CancelledError:
+            # Cancelled after a message was handed over, before it was taken
+            # (the process's own task gives it back in ProcessTask.cancel;
+            # this is for a task that wraps the receive): not lost.
+            if wake._state == _DONE:
+                mailbox.give_back(wake)
+                wake._result = None
+            # This frame stays in the cancellation's traceback, which an exit
+            # reason may keep (a TimeoutError's context): it must not hold the
+            # process, or they make a cycle only the cyclic collector frees.
+            wake = mailbox = None  # type: ignore[assignment]
+            raise
     if wake._state == _DONE:
         msg = wake._result
         if wake._callbacks is None:
