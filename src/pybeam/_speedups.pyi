@@ -37,5 +37,6 @@ class Function:
     __wrapped__: Any
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
-send: Function
+def send(dest: Any, msg: Any) -> Any: ...
+
 receive: Function

@@ -226,7 +226,8 @@ if not TYPE_CHECKING and speedups is not None:
     # whichever code it runs.
     speedups.setup_kernel(send=_send, receive=_receive, current=_current)
     receive = functools.update_wrapper(speedups.receive, _receive)
-    send = functools.update_wrapper(speedups.send, _send)
+    send = speedups.send
+    send.__module__ = __name__
 
 
 def link(pid: Pid) -> None:
