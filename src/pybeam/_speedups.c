@@ -95,19 +95,11 @@ slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
     return 0;
 }
 
-static int
+static void
 keep(PyObject **where, PyObject *v)
 {
     Py_XINCREF(v);
     Py_XSETREF(*where, v);
-    return 0;
-}
-
-static inline PyObject *
-deque_len_check(PyObject *q, Py_ssize_t *n)
-{
-    *n = PyObject_Size(q);
-    return *n < 0 ? NULL : q;
 }
 
 static inline int
@@ -326,14 +318,12 @@ receiving_throw(Receiving *r, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(value);
             Py_XDECREF(traceback);
             receiving_clear(r);
-            r->state = 2;
             return NULL;
         }
         Py_DECREF(ok);
         set(r->wake, w_result, Py_None);
         PyErr_Restore(type, value, traceback);
     }
-    r->state = 2;
     receiving_clear(r);
     return NULL;
 }
@@ -341,7 +331,6 @@ receiving_throw(Receiving *r, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 receiving_close(Receiving *r, PyObject *Py_UNUSED(ignored))
 {
-    r->state = 2;
     receiving_clear(r);
     Py_RETURN_NONE;
 }
@@ -479,7 +468,8 @@ step(PyObject *task)
     PyObject *red = get(proc, pr_reductions);
     PyObject *red1 = PyNumber_Add(red, ONE);
     if (red1 == NULL) {
-        goto error;
+        failed = 1;
+        goto release;
     }
     set(proc, pr_reductions, red1);
     Py_DECREF(red1);
@@ -487,7 +477,8 @@ step(PyObject *task)
     PyObject *targs[2] = {loop, task};
     r = PyObject_Vectorcall(enter_task, targs, 2, NULL);
     if (r == NULL) {
-        goto error;
+        failed = 1;
+        goto release;
     }
     Py_DECREF(r);
 
@@ -593,6 +584,7 @@ leave:
             PyErr_Restore(type, value, tb);
         }
     }
+release:
     Py_XDECREF(result);
     Py_DECREF(exc);
     Py_DECREF(proc);
@@ -603,14 +595,6 @@ leave:
         return NULL;
     }
     Py_RETURN_NONE;
-
-error:
-    Py_DECREF(exc);
-    Py_DECREF(proc);
-    Py_DECREF(coro);
-    Py_DECREF(loop);
-    Py_DECREF(ctx);
-    return NULL;
 }
 
 static PyObject *
@@ -630,9 +614,9 @@ runq_run(PyObject *runq, PyObject *Py_UNUSED(ignored))
     PyObject *queue = Py_NewRef(get(runq, q_queue));
     long n = budget;
     int failed = 0;
-    Py_ssize_t len;
     while (n > 0) {
-        if (deque_len_check(queue, &len) == NULL) {
+        Py_ssize_t len = PyObject_Size(queue);
+        if (len < 0) {
             failed = 1;
             break;
         }
@@ -721,8 +705,8 @@ setup_scheduler(PyObject *module, PyObject *args, PyObject *kwargs)
                                      &leave, &current, &done, &n)) {
         return NULL;
     }
-    PyObject *idle, *pending, *done_state, *cancelled_state;
-    if (!PyArg_ParseTuple(states, "OOOO:states", &idle, &pending, &done_state, &cancelled_state)) {
+    PyObject *idle, *pending, *done_state;
+    if (!PyArg_ParseTuple(states, "OOO:states", &idle, &pending, &done_state)) {
         return NULL;
     }
     if (slot_offset(Process, "_queue", &mb_queue) < 0 || slot_offset(Process, "_waiter", &mb_waiter) < 0 ||
@@ -768,7 +752,7 @@ setup_scheduler(PyObject *module, PyObject *args, PyObject *kwargs)
 /* pybeam.send: a local pid's two common cases (a process waiting for any
  * message, or one with a queue) here; anything else in kernel.py's _send. */
 static PyObject *
-send_local(PyObject *dest, PyObject *msg, PyObject *target)
+send_local(PyObject *msg, PyObject *target)
 {
     PyObject *w = get(target, mb_waiter);
     if (w == Py_None) {
@@ -826,7 +810,7 @@ send_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
             Py_DECREF(proc);
             if (local) {
                 Py_INCREF(target);
-                PyObject *r = send_local(args[0], args[1], target);
+                PyObject *r = send_local(args[1], target);
                 Py_DECREF(target);
                 return r;
             }
@@ -910,8 +894,8 @@ receive_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
     int here = 0; /* r is the answer (NULL: an error), or the Python code gives it */
     if (proc != Py_None && get(proc, mb_suspended_on) == Py_None) {
         PyObject *q = get(proc, mb_queue);
-        Py_ssize_t len = 0;
-        if (q != Py_None && deque_len_check(q, &len) == NULL) {
+        Py_ssize_t len = q != Py_None ? PyObject_Size(q) : 0;
+        if (len < 0) {
             here = 1;
         }
         else if (len > 0) {

@@ -16,7 +16,7 @@ def setup_scheduler(
     ProcessTask: type,
     Wake: type,
     RunQueue: type,
-    states: tuple[int, int, int, int],
+    states: tuple[int, int, int],
     CancelledError: type[BaseException],
     enter_task: Any,
     leave_task: Any,

@@ -500,7 +500,7 @@ if speedups is not None:
         ProcessTask=ProcessTask,
         Wake=Wake,
         RunQueue=RunQueue,
-        states=(_IDLE, _PENDING, _DONE, _CANCELLED),
+        states=(_IDLE, _PENDING, _DONE),
         CancelledError=_CancelledError,
         enter_task=_enter_task,
         leave_task=_leave_task,
